@@ -1,0 +1,46 @@
+"""yaml-agent-runner: run AI agents declared in YAML.
+
+    from runner import load_spec, run_agent
+    result = run_agent("agents/calculator.yaml", "What is 17 times 23?")
+    print(result.answer, result.status, result.usage)
+
+Names are imported lazily so that `runner --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__all__ = [
+    "load_spec", "run_agent", "arun_agent", "Agent", "Run", "RunResult", "Step", "AgentSpec",
+    "tool", "Tool", "ToolFactory", "ToolContext", "hookimpl", "register_plugin",
+    "unregister_plugin", "RunnerError", "SpecError", "ModelError", "ToolError",
+    "LimitExceeded", "RunFailed",
+]
+
+_WHERE = {
+    "load_spec": "spec", "AgentSpec": "spec",
+    "run_agent": "api", "arun_agent": "api",
+    "Agent": "loop", "Run": "loop", "RunResult": "loop", "Step": "loop",
+    "tool": "tools", "Tool": "tools", "ToolFactory": "tools", "ToolContext": "tools",
+    "hookimpl": "hookspecs", "register_plugin": "plugins", "unregister_plugin": "plugins",
+    "RunnerError": "errors", "SpecError": "errors", "ModelError": "errors",
+    "ToolError": "errors", "LimitExceeded": "errors", "RunFailed": "errors",
+}
+
+if TYPE_CHECKING:
+    from .api import arun_agent, run_agent
+    from .errors import LimitExceeded, ModelError, RunFailed, RunnerError, SpecError, ToolError
+    from .hookspecs import hookimpl
+    from .loop import Agent, Run, RunResult, Step
+    from .plugins import register_plugin, unregister_plugin
+    from .spec import AgentSpec, load_spec
+    from .tools import Tool, ToolContext, ToolFactory, tool
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'runner' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)

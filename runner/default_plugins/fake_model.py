@@ -1,0 +1,66 @@
+"""The `fake/` model: scripted replies for tests and plugin authors, no network.
+
+    model:
+      id: fake/script
+      options:
+        replies:
+          - "Thought: add them\nAction: calculator[2+2]"
+          - {tool_calls: [{name: calculator, arguments: {expression: "2+2"}}]}
+          - "Final Answer: 4"
+        native_tools: true     # claim native tool calling (for loop.style: auto)
+
+`fake/echo` answers every question with the question itself.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from ..errors import ModelProviderError
+from ..hookspecs import hookimpl
+from ..models import Completion, ToolCall, Usage
+from ..spec import ModelSpec
+
+_QUESTION = re.compile(r"^Question:\s*(.*)$", re.M)
+
+
+class FakeModel:
+    """Plays `options.replies` in order; raises once they run out."""
+
+    def __init__(self, spec: ModelSpec, model_id: str) -> None:
+        self.spec, self.id = spec, model_id
+        self.replies: list[Any] = list(spec.options.get("replies", []))
+        self.calls: list[list[dict[str, Any]]] = []
+        self._native = bool(spec.options.get("native_tools", False))
+
+    def supports_tools(self) -> bool:
+        return self._native
+
+    async def complete(self, messages: list[dict[str, Any]], *, tools: Any = None,
+                       stop: list[str] | None = None) -> Completion:
+        self.calls.append(messages)
+        prompt = "".join(str(m.get("content") or "") for m in messages)
+        if self.id == "fake/echo":
+            found = _QUESTION.findall(prompt)
+            reply: Any = f"Final Answer: {found[-1] if found else messages[-1]['content']}"
+        elif len(self.calls) > len(self.replies):
+            raise ModelProviderError(f"{self.id}: the script has only {len(self.replies)} replies")
+        else:
+            reply = self.replies[len(self.calls) - 1]
+        text, calls = (reply, []) if isinstance(reply, str) else (
+            reply.get("content") or "", reply.get("tool_calls") or [])
+        for s in stop or []:
+            text = text.split(s)[0]
+        tool_calls = [ToolCall(c.get("id", f"call_{len(self.calls)}_{i}"), c["name"],
+                               c["arguments"] if isinstance(c["arguments"], str)
+                               else json.dumps(c["arguments"]))
+                      for i, c in enumerate(calls)]
+        return Completion(text, tool_calls, "tool_calls" if tool_calls else "stop",
+                          Usage(len(prompt) // 4, len(text) // 4), None, self.id)
+
+
+@hookimpl
+def register_models(register: Any) -> None:
+    register("fake", FakeModel)

@@ -1,0 +1,181 @@
+"""The exception tree of yaml-agent-runner.
+
+    RunnerError                     root of everything the runner raises on purpose
+    ├── SpecError                   a spec, template or command line is wrong (exit 2)
+    │   ├── TemplateError           a Jinja2 template failed to load, compile or render
+    │   └── PluginError             a plugin failed to load or clashes with another
+    ├── ModelError                  the model call failed after the runner's retries (exit 1)
+    │   ├── ModelTimeout            no answer within model.timeout_s
+    │   ├── ModelAuthError          401/403: names the variable that holds the key, never the key
+    │   ├── ModelRateLimited        429 after every retry
+    │   └── ModelProviderError      a bad request, an unknown model or a malformed reply
+    ├── ToolError                   a tool failed; the loop turns it into an observation
+    │   └── ToolTimeout             the tool ran past its timeout_s
+    ├── OutputError                 a final answer does not fit output.schema (exit 1)
+    └── LimitExceeded               a limit ended the run (exit 3); `.limit` names it
+        ├── MaxIterations           loop.max_iterations
+        └── MaxParseErrors          loop.max_parse_errors, in a row
+
+Every error that ends a run travels inside a RunResult (status, transcript, partial answer);
+`RunFailed` carries that result to callers that prefer exceptions.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .loop import RunResult
+
+__all__ = [
+    "RunnerError", "SpecError", "TemplateError", "PluginError", "ModelError", "ModelTimeout",
+    "ModelAuthError", "ModelRateLimited", "ModelProviderError", "ToolError", "ToolTimeout",
+    "OutputError", "LimitExceeded", "MaxIterations", "MaxParseErrors", "RunFailed",
+    "EXIT_OK", "EXIT_FAILED", "EXIT_SPEC", "EXIT_LIMIT", "EXIT_INTERRUPTED", "exit_code_for",
+]
+
+EXIT_OK, EXIT_FAILED, EXIT_SPEC, EXIT_LIMIT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+class RunnerError(Exception):
+    """Root of the runner's exceptions."""
+
+    status = "error"
+
+
+class SpecError(RunnerError):
+    """A spec problem located at `path:line:col: key: reason`."""
+
+    status = "spec_error"
+
+    def __init__(self, reason: str, *, path: str | None = None, line: int | None = None,
+                 col: int | None = None, key: str | None = None) -> None:
+        self.reason, self.path, self.line, self.col, self.key = reason, path, line, col, key
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        where = ""
+        if self.path:
+            where = self.path
+            if self.line is not None:
+                where += f":{self.line}:{self.col or 1}"
+            where += ": "
+        key = f"{self.key}: " if self.key else ""
+        return f"{where}{key}{self.reason}"
+
+
+class SpecErrors(SpecError):
+    """Several spec problems found in one pass; each is a SpecError."""
+
+    def __init__(self, errors: list[SpecError]) -> None:
+        self.errors = errors
+        first = errors[0]
+        super().__init__(first.reason, path=first.path, line=first.line, col=first.col,
+                         key=first.key)
+
+    def render(self) -> str:
+        return "\n".join(e.render() for e in getattr(self, "errors", [])) or super().render()
+
+
+class TemplateError(SpecError):
+    """A template failed to compile or render."""
+
+    status = "template_error"
+
+
+class PluginError(SpecError):
+    """A plugin failed to import, or two plugins claim one name."""
+
+    status = "plugin_error"
+
+
+class ModelError(RunnerError):
+    """The model call failed after the runner's retries."""
+
+    status = "model_error"
+    retryable = False
+
+
+class ModelTimeout(ModelError):
+    status = "model_timeout"
+    retryable = True
+
+
+class ModelAuthError(ModelError):
+    status = "model_auth_error"
+
+
+class ModelRateLimited(ModelError):
+    status = "model_rate_limited"
+    retryable = True
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ModelProviderError(ModelError):
+    status = "model_provider_error"
+
+    def __init__(self, message: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class ToolError(RunnerError):
+    """A tool failed; the loop reports it to the model as an observation."""
+
+    status = "tool_error"
+
+
+class ToolTimeout(ToolError):
+    status = "tool_timeout"
+
+
+class OutputError(RunnerError):
+    """The final answer does not fit the spec's output schema."""
+
+    status = "output_error"
+
+
+class LimitExceeded(RunnerError):
+    """A limit ended the run: `limit` names it, `count` is how far the run got."""
+
+    status = "limit"
+
+    def __init__(self, limit: str, count: Any, maximum: Any) -> None:
+        self.limit, self.count, self.maximum = limit, count, maximum
+        self.status = limit
+        super().__init__(f"{limit}: reached {count} of {maximum}")
+
+
+class MaxIterations(LimitExceeded):
+    def __init__(self, count: int, maximum: int) -> None:
+        super().__init__("max_iterations", count, maximum)
+
+
+class MaxParseErrors(LimitExceeded):
+    def __init__(self, count: int, maximum: int) -> None:
+        super().__init__("max_parse_errors", count, maximum)
+
+
+class RunFailed(RunnerError):
+    """Raised by `run_agent(..., raise_on_error=True)`; `.result` keeps the transcript."""
+
+    def __init__(self, result: RunResult) -> None:
+        self.result = result
+        self.status = result.status
+        super().__init__(f"run ended with status {result.status}: {result.error}")
+
+
+def exit_code_for(error: BaseException | None) -> int:
+    """The process exit code for an error that ended a run (None: success)."""
+    if error is None:
+        return EXIT_OK
+    if isinstance(error, SpecError):
+        return EXIT_SPEC
+    if isinstance(error, LimitExceeded):
+        return EXIT_LIMIT
+    if isinstance(error, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED

@@ -1,0 +1,129 @@
+"""Typed events a run emits as it happens, and the sinks that show them."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, ClassVar, TextIO
+
+__all__ = ["Event", "RunStarted", "ModelCalled", "Thought", "ActionTaken", "Observed",
+           "FinalAnswer", "Warned", "RunEnded", "StderrPrinter"]
+
+
+@dataclass
+class Event:
+    """Base of every event: which run, which step, when (wall-clock seconds)."""
+
+    kind: ClassVar[str] = "event"
+    run_id: str
+    step: int
+    t: float = field(default_factory=time.time, kw_only=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **asdict(self)}
+
+
+@dataclass
+class RunStarted(Event):
+    kind: ClassVar[str] = "run_started"
+    agent: str
+    model: str
+    input: Any
+    parent_run_id: str | None = None
+
+
+@dataclass
+class ModelCalled(Event):
+    kind: ClassVar[str] = "model_called"
+    model: str
+    latency_s: float
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float | None
+    finish_reason: str | None
+    attempts: int
+    text: str = ""
+
+
+@dataclass
+class Thought(Event):
+    kind: ClassVar[str] = "thought"
+    text: str
+
+
+@dataclass
+class ActionTaken(Event):
+    kind: ClassVar[str] = "action"
+    tool: str
+    input: Any
+    call_id: str | None = None
+
+
+@dataclass
+class Observed(Event):
+    kind: ClassVar[str] = "observation"
+    tool: str | None
+    text: str
+    error: bool
+    duration_s: float
+
+
+@dataclass
+class FinalAnswer(Event):
+    kind: ClassVar[str] = "final_answer"
+    answer: Any
+
+
+@dataclass
+class Warned(Event):
+    kind: ClassVar[str] = "warning"
+    message: str
+
+
+@dataclass
+class RunEnded(Event):
+    kind: ClassVar[str] = "run_ended"
+    status: str
+    answer: Any
+    error: str | None
+    duration_s: float
+
+
+class StderrPrinter:
+    """Shows a run's progress on stderr as it happens; the answer itself goes to stdout."""
+
+    def __init__(self, stream: TextIO | None = None, quiet: bool = False,
+                 redact: Callable[[str], str] | None = None) -> None:
+        self.stream, self.quiet, self.redact = stream or sys.stderr, quiet, redact
+
+    def __call__(self, ev: Event) -> None:
+        if self.quiet:
+            return
+        line = self.format(ev)
+        if line and self.redact is not None:
+            line = self.redact(line)
+        if line:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+    @staticmethod
+    def format(ev: Event) -> str | None:
+        pad = "  " * 0
+        if isinstance(ev, RunStarted):
+            return f"{pad}▶ {ev.agent} on {ev.model}"
+        if isinstance(ev, ModelCalled):
+            return (f"{pad}  · model {ev.latency_s * 1000:.0f} ms, {ev.prompt_tokens}+"
+                    f"{ev.completion_tokens} tokens" + (f", {ev.attempts} attempts" if ev.attempts > 1 else ""))
+        if isinstance(ev, Thought):
+            return f"{pad}Thought: {ev.text}" if ev.text else None
+        if isinstance(ev, ActionTaken):
+            return f"{pad}Action: {ev.tool}[{ev.input}]"
+        if isinstance(ev, Observed):
+            text = ev.text if len(ev.text) <= 500 else ev.text[:500] + " ..."
+            return f"{pad}Observation{' (error)' if ev.error else ''}: {text}"
+        if isinstance(ev, Warned):
+            return f"{pad}warning: {ev.message}"
+        if isinstance(ev, RunEnded):
+            return f"{pad}■ {ev.status} in {ev.duration_s:.2f}s" + (f": {ev.error}" if ev.error else "")
+        return None

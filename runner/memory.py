@@ -1,0 +1,133 @@
+"""Conversation memory: the interface and the built-in backends (buffer, sqlite, none)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from .errors import RunnerError
+
+__all__ = ["Memory", "BufferMemory", "SQLiteMemory", "NoMemory", "SQLiteOptions"]
+
+Message = dict[str, Any]
+
+
+class Memory(Protocol):
+    """Keeps the messages of past turns per session."""
+
+    async def load(self, session: str, window: int | None = None) -> list[Message]:
+        """The session's messages, oldest first (the last `window` of them if given)."""
+
+    async def append(self, session: str, messages: list[Message]) -> None:
+        """Add messages to the end of the session."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+class NoMemory:
+    """Remembers nothing."""
+
+    async def load(self, session: str, window: int | None = None) -> list[Message]:
+        return []
+
+    async def append(self, session: str, messages: list[Message]) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+class BufferMemory:
+    """In-process memory: lives as long as the process (a chat REPL, a server)."""
+
+    _shared: dict[str, list[Message]] = {}
+
+    def __init__(self, store: dict[str, list[Message]] | None = None) -> None:
+        self.store = self._shared if store is None else store
+
+    async def load(self, session: str, window: int | None = None) -> list[Message]:
+        msgs = self.store.get(session, [])
+        return list(msgs[-window:] if window else msgs)
+
+    async def append(self, session: str, messages: list[Message]) -> None:
+        self.store.setdefault(session, []).extend(messages)
+
+    async def close(self) -> None:
+        return None
+
+
+class SQLiteOptions(BaseModel):
+    """Options of the sqlite memory backend."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True)
+    path: str = ".runner/memory.db"
+    """Database file, relative to the current directory."""
+    busy_timeout_s: float = 5.0
+    """How long to wait for another process's lock before failing."""
+
+
+class SQLiteMemory:
+    """Memory in a SQLite file keyed by session, in WAL mode so readers never block writers."""
+
+    def __init__(self, path: str | Path, busy_timeout_s: float = 5.0) -> None:
+        self.path = Path(path)
+        self.busy_timeout_s = busy_timeout_s
+        self._db: sqlite3.Connection | None = None
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(self.path, timeout=self.busy_timeout_s,
+                                     check_same_thread=False, isolation_level=None)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.execute("CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY, "
+                           "session TEXT NOT NULL, role TEXT NOT NULL, content TEXT NOT NULL, "
+                           "created REAL NOT NULL)")
+                db.execute("CREATE INDEX IF NOT EXISTS messages_session ON messages(session, id)")
+            except (sqlite3.Error, OSError) as exc:
+                raise RunnerError(f"memory database {self.path}: {exc}") from None
+            self._db = db
+        return self._db
+
+    def _load(self, session: str, window: int | None) -> list[Message]:
+        sql = "SELECT role, content FROM messages WHERE session=? ORDER BY id"
+        args: tuple[Any, ...] = (session,)
+        if window:
+            sql = ("SELECT role, content FROM (SELECT id, role, content FROM messages WHERE "
+                   "session=? ORDER BY id DESC LIMIT ?) ORDER BY id")
+            args = (session, window)
+        rows = self._conn().execute(sql, args).fetchall()
+        return [{"role": r, "content": c} for r, c in rows]
+
+    def _append(self, session: str, messages: list[Message]) -> None:
+        db = self._conn()
+        now = time.time()
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany("INSERT INTO messages(session, role, content, created) VALUES (?,?,?,?)",
+                           [(session, m["role"], str(m["content"]), now) for m in messages])
+
+    async def load(self, session: str, window: int | None = None) -> list[Message]:
+        return await self._call(self._load, session, window)
+
+    async def append(self, session: str, messages: list[Message]) -> None:
+        await self._call(self._append, session, messages)
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except sqlite3.Error as exc:
+            raise RunnerError(f"memory database {self.path}: {exc}") from None
+
+    async def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None

@@ -1,0 +1,454 @@
+"""The agent spec: pydantic models, YAML loading with line numbers, `${VAR:-default}`,
+`extends:`, `--set` overrides, checks against the installed plugins, and JSON Schema export."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+
+from . import _yaml
+from ._yaml import Mark, format_path
+from .errors import SpecError, SpecErrors
+
+__all__ = ["AgentSpec", "ModelSpec", "PromptSpec", "LoopSpec", "BudgetSpec", "MemorySpec",
+           "OutputSpec", "InputSpec", "ToolRef", "SpecSource", "load_spec", "validate_paths",
+           "json_schema", "explain", "did_you_mean", "SECRET_NAME"]
+
+DEFAULT_MODEL = "local/gemma-3-270m"
+SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH", re.I)
+_VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_ROOT_MARKERS = ("pyproject.toml", ".git", ".runner")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True,
+                              frozen=False)
+
+
+class ModelSpec(_Strict):
+    """Which model answers, and how it is called."""
+
+    id: str = DEFAULT_MODEL
+    """A LiteLLM model id (`openai/gpt-4o-mini`, `ollama/llama3`) or a plugin's (`local/...`, `fake/...`)."""
+    temperature: float | None = Field(0.0, ge=0, le=2)
+    """Sampling temperature; null leaves the provider's default."""
+    max_tokens: int = Field(512, ge=1, le=1_000_000)
+    """Most tokens one model reply may have."""
+    timeout_s: float = Field(60.0, gt=0, le=3600)
+    """Deadline for one model call, in seconds."""
+    retries: int = Field(2, ge=0, le=10)
+    """Extra attempts after a retryable failure (timeout, 429, 5xx)."""
+    fallbacks: list[str] = []
+    """Model ids tried in order when this one fails for good."""
+    api_base: str | None = None
+    """Base URL of an OpenAI-compatible or self-hosted server."""
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """Name of the environment variable that holds the API key (never the key itself)."""
+    stream: bool = False
+    """Stream tokens from the provider (only worth it when a person watches)."""
+    options: dict[str, Any] = {}
+    """Extra provider parameters passed through unchanged (`top_p`, `seed`, plugin options)."""
+
+
+class PromptSpec(_Strict):
+    """The master prompt."""
+
+    template: str | None = None
+    """A Jinja2 template file, relative to this spec; default: the built-in ReAct template."""
+    text: str | None = None
+    """An inline Jinja2 template, instead of `template`."""
+    instructions: str = ""
+    """What the agent is for and how it should behave; shown at the top of the prompt."""
+    examples: list[str] | None = None
+    """Few-shot transcripts in the loop's format; replace the built-in examples."""
+    variables: dict[str, Any] = {}
+    """Extra values the template can use (passed as data, never rendered as templates)."""
+
+
+class LoopSpec(_Strict):
+    """How the Thought -> Action -> Observation loop runs."""
+
+    style: Literal["react", "tools", "auto"] = "auto"
+    """`react`: text actions; `tools`: native tool calls; `auto`: native where the model supports it."""
+    max_iterations: int = Field(8, ge=1, le=1000)
+    """Most model calls in one run."""
+    max_parse_errors: int = Field(3, ge=1, le=100)
+    """Replies in a row with no usable action or answer before the run fails."""
+    max_observation_chars: int = Field(4000, ge=100, le=10_000_000)
+    """Longer tool output is cut to this size with a marker."""
+    tool_timeout_s: float = Field(30.0, gt=0, le=3600)
+    """Default deadline for one tool call."""
+
+
+class BudgetSpec(_Strict):
+    """Limits on what one run may spend; any left out is unlimited."""
+
+    tokens: int | None = Field(None, ge=1)
+    """Total prompt and completion tokens."""
+    cost_usd: float | None = Field(None, gt=0)
+    """Total cost, where LiteLLM knows the model's price."""
+    wall_s: float | None = Field(None, gt=0)
+    """Wall-clock seconds for the whole run."""
+    tool_calls: int | None = Field(None, ge=0)
+    """Number of tool calls."""
+
+
+class MemorySpec(BaseModel):
+    """Conversation memory kept across runs of one session."""
+
+    model_config = ConfigDict(extra="allow", strict=True, use_attribute_docstrings=True)
+    backend: str = "buffer"
+    """`buffer` (in-process), `sqlite`, `none`, or a plugin's backend."""
+    session: str = "default"
+    """Which conversation to continue; `--session` overrides it."""
+    window: int | None = Field(None, ge=1)
+    """Keep only the last N messages in the prompt."""
+
+
+class OutputSpec(_Strict):
+    """A structured final answer."""
+
+    json_schema: dict[str, Any] = Field(alias="schema")
+    """JSON Schema the final answer must satisfy (the answer is parsed as JSON)."""
+
+
+class InputSpec(_Strict):
+    """A named input of a chain (`--input NAME=VALUE`)."""
+
+    description: str = ""
+    default: Any = None
+    """Used when the input is not given; without it the input is required."""
+    required: bool = True
+
+
+ToolEntry = Union[str, dict[str, Any]]
+
+
+class AgentSpec(_Strict):
+    """An agent (a ReAct loop with tools) or a chain (one templated model call)."""
+
+    version: Literal[1] = 1
+    """Spec format version."""
+    kind: Literal["agent", "chain"] = "agent"
+    """`agent` runs the tool loop; `chain` renders its prompt and makes one model call."""
+    name: str = Field("agent", pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    """One line on what the agent does; shown to a parent agent that uses it as a tool."""
+    extends: str | None = None
+    """A base spec to start from: maps merge, lists replace."""
+    model: ModelSpec = ModelSpec()
+    prompt: PromptSpec = PromptSpec()
+    loop: LoopSpec = LoopSpec()
+    budget: BudgetSpec = BudgetSpec()
+    tools: list[ToolEntry] = []
+    """Tools by name (`- calculator`) or with options (`- search: {path: kb/}`); `- agent: x.yaml` uses another agent."""
+    memory: MemorySpec = MemorySpec()
+    inputs: dict[str, InputSpec | None] = {}
+    """Named inputs of a chain; an agent takes the user's question as `input`."""
+    output: OutputSpec | None = None
+
+    _source: SpecSource = PrivateAttr()
+    _tools: list[ToolRef] = PrivateAttr(default_factory=list)
+
+    @property
+    def source(self) -> SpecSource:
+        return self._source
+
+    @property
+    def tool_refs(self) -> list[ToolRef]:
+        """The tools entries, normalised and checked against the registry."""
+        return self._tools
+
+
+@dataclass
+class ToolRef:
+    """One entry of `tools:` after normalisation."""
+
+    name: str
+    """The registered tool (or factory) name."""
+    options: dict[str, Any]
+    alias: str
+    """The name the model sees (`name:` in the entry renames it)."""
+    timeout_s: float | None = None
+    description: str | None = None
+    max_output_chars: int | None = None
+    built_options: Any = None
+    subspec: AgentSpec | None = None
+
+
+_COMMON_TOOL_KEYS = {"name", "timeout_s", "description", "max_output_chars"}
+
+
+@dataclass
+class SpecSource:
+    """Where a spec came from, for errors, relative paths and redaction."""
+
+    path: Path
+    root: Path
+    marks: dict[tuple[Any, ...], Mark] = field(default_factory=dict)
+    secrets: set[str] = field(default_factory=set)
+    """Values that came from secret-looking variables: masked in explain, traces and errors."""
+    raw: dict[str, Any] = field(default_factory=dict)
+    digest: str = ""
+
+    def error(self, path: tuple[Any, ...], reason: str) -> SpecError:
+        """A SpecError located at the deepest known mark on `path`."""
+        mark = None
+        for n in range(len(path), -1, -1):
+            mark = self.marks.get(tuple(path[:n]))
+            if mark is not None:
+                break
+        if mark is None:
+            return SpecError(reason, path=str(self.path), key=format_path(path) or None)
+        return SpecError(reason, path=mark.file, line=mark.line or None, col=mark.col or None,
+                         key=format_path(path) or None)
+
+    def resolve(self, rel: str, key: tuple[Any, ...]) -> Path:
+        """A path from the spec, relative to its file and confined to the project root."""
+        p = (self.path.parent / os.path.expanduser(rel)).resolve()
+        if not p.is_relative_to(self.root):
+            raise self.error(key, f"path {rel!r} escapes the project root {self.root}")
+        return p
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' or ''."""
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def find_root(spec_path: Path) -> Path:
+    """The project root: $RUNNER_ROOT, else the nearest folder with pyproject.toml, .git or .runner."""
+    env_root = os.environ.get("RUNNER_ROOT")
+    if env_root:
+        return Path(env_root).resolve()
+    for d in [spec_path.parent, *spec_path.parent.parents]:
+        if any((d / m).exists() for m in _ROOT_MARKERS):
+            return d
+    return spec_path.parent
+
+
+# ---------------------------------------------------------------------------- reading files
+
+def _interpolate(text: str, plain: bool, path: tuple[Any, ...], mark: Mark,
+                 env: Mapping[str, str], secrets: set[str]) -> Any:
+    if "$" not in text:
+        return _yaml.resolve_scalar(text) if plain else text
+    missing: list[str] = []
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "${":
+            return "${"
+        if m.group(0) == "$${":
+            return "${"
+        name, default = m.group(1), m.group(2)
+        value = env.get(name)
+        if value is None or (value == "" and default is not None):
+            if default is None:
+                missing.append(name)
+                return ""
+            value = default
+        elif SECRET_NAME.search(name) and value:
+            secrets.add(value)
+        return value
+
+    out = _VAR.sub(sub, text)
+    if missing:
+        raise SpecError(f"environment variable {missing[0]} is not set and has no default "
+                        f"(write ${{{missing[0]}:-default}} to give one)", path=mark.file,
+                        line=mark.line, col=mark.col, key=format_path(path))
+    return _yaml.resolve_scalar(out) if plain else out
+
+
+def _merge(base: Any, over: Any) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = _merge(base[k], v) if k in base else v
+        return out
+    return over
+
+
+def _read(path: Path, root: Path, env: Mapping[str, str], secrets: set[str],
+          marks: dict[tuple[Any, ...], Mark], stack: tuple[Path, ...]) -> dict[str, Any]:
+    shown = _display(path)
+    try:
+        size = path.stat().st_size
+        if size > _yaml.MAX_BYTES:
+            raise SpecError(f"file is {size} bytes; specs are limited to {_yaml.MAX_BYTES}",
+                            path=shown)
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise SpecError("no such file", path=shown) from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", path=shown) from None
+    except OSError as exc:
+        raise SpecError(f"cannot read: {exc.strerror}", path=shown) from None
+    own: dict[tuple[Any, ...], Mark] = {}
+    data = _yaml.load(text, shown, own, lambda v, plain, p, m: _interpolate(
+        v, plain, p, m, env, secrets))
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError("a spec must be a mapping of keys to values", path=shown, line=1, col=1)
+    base_rel = data.get("extends")
+    if base_rel is not None:
+        src = SpecSource(path, root, own)
+        if not isinstance(base_rel, str):
+            raise src.error(("extends",), "must be a path to another spec")
+        base_path = src.resolve(base_rel, ("extends",))
+        if base_path in stack or base_path == path:
+            raise src.error(("extends",), f"extends cycle: {' -> '.join(_display(p) for p in (*stack, path, base_path))}")
+        base_marks: dict[tuple[Any, ...], Mark] = {}
+        base = _read(base_path, root, env, secrets, base_marks, (*stack, path))
+        base.pop("extends", None)
+        data = _merge(base, {k: v for k, v in data.items() if k != "extends"})
+        marks.update(base_marks)
+    marks.update(own)
+    return data
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _apply_overrides(data: dict[str, Any], overrides: Iterable[str],
+                     marks: dict[tuple[Any, ...], Mark]) -> None:
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise SpecError(f"--set {item!r}: expected KEY.PATH=VALUE")
+        value = _yaml.load(raw, "--set", {}) if raw.strip() else ""
+        parts: list[Any] = [int(p) if p.isdigit() else p for p in key.split(".")]
+        node: Any = data
+        for i, part in enumerate(parts[:-1]):
+            nxt = node[part] if isinstance(node, list) and isinstance(part, int) and part < len(node) \
+                else node.get(part) if isinstance(node, dict) else None
+            if nxt is None:
+                if not isinstance(node, dict):
+                    raise SpecError(f"cannot set {key!r}: {format_path(tuple(parts[:i]))} is not a mapping",
+                                    path="--set")
+                nxt = node[part] = {}
+            node = nxt
+        if isinstance(node, list) and isinstance(parts[-1], int) and parts[-1] < len(node):
+            node[parts[-1]] = value
+        elif isinstance(node, dict):
+            node[parts[-1]] = value
+        else:
+            raise SpecError(f"cannot set {key!r}", path="--set")
+        marks[tuple(parts)] = Mark("--set " + key, 0, 0)
+
+
+# ---------------------------------------------------------------------------- validation
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    for part in loc:
+        if not isinstance(part, str) or part not in model.model_fields:
+            return None
+        ann = model.model_fields[part].annotation
+        nxt = next((a for a in getattr(ann, "__args__", (ann,))
+                    if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if nxt is None:
+            return None
+        model = nxt
+    return model
+
+
+def _pydantic_errors(exc: ValidationError, src: SpecSource, model: type[BaseModel],
+                     prefix: tuple[Any, ...] = ()) -> list[SpecError]:
+    out = []
+    for err in exc.errors(include_input=False, include_url=False):
+        loc = tuple(p for p in err["loc"] if isinstance(p, (str, int)))
+        if err["type"] == "extra_forbidden":
+            parent = _model_at(model, loc[:-1])
+            names = parent.model_fields if parent else {}
+            reason = f"unknown key {loc[-1]!r}{did_you_mean(str(loc[-1]), names)}"
+            if parent and not did_you_mean(str(loc[-1]), names):
+                reason += f"; allowed: {', '.join(names)}"
+        elif err["type"] in ("literal_error", "enum"):
+            reason = err["msg"].replace("Input should be", "must be")
+        else:
+            reason = err["msg"].replace("Input should be", "should be")
+        out.append(src.error(prefix + loc, reason))
+    return out
+
+
+def load_spec(path: str | os.PathLike[str], overrides: Iterable[str] = (),
+              env: Mapping[str, str] | None = None, *, check: bool = True,
+              _stack: tuple[Path, ...] = ()) -> AgentSpec:
+    """Read, interpolate, merge and validate a spec; raise SpecError naming file, line and key.
+
+    `overrides` are `KEY.PATH=VALUE` strings (the CLI's `--set`). With `check`, tool names,
+    model providers, memory backends, templates and sub-agents are checked against the
+    installed plugins too.
+    """
+    spec_path = Path(path).resolve()
+    root = find_root(spec_path)
+    env = os.environ if env is None else env
+    src = SpecSource(spec_path, root)
+    data = _read(spec_path, root, env, src.secrets, src.marks, ())
+    data.pop("extends", None)
+    _apply_overrides(data, overrides, src.marks)
+    src.raw = data
+    src.digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+    try:
+        spec = AgentSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecErrors(_pydantic_errors(exc, src, AgentSpec)) from None
+    spec._source = src
+    if check:
+        from .checks import check_spec
+
+        check_spec(spec, _stack=(*_stack, spec_path))
+    return spec
+
+
+def validate_paths(paths: Iterable[str | os.PathLike[str]]) -> tuple[int, list[SpecError]]:
+    """Validate every spec file under `paths`; return how many were read and the problems."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files.extend(sorted(q for q in p.rglob("*.y*ml") if q.suffix in (".yaml", ".yml")
+                                and not any(part.startswith(".") for part in q.parts)))
+        else:
+            files.append(p)
+    problems: list[SpecError] = []
+    for f in files:
+        try:
+            load_spec(f)
+        except SpecErrors as exc:
+            problems.extend(exc.errors)
+        except SpecError as exc:
+            problems.append(exc)
+    return len(files), problems
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a spec file, with field descriptions, for editors."""
+    schema = AgentSpec.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "yaml-agent-runner spec"
+    return schema
+
+
+def explain(spec: AgentSpec) -> str:
+    """The fully resolved spec as YAML, secrets masked."""
+    import yaml
+
+    from .redact import redact_value
+
+    data = spec.model_dump(mode="json", by_alias=True, exclude={"extends"})
+    return yaml.safe_dump(redact_value(data, spec.source.secrets), sort_keys=False,
+                          allow_unicode=True)
