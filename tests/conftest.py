@@ -1,0 +1,72 @@
+"""Shared fixtures: the scripted OpenAI-compatible server, a CLI runner, and a guard that
+makes any network connection other than to 127.0.0.1 fail."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("LITELLM_MODE", "PRODUCTION")
+for _key in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "RUNNER_MODEL", "RUNNER_PLUGINS"):
+    os.environ.pop(_key, None)
+
+from runner.testing import ScriptedOpenAIServer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+_real_connect = socket.socket.connect
+
+
+def _guarded_connect(self: socket.socket, address: Any) -> Any:
+    if self.family in (socket.AF_INET, socket.AF_INET6):
+        host = address[0]
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host == "localhost"
+        if not loopback:
+            raise ConnectionRefusedError(f"tests may only connect to 127.0.0.1, not {host}")
+    return _real_connect(self, address)
+
+
+socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
+
+
+@pytest.fixture(scope="session")
+def openai_server() -> Any:
+    server = ScriptedOpenAIServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def server(openai_server: ScriptedOpenAIServer) -> ScriptedOpenAIServer:
+    """The scripted server, emptied for this test."""
+    openai_server.reset()
+    return openai_server
+
+
+@pytest.fixture
+def scripted(server: ScriptedOpenAIServer) -> list[str]:
+    """--set overrides that point a spec at the scripted server through LiteLLM."""
+    return ["model.id=openai/scripted", f"model.api_base={server.url}"]
+
+
+def run_cli(*args: str, cwd: Path | str = ROOT, env: dict[str, str] | None = None,
+            input: str | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """Run `python -m runner ARGS` in a subprocess, as a user would."""
+    full_env = {**os.environ, "OPENAI_API_KEY": "sk-test-not-a-real-key", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd, env=full_env,
+                          input=input, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def cli() -> Any:
+    return run_cli
