@@ -17,12 +17,13 @@ __all__ = ["run_agent", "arun_agent", "make_agent"]
 
 def make_agent(spec: AgentSpec | str | os.PathLike[str], *, overrides: Iterable[str] = (),
                session: str | None = None, sinks: list[Any] | None = None) -> Agent:
-    """An Agent for a spec or a spec file. Naming a session makes buffer memory persistent
-    (SQLite in .runner/memory.db), so a later run of the same session continues it."""
+    """An Agent for a spec or a spec file. Naming a session asks for memory that outlives the
+    process: a spec whose memory is `buffer` or `none` then uses SQLite in .runner/memory.db,
+    so a later run of the same session continues the conversation."""
     if not isinstance(spec, AgentSpec):
         spec = load_spec(spec, overrides)
     memory = None
-    if session is not None and spec.memory.backend == "buffer":
+    if session is not None and spec.memory.backend in ("buffer", "none"):
         memory = SQLiteMemory(".runner/memory.db")
     return Agent(spec, session=session, memory=memory, sinks=sinks)
 

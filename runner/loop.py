@@ -6,7 +6,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from . import events as ev
@@ -63,9 +63,10 @@ class RunResult:
         return self.status == "finished"
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("exception")
-        d["usage"]["total_tokens"] = self.usage.total
+        """The result as JSON-ready data (what `runner run --json` prints)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "exception"}
+        d["steps"] = [asdict(s) for s in self.steps]
+        d["usage"] = {**asdict(self.usage), "total_tokens": self.usage.total}
         return d
 
 
@@ -322,10 +323,12 @@ class Run:
         given = self.result.input
         names = list(self.spec.inputs)
         if not isinstance(given, dict):
-            if len(names) != 1:
+            required = [n for n, d in self.spec.inputs.items()
+                        if d is None or (d.default is None and d.required)]
+            if len(required) != 1:
                 raise SpecError(f"this chain takes named inputs ({', '.join(names)}); "
                                 f"pass --input NAME=VALUE")
-            given = {names[0]: given}
+            given = {required[0]: given}
         unknown = set(given) - set(names)
         if unknown:
             raise SpecError(f"unknown input {sorted(unknown)[0]!r}; inputs are: {', '.join(names)}")

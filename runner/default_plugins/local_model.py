@@ -9,6 +9,7 @@ Options: `n_ctx` (default 4096), `n_threads` (default: all cores), `model_path`.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
 import threading
@@ -52,6 +53,8 @@ def _llama(model_path: str, n_ctx: int, n_threads: int) -> Any:
             from llama_cpp import Llama
 
             llm = Llama(model_path=model_path, n_ctx=n_ctx, n_threads=n_threads, verbose=False)
+            if not _models:
+                atexit.register(_close_all)  # before teardown, when llama.cpp can still free
             _models[key] = llm
         return llm
 
@@ -70,6 +73,11 @@ def _silence_llama() -> None:
         _quiet = llama_cpp.llama_log_callback(lambda level, text, data: None)
         llama_cpp.llama_log_set(_quiet, ctypes.c_void_p(0))
         logging.getLogger("llama-cpp-python").setLevel(logging.CRITICAL)
+
+
+def _close_all() -> None:
+    while _models:
+        _models.popitem()[1].close()
 
 
 def _prompt(messages: list[dict[str, Any]]) -> str:
