@@ -90,10 +90,7 @@ class Agent:
         return Run(self, input, budget or Budget(self.spec.budget), parent_run_id)
 
     async def run(self, input: Any, **kw: Any) -> RunResult:
-        run = self.start(input, **kw)
-        async for _ in run.events():
-            pass
-        return run.result
+        return await self.start(input, **kw).execute()
 
     def native_tools(self) -> bool:
         style = self.spec.loop.style
@@ -108,26 +105,38 @@ class Run:
         self.agent, self.spec, self.budget, self.parent = agent, agent.spec, budget, parent
         self.run_id = uuid.uuid4().hex[:12]
         self.result = RunResult(self.run_id, self.spec.name, self.spec.model.id, input)
-        self._queue: list[ev.Event] = []
+        self._listener: Callable[[ev.Event], None] | None = None
         self._started = time.monotonic()
 
     def emit(self, event: ev.Event) -> None:
-        self._queue.append(event)
         from .plugins import hook
 
         hook().on_event(event=event)
         for sink in self.agent.sinks:
             sink(event)
+        self.forward(event)
 
     def forward(self, event: ev.Event) -> None:
-        """Pass on a sub-agent's event to this run's stream (its sinks already saw it)."""
-        self._queue.append(event)
-
-    def _drain(self) -> list[ev.Event]:
-        out, self._queue = self._queue, []
-        return out
+        """Pass an event to whoever streams this run (a sub-agent's sinks already saw it)."""
+        if self._listener is not None:
+            self._listener(event)
 
     async def events(self) -> AsyncIterator[ev.Event]:
+        """Drive the run, yielding each event as it happens; `result` is set at the end."""
+        queue: asyncio.Queue[ev.Event | None] = asyncio.Queue()
+        task = asyncio.create_task(self.execute(listener=queue.put_nowait))
+        task.add_done_callback(lambda _: queue.put_nowait(None))
+        try:
+            while (event := await queue.get()) is not None:
+                yield event
+        finally:
+            if not task.done():
+                task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def execute(self, listener: Callable[[ev.Event], None] | None = None) -> RunResult:
+        """Drive the run to its end and return the result (events go to the sinks)."""
+        self._listener = listener
         r, spec = self.result, self.spec
         self.emit(ev.RunStarted(self.run_id, 0, spec.name, spec.model.id, r.input, self.parent))
         try:
@@ -135,20 +144,7 @@ class Run:
             if spec.kind == "chain":
                 await self._chain()
             else:
-                native = self.agent.native_tools()
-                step = self._native_step if native else self._react_step
-                messages = self._native_messages(history) if native else []
-                parse_errors = 0
-                while r.status == "running":
-                    yield_now = self._drain()
-                    for e in yield_now:
-                        yield e
-                    if len(r.steps) >= spec.loop.max_iterations:
-                        raise MaxIterations(len(r.steps), spec.loop.max_iterations)
-                    ok = await step(messages, history)
-                    parse_errors = 0 if ok else parse_errors + 1
-                    if parse_errors >= spec.loop.max_parse_errors:
-                        raise MaxParseErrors(parse_errors, spec.loop.max_parse_errors)
+                await self._loop(history)
             if r.status == "finished":
                 await self.agent.memory.append(self.agent.session, [
                     {"role": "user", "content": _as_text(r.input)},
@@ -162,8 +158,22 @@ class Run:
             r.usage, r.cost_usd = self.budget.usage_since(self), self.budget.cost_since(self)
             self.emit(ev.RunEnded(self.run_id, len(r.steps), r.status, r.answer, r.error,
                                   r.duration_s))
-            for e in self._drain():
-                yield e
+        return r
+
+    async def _loop(self, history: list[Message]) -> None:
+        r, limits = self.result, self.spec.loop
+        native = self.agent.native_tools()
+        step = self._native_step if native else self._react_step
+        messages = self._native_messages(history) if native else []
+        parse_errors = calls = 0
+        while r.status == "running":
+            if calls >= limits.max_iterations:
+                raise MaxIterations(calls, limits.max_iterations)
+            calls += 1
+            ok = await step(messages, history)
+            parse_errors = 0 if ok else parse_errors + 1
+            if parse_errors >= limits.max_parse_errors:
+                raise MaxParseErrors(parse_errors, limits.max_parse_errors)
 
     def _fail(self, exc: BaseException) -> None:
         r = self.result

@@ -32,8 +32,7 @@ def _build(options: AgentOptions, ctx: Any) -> Tool:
         if agent.depth > MAX_DEPTH:
             raise ToolError(f"sub-agents nested deeper than {MAX_DEPTH}")
         run = agent.start(input, budget=context.extra["budget"], parent_run_id=context.run_id)
-        async for event in run.events():
-            context.extra["run"].forward(event)
+        await run.execute(listener=context.extra["run"].forward)
         if not run.result.ok:
             raise ToolError(f"sub-agent {sub.name} ended with {run.result.status}: "
                             f"{run.result.error}")
