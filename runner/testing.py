@@ -6,10 +6,21 @@ item of the script:
     "text"                                        a plain reply
     {"content": "...", "tool_calls": [{"name": "calculator", "arguments": {"expression": "2+2"}}],
      "finish_reason": "stop", "usage": {"prompt_tokens": 10, "completion_tokens": 5}}
-    {"status": 500, "body": "...", "headers": {...}}   an HTTP error
+    {"status": 500, "body": "...", "headers": {...}}   an HTTP error (any status, any body:
+                                                  "content_type" sets its type)
+    {"delay": 2.0, ...}                           any item, answered after 2 s
 
-When the script is empty, `default` (if set) answers every request. Requests are recorded.
-Run standalone with `python -m runner.testing --port 8080 --default "Final Answer: hi"`.
+When the script is empty, `responder` (if set: a function of the request body that returns an
+item) or else `default` (if set) answers. Requests are recorded (`record=False` keeps none,
+for long benchmarks). `tool_call_responder(n)` plays n calculator calls then a final answer
+per conversation, telling conversations apart by what the request already holds: its `tool`
+messages (native tool calling) or its own earlier `Thought: scripted step` lines (text ReAct).
+
+Standalone, for benchmarks and manual runs (prints the base URL on its first line):
+
+    python -m runner.testing --port 8080 --default "Final Answer: hi"
+    python -m runner.testing --tool-calls 20          # 20 calculator calls, then an answer
+    python -m runner.testing --script replies.json    # a JSON list of items, then --default
 """
 
 from __future__ import annotations
@@ -20,11 +31,14 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
-__all__ = ["ScriptedOpenAIServer"]
+__all__ = ["ScriptedOpenAIServer", "tool_call_responder"]
+
+REACT_MARK = "Thought: scripted step"
 
 
 def _tool_calls(item: dict[str, Any]) -> list[dict[str, Any]]:
@@ -34,6 +48,29 @@ def _tool_calls(item: dict[str, Any]) -> list[dict[str, Any]]:
             for c in item.get("tool_calls") or []]
 
 
+def tool_call_responder(n: int, answer: str = "done") -> Callable[[dict[str, Any]], Any]:
+    """A responder that answers `n` calculator calls, then `answer`, in every conversation.
+
+    With `tools` in the request it counts the request's `tool` messages and replies with a
+    native call; without, it counts its own earlier `Thought: scripted step` lines in the
+    prompt and replies in text ReAct (`Action: calculator[k+1]`, then `Final Answer:`)."""
+
+    def respond(body: dict[str, Any]) -> Any:
+        messages = body.get("messages") or []
+        if body.get("tools"):
+            done = sum(1 for m in messages if m.get("role") == "tool")
+            if done < n:
+                return {"tool_calls": [{"name": "calculator",
+                                        "arguments": {"expression": f"{done}+1"}}]}
+            return {"content": answer}
+        done = sum(str(m.get("content") or "").count(REACT_MARK) for m in messages)
+        if done < n:
+            return {"content": f"{REACT_MARK} {done + 1}\nAction: calculator[{done}+1]"}
+        return {"content": f"Thought: I now know the final answer\nFinal Answer: {answer}"}
+
+    return respond
+
+
 class ScriptedOpenAIServer:
     """Serves /v1/chat/completions from a script, in a background thread."""
 
@@ -41,6 +78,8 @@ class ScriptedOpenAIServer:
         self.host, self.port = host, port
         self.requests: list[dict[str, Any]] = []
         self.default: Any = None
+        self.responder: Callable[[dict[str, Any]], Any] | None = None
+        self.record = True
         self._script: deque[Any] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -59,6 +98,7 @@ class ScriptedOpenAIServer:
         self._script.clear()
         self.requests.clear()
         self.default = None
+        self.responder = None
 
     def start(self) -> ScriptedOpenAIServer:
         ready = threading.Event()
@@ -105,9 +145,11 @@ class ScriptedOpenAIServer:
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "scripted", "object": "model"}]})
 
-    def _next(self) -> Any:
+    def _next(self, body: dict[str, Any]) -> Any:
         if self._script:
             return self._script.popleft()
+        if self.responder is not None:
+            return self.responder(body)
         if self.default is not None:
             return self.default
         return {"status": 500, "body": json.dumps({"error": {
@@ -115,10 +157,13 @@ class ScriptedOpenAIServer:
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        self.requests.append(body)
-        item = self._next()
+        if self.record:
+            self.requests.append(body)
+        item = self._next(body)
         if isinstance(item, str):
             item = {"content": item}
+        if item.get("delay"):
+            await asyncio.sleep(float(item["delay"]))
         if "status" in item:
             return web.Response(status=item["status"], text=item.get("body", ""),
                                 headers=item.get("headers"), content_type=item.get(
@@ -177,12 +222,25 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--default", default="Final Answer: ok",
                         help="reply to every request (JSON for a structured item)")
+    parser.add_argument("--tool-calls", type=int, metavar="N",
+                        help="per conversation: N calculator calls, then a final answer")
+    parser.add_argument("--script", metavar="FILE",
+                        help="a JSON list of items played in order before the default")
     args = parser.parse_args()
     server = ScriptedOpenAIServer(port=args.port)
+    server.record = False  # a long-running server must not grow
     try:
         server.default = json.loads(args.default)
     except json.JSONDecodeError:
         server.default = args.default
+    if args.tool_calls is not None:
+        server.responder = tool_call_responder(args.tool_calls)
+    if args.script:
+        with open(args.script, encoding="utf-8") as f:
+            items = json.load(f)
+        if not isinstance(items, list):
+            parser.error("--script: the file must hold a JSON list of items")
+        server.script(*items)
     server.start()
     print(server.url, flush=True)
     try:
