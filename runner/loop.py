@@ -82,6 +82,7 @@ class Agent:
         self.models = [build_model(spec.model)] + [build_model(spec.model, f)
                                                    for f in spec.model.fallbacks]
         self.tools = build_tools(spec, self)
+        self.tool_schemas = [t.schema() for t in self.tools.values()]
         self.template = build_template(spec)
         self.memory = memory if memory is not None else build_memory(spec)
 
@@ -225,23 +226,23 @@ class Run:
                 {"role": "user", "content": _as_text(self.result.input)}]
 
     async def _native_step(self, messages: list[Message], _history: list[Message]) -> bool:
-        schemas = [t.schema() for t in self.agent.tools.values()]
-        reply = await self._call(messages, tools=schemas)
+        reply = await self._call(messages, tools=self.agent.tool_schemas)
         parsed = parse_tool_calls(reply.text, reply.tool_calls, reply.finish_reason)
-        messages.append({"role": "assistant", "content": reply.text or None, "tool_calls": [
-            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-            for c in reply.tool_calls]} if reply.tool_calls else
-            {"role": "assistant", "content": reply.text})
+        calls = [{"id": c.id, "type": "function", "function": {"name": c.name,
+                                                             "arguments": c.arguments}}
+                 for c in reply.tool_calls]
+        messages.append({"role": "assistant", "content": reply.text or None, "tool_calls": calls}
+                        if calls else {"role": "assistant", "content": reply.text})
         n = len(self.result.steps) + 1
         steps = [Step(n + i, parsed.thought if i == 0 else "", call_id=a.call_id,
                       model_s=reply.latency_s) for i, a in enumerate(parsed.actions)] or \
             [Step(n, parsed.thought, model_s=reply.latency_s)]
         ok = await self._act(parsed, steps)
-        for s in steps:
-            if s.call_id:
-                messages.append({"role": "tool", "tool_call_id": s.call_id,
-                                 "content": s.observation or ""})
-        if parsed.failure:
+        answers = {s.call_id: s.observation or "" for s in steps if s.call_id}
+        for c in reply.tool_calls:  # providers reject a call left unanswered, even one not run
+            messages.append({"role": "tool", "tool_call_id": c.id,
+                             "content": answers.get(c.id, parsed.failure or "")})
+        if parsed.failure and not calls:
             messages.append({"role": "user", "content": parsed.failure})
         return ok
 

@@ -8,10 +8,13 @@ with CRLF line ends or a fullwidth colon):
     ACTION: tool                   ACTION_INPUT: {"json": "object"}
     Final Answer: answer           FINAL_ANSWER: answer
 
-Rules: anything from a line starting `Observation:` on is cut (the model must not invent
-tool results); with several actions the first runs and the model is told; with an action and
-a final answer in one reply the action runs and the answer is ignored, with a warning; a
-reply cut off at max_tokens runs nothing.
+Rules: anything from a line starting `Observation:` on is cut, even on the first line (the
+model must not invent tool results); a `Question:` line ends the reply unless it comes first
+(a model may restate the question); with several actions the first runs and the model is
+told; with an action and a final answer in one reply the action runs and the answer is
+ignored, with a warning; a reply cut off at max_tokens runs nothing; `tool[input]` followed by
+more text on later lines is the action on its first line. Native calls whose arguments are not
+valid JSON keep them as `RawArguments`, which the tool layer reports instead of running.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Action", "Finish", "Parsed", "parse_text", "parse_tool_calls", "FORMAT_HINT"]
+__all__ = ["Action", "Finish", "Parsed", "RawArguments", "parse_text", "parse_tool_calls",
+           "FORMAT_HINT"]
 
 FORMAT_HINT = ("Reply with a Thought line, then either `Action: tool_name[input]` to use a tool "
                "or `Final Answer: your answer` when you know the answer.")
@@ -40,6 +44,11 @@ class Action:
     tool: str
     input: str | dict[str, Any]
     call_id: str | None = None
+
+
+class RawArguments(str):
+    """A native call's arguments that are not valid JSON, kept as sent so the tool layer can
+    report the JSON error instead of passing the text on as an argument."""
 
 
 @dataclass
@@ -74,7 +83,8 @@ def _sections(text: str) -> tuple[list[tuple[str, str]], str, bool]:
         m = _LABEL.match(line)
         if m:
             label = m.group(1).lower().replace(" ", "_")
-            if label in ("observation", "question") and (len(sections) > 1 or sections[0][1]):
+            if label == "observation" or (label == "question" and (len(sections) > 1
+                                                                   or sections[0][1])):
                 cut = True
                 break
             sections.append((label, m.group(2).strip().rstrip("*_").strip()))
@@ -102,7 +112,8 @@ def parse_text(text: str, finish_reason: str | None = None) -> Parsed:
     for i, (label, body) in enumerate(sections):
         if label != "action":
             continue
-        m = _CALL.match(body)
+        # `tool[input]` followed by chatter on later lines: the first line is the action.
+        m = _CALL.match(body) or _CALL.match(body.split("\n", 1)[0])
         if m:
             name, arg = m.group(1), m.group(2).strip()
         else:
@@ -146,7 +157,7 @@ def parse_tool_calls(text: str, tool_calls: list[Any], finish_reason: str | None
         try:
             args = json.loads(call.arguments or "{}")
         except json.JSONDecodeError:
-            args = call.arguments or ""
+            args = RawArguments(call.arguments)
         parsed.actions.append(Action(call.name, args, call.id))
     if not tool_calls:
         parsed.finish = Finish(parsed.thought)

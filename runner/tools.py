@@ -4,14 +4,19 @@ running a call with a timeout and a bounded, printable observation."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import json
+import queue
+import re
+import threading
 from dataclasses import dataclass, field, replace
-from typing import Any, Awaitable, Callable, get_type_hints
+from typing import Annotated, Any, Callable, get_args, get_origin, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from .errors import ToolError, ToolTimeout
+from .parsing import RawArguments
 
 __all__ = ["Tool", "ToolFactory", "ToolContext", "tool", "as_factory", "NoOptions",
            "parse_arguments", "run_tool", "format_output"]
@@ -80,7 +85,8 @@ def as_factory(obj: Tool | ToolFactory | Callable[..., Any]) -> ToolFactory:
     if not isinstance(obj, Tool):
         obj = tool(obj)
     fixed = obj
-    return ToolFactory(fixed.name, fixed.description, NoOptions, lambda _opts, _ctx: fixed)
+    # A copy per build: a spec entry's timeout_s or name must not leak into other agents.
+    return ToolFactory(fixed.name, fixed.description, NoOptions, lambda _opts, _ctx: replace(fixed))
 
 
 def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None,
@@ -100,7 +106,7 @@ def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None,
                 takes_context = True
                 continue
             default = ... if param.default is inspect.Parameter.empty else param.default
-            fields[pname] = (ann, default)
+            fields[pname] = (_described(ann), default)
         model = create_model(f"{f.__name__}_args", __config__=ConfigDict(extra="forbid"), **fields)
         doc = inspect.getdoc(f) or ""
         return Tool(name or f.__name__, description or doc.split("\n\n")[0].replace("\n", " "),
@@ -109,19 +115,36 @@ def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None,
     return wrap(fn) if fn is not None else wrap
 
 
+def _described(ann: Any) -> Any:
+    """`Annotated[int, "the count"]`: a bare string in the metadata becomes the description."""
+    if get_origin(ann) is Annotated:
+        base, *meta = get_args(ann)
+        if any(isinstance(m, str) for m in meta):
+            text = next(m for m in meta if isinstance(m, str))
+            rest = [m for m in meta if not isinstance(m, str)]
+            return Annotated[(base, *rest, Field(description=text))]  # type: ignore[valid-type]
+    return ann
+
+
 def parse_arguments(t: Tool, raw: str | dict[str, Any] | None) -> BaseModel:
-    """Validate the model's input for `t`; raise ToolError with advice the model can act on."""
+    """Validate the model's input for `t`; raise ToolError with advice the model can act on.
+
+    Arguments are decoded with `json.loads` only (never evaluated). A one-field tool also
+    takes plain text, unless the text is evidently a broken JSON object for its fields.
+    """
     fields = t.args.model_fields
     data: Any = raw
     if isinstance(raw, str):
         text = raw.strip()
-        if text.startswith("{"):
+        if text.startswith("{") or isinstance(raw, RawArguments):
             try:
                 data = json.loads(text)
             except json.JSONDecodeError as exc:
-                if len(fields) != 1:
-                    raise ToolError(f"input is not valid JSON ({exc.msg} at column {exc.colno}); "
-                                    f"send a JSON object with: {', '.join(fields)}") from None
+                if len(fields) != 1 or isinstance(raw, RawArguments) or _names_a_field(
+                        text, fields):
+                    raise ToolError(f"the arguments are not valid JSON ({exc.msg} at column "
+                                    f"{exc.colno}); send a JSON object with double-quoted keys "
+                                    f"and no trailing comma, with: {', '.join(fields)}") from None
                 data = text
         if not isinstance(data, dict):
             if len(fields) == 1:
@@ -136,7 +159,14 @@ def parse_arguments(t: Tool, raw: str | dict[str, Any] | None) -> BaseModel:
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg']}"
                              for e in exc.errors(include_input=False, include_url=False))
-        raise ToolError(f"invalid arguments for {t.name}: {problems}") from None
+        takes = ", ".join(fields) or "no arguments"
+        raise ToolError(f"invalid arguments for {t.name}: {problems} ({t.name} takes: {takes})"
+                        ) from None
+
+
+def _names_a_field(text: str, fields: dict[str, Any]) -> bool:
+    """Whether `text` looks like a JSON object keyed by one of the fields (`{'expr': ...`)."""
+    return any(re.search(rf"""^\{{\s*["']?{re.escape(name)}["']?\s*:""", text) for name in fields)
 
 
 def _strip_quotes(text: str) -> str:
@@ -145,39 +175,124 @@ def _strip_quotes(text: str) -> str:
     return text
 
 
+class _DaemonWorkers:
+    """Threads for sync tools. Daemon threads, unlike asyncio's default executor, so a tool
+    that hangs past its timeout cannot keep `asyncio.run()` or the interpreter from exiting.
+
+    Every job reserves an idle thread or starts one, so a hung tool never delays another call
+    (past `max_threads` jobs wait their turn).
+    """
+
+    def __init__(self, max_threads: int = 64) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads = self._idle = self._waiting = 0
+        self._max = max_threads
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+            elif self._threads < self._max:
+                self._threads += 1
+                threading.Thread(target=self._work, name=f"runner-tool-{self._threads}",
+                                 daemon=True).start()
+            else:
+                self._waiting += 1
+        self._jobs.put(job)
+
+    def _work(self) -> None:
+        while True:
+            self._jobs.get()()
+            with self._lock:
+                if self._waiting:
+                    self._waiting -= 1
+                else:
+                    self._idle += 1
+
+
+_workers = _DaemonWorkers()
+
+
+def _in_thread(fn: Callable[..., Any], kwargs: dict[str, Any]) -> asyncio.Future[Any]:
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+    ctx = contextvars.copy_context()
+
+    def settle(ok: bool, value: Any) -> None:
+        if not future.done():
+            (future.set_result if ok else future.set_exception)(value)
+
+    def job() -> None:
+        try:
+            result = ctx.run(fn, **kwargs)
+        except BaseException as exc:  # delivered to the awaiting task, not raised here
+            outcome = (False, exc)
+        else:
+            outcome = (True, result)
+        try:
+            loop.call_soon_threadsafe(settle, *outcome)
+        except RuntimeError:  # the event loop closed while the tool was still running
+            pass
+
+    _workers.submit(job)
+    return future
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None))
+
+
+async def _call(t: Tool, kwargs: dict[str, Any]) -> Any:
+    try:
+        result = await (t.fn(**kwargs) if _is_async(t.fn) else _in_thread(t.fn, kwargs))
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+    except SystemExit as exc:  # argparse and friends: a tool failure, not the process ending
+        raise ToolError(f"SystemExit: {exc.code}") from None
+
+
 async def run_tool(t: Tool, args: BaseModel, ctx: ToolContext, timeout_s: float) -> Any:
     """Call the tool under a deadline; sync tools run in a worker thread."""
     kwargs = dict(args)
     if t.takes_context:
         kwargs[next(n for n, h in get_type_hints(t.fn).items() if h is ToolContext)] = ctx
-    if inspect.iscoroutinefunction(t.fn):
-        call: Awaitable[Any] = t.fn(**kwargs)
-    else:
-        call = asyncio.to_thread(t.fn, **kwargs)
     try:
-        return await asyncio.wait_for(call, timeout_s)
+        return await asyncio.wait_for(_call(t, kwargs), timeout_s)
     except asyncio.TimeoutError:
         raise ToolTimeout(f"tool {t.name} timed out after {timeout_s:g}s") from None
 
 
 def format_output(value: Any, max_chars: int) -> str:
-    """Any tool result as text: JSON for data, bytes decoded, cut to max_chars with a marker."""
-    if isinstance(value, bytes):
-        text = value.decode("utf-8", errors="replace")
-    elif isinstance(value, str):
-        text = value
-    elif isinstance(value, BaseModel):
-        text = value.model_dump_json()
-    else:
-        try:
-            text = json.dumps(value, ensure_ascii=False, default=repr)
-        except (TypeError, ValueError):
-            text = repr(value)
+    """Any tool result as text: JSON for data, bytes decoded, cut to max_chars with a marker.
+
+    Never raises: whatever a tool returns, the model gets some text.
+    """
+    try:
+        text = _as_text(value)
+    except Exception as exc:  # a __repr__ or model_dump that raises
+        text = f"<unprintable {type(value).__name__}: {type(exc).__name__}>"
     text = text.encode("utf-8", errors="replace").decode("utf-8")
     if len(text) > max_chars:
-        marker = TRUNCATION_MARKER.format(dropped=len(text) - max_chars, total=len(text))
-        text = text[:max_chars] + marker
+        marker = TRUNCATION_MARKER.format(dropped=len(text), total=len(text))  # longest form
+        keep = max_chars - len(marker) if max_chars > 2 * len(marker) else max_chars
+        text = text[:keep] + TRUNCATION_MARKER.format(dropped=len(text) - keep, total=len(text))
     return text
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, str):
+        return value
+    if isinstance(value, BaseModel):
+        return value.model_dump_json()
+    try:
+        return json.dumps(value, ensure_ascii=False, default=repr)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 def renamed(t: Tool, alias: str | None, description: str | None) -> Tool:

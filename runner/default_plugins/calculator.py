@@ -68,6 +68,8 @@ def evaluate(expression: str) -> int | float:
         raise ValueError(str(exc)) from None
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise ValueError("the result is not a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("the result is too large for a floating-point number")
     return value
 
 

@@ -6,10 +6,13 @@
         replies:
           - "Thought: add them\nAction: calculator[2+2]"
           - {tool_calls: [{name: calculator, arguments: {expression: "2+2"}}]}
+          - {content: "Thought: a long", finish_reason: length}   # cut off at max_tokens
           - "Final Answer: 4"
         native_tools: true     # claim native tool calling (for loop.style: auto)
 
-`fake/echo` answers every question with the question itself.
+`fake/echo` answers every question with the question itself. Stop sequences are applied as a
+provider would. Each call's messages, tools and stop sequences are kept in `calls`,
+`tools_seen` and `stops_seen`, for tests to check what the model was sent.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ class FakeModel:
         self.spec, self.id = spec, model_id
         self.replies: list[Any] = list(spec.options.get("replies", []))
         self.calls: list[list[dict[str, Any]]] = []
+        self.tools_seen: list[Any] = []
+        self.stops_seen: list[list[str] | None] = []
         self._native = bool(spec.options.get("native_tools", False))
 
     def supports_tools(self) -> bool:
@@ -41,6 +46,8 @@ class FakeModel:
     async def complete(self, messages: list[dict[str, Any]], *, tools: Any = None,
                        stop: list[str] | None = None) -> Completion:
         self.calls.append(messages)
+        self.tools_seen.append(tools)
+        self.stops_seen.append(stop)
         prompt = "".join(str(m.get("content") or "") for m in messages)
         if self.id == "fake/echo":
             found = _QUESTION.findall(prompt)
@@ -57,7 +64,8 @@ class FakeModel:
                                c["arguments"] if isinstance(c["arguments"], str)
                                else json.dumps(c["arguments"]))
                       for i, c in enumerate(calls)]
-        return Completion(text, tool_calls, "tool_calls" if tool_calls else "stop",
+        finish = None if isinstance(reply, str) else reply.get("finish_reason")
+        return Completion(text, tool_calls, finish or ("tool_calls" if tool_calls else "stop"),
                           Usage(len(prompt) // 4, len(text) // 4), None, self.id)
 
 

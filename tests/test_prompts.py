@@ -1,0 +1,211 @@
+"""The sandboxed Jinja2 environment: escapes refused, runaway templates stopped, undefined
+variables named, and values (input, observations, instructions) never rendered as templates."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import runner
+from runner.errors import TemplateError
+from runner.prompts import PromptTemplate
+from runner.testing import ScriptedOpenAIServer
+
+# Rendered, these would show 49, IF-RAN and LOOPLOOPLOOP; kept literal, none of them appear.
+LITERAL = "{{ 7*7 }} {% if true %}IF{% endif %}-RAN {# c #}"
+
+
+@runner.tool
+def leak(text: str) -> str:
+    """Returns template syntax as its output."""
+    return "tool says {{ 7*7 }} and {% for i in range(3) %}LOOP{% endfor %}"
+
+
+class PromptTools:
+    @runner.hookimpl
+    def register_tools(self, register: Any) -> None:
+        register(leak)
+
+
+@pytest.fixture(autouse=True)
+def prompt_tools() -> Iterator[None]:
+    plugin = PromptTools()
+    runner.register_plugin(plugin)
+    yield
+    runner.unregister_plugin(plugin)
+
+
+def template_file(tmp_path: Path, body: str, name: str = "evil.md.j2") -> PromptTemplate:
+    (tmp_path / name).write_text(body)
+    return PromptTemplate(tmp_path, name=name)
+
+
+def render_error(tmp_path: Path, body: str) -> TemplateError:
+    tmpl = template_file(tmp_path, "Line one\nLine two\n" + body + "\nLast line\n")
+    with pytest.raises(TemplateError) as info:
+        tmpl.render(input="q", tools=[], steps=[])
+    return info.value
+
+
+# ------------------------------------------------------------------------------ escapes
+
+
+@pytest.mark.parametrize("escape", [
+    "{{ ''.__class__.__mro__ }}",
+    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "{{ ().__class__.__base__.__subclasses__() }}",
+    "{{ cycler.__init__.__globals__.os }}",
+    "{{ lipsum.__globals__['os'] }}",
+    "{{ joiner.__init__.__globals__ }}",
+    "{{ namespace.__init__.__globals__ }}",
+    "{{ self._TemplateReference__context }}",
+    "{{ ''|attr('__class__') }}",
+    "{{ '{0.__class__}'.format('') }}",
+    "{{ '{a.__class__.__mro__}'.format_map({'a': ''}) }}",
+    "{{ dict.__base__.__subclasses__() }}",
+])
+def test_sandbox_escapes_are_refused_naming_file_and_line(tmp_path: Path, escape: str) -> None:
+    err = render_error(tmp_path, escape)
+    assert "refused by the sandbox" in err.reason
+    assert err.path is not None and err.path.endswith("evil.md.j2")
+    assert err.line == 3
+    assert str(err).startswith(f"{err.path}:3:")
+
+
+# ------------------------------------------------------------------------------ runaway templates
+
+
+@pytest.mark.parametrize("body,reason", [
+    ("{% for i in range(10**9) %}x{% endfor %}", "Range too big"),
+    ("{{ 'x' * 10**9 }}", "repetition would make"),
+    ("{{ [0] * 10**9 }}", "repetition would make"),
+    ("{{ 2 ** 100000 }}", "exponent"),
+    ("{{ 'x' | center(10**9) }}", "width"),
+    ("{{ 'x' | indent(10**9, true) }}", "width"),
+    ("{{ 'x'.ljust(10**9) }}", "width"),
+    ("{{ '%1000000000d' % 1 }}", "width"),
+    ("{{ '%*d' % (10**9, 1) }}", "width"),
+    ("{{ '{:>1000000000}'.format('x') }}", "width"),
+    ("{{ ('x' * 900000) | replace('x', 'xxxxxxxxxx') }}", "replace would make"),
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+     "took longer than"),
+    ("{% macro f(n) %}{% if n %}{{ f(n-1) }}{{ f(n-1) }}{% endif %}{% endmacro %}{{ f(40) }}",
+     "took longer than"),
+    ("{% for i in range(100000) %}{{ 'y' * 999999 }}{% endfor %}", "larger than"),
+    # doubling a string 40 times would need a terabyte; each step's result is capped
+    ("{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}"
+     "{% endfor %}", "`~` would make"),
+    ("{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = [ns.s, ns.s]|join %}"
+     "{% endfor %}", "a value of"),
+    ("{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = '%s%s' % (ns.s, ns.s) %}"
+     "{% endfor %}", "a value of"),
+    ("{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ''.join([ns.s, ns.s]) %}"
+     "{% endfor %}", "a value of"),
+])
+def test_runaway_templates_are_stopped(tmp_path: Path, body: str, reason: str) -> None:
+    started = time.monotonic()
+    err = render_error(tmp_path, body)
+    assert time.monotonic() - started < 10
+    assert reason in err.reason
+    assert err.path is not None and err.path.endswith("evil.md.j2")
+
+
+def test_the_guards_leave_ordinary_templates_alone(tmp_path: Path) -> None:
+    tmpl = template_file(tmp_path, (
+        "{% for t in tools %}{{ loop.index }}/{{ loop.length }} {{ t.name }}"
+        "{% if not loop.last %}, {% endif %}{% endfor %}\n"
+        "{% for k, v in vars | dictsort %}{{ k }}={{ v }};{% endfor %}\n"
+        "{{ '%d items, %s' % (3, 'ok') }} {{ '{:>4}|'.format('x') }} {{ 'ab' | center(6) }}|\n"
+        "{{ 'a-b' | replace('-', '+') }} {{ 2 ** 10 }} {{ 'ab' * 3 }} {{ 'a' ~ 1 ~ none }}\n"
+        "{% for i in range(3) %}{% for j in range(2) %}{{ i * j }}{% endfor %}{% endfor %}"))
+    out = tmpl.render(tools=[{"name": "calc"}, {"name": "search"}], vars={"b": 2, "a": 1})
+    # trim_blocks drops the newline after a block tag
+    assert out == ("1/2 calc, 2/2 searcha=1;b=2;3 items, ok    x|   ab  |\n"
+                   "a+b 1024 ababab a1None\n000102")
+
+
+# ------------------------------------------------------------------------- undefined and syntax
+
+
+def test_an_undefined_variable_is_named_with_its_line(tmp_path: Path) -> None:
+    err = render_error(tmp_path, "Hello {{ user_nmae }}")
+    assert "undefined" in err.reason and "user_nmae" in err.reason
+    assert err.line == 3 and err.path is not None and err.path.endswith("evil.md.j2")
+
+
+def test_an_undefined_variable_in_an_included_template_names_that_file(tmp_path: Path) -> None:
+    (tmp_path / "part.j2").write_text("ok\n{{ missing_in_part }}\n")
+    err = render_error(tmp_path, "{% include 'part.j2' %}")
+    assert "missing_in_part" in err.reason
+    assert err.path is not None and err.path.endswith("part.j2") and err.line == 2
+
+
+def test_a_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    with pytest.raises(TemplateError) as info:
+        template_file(tmp_path, "ok\n{% for x in %}\n{% endfor %}")
+    assert info.value.line == 2 and str(info.value.path).endswith("evil.md.j2")
+
+
+def test_an_inline_template_error_names_its_origin() -> None:
+    tmpl = PromptTemplate(Path("."), text="a\n{{ nope }}", origin="agent.yaml: prompt.text")
+    with pytest.raises(TemplateError) as info:
+        tmpl.render()
+    assert info.value.path == "agent.yaml: prompt.text" and info.value.line == 2
+
+
+# ------------------------------------------------------------------------------ in a run
+
+
+def write_spec(tmp_path: Path, replies: list[Any] | None = None, **sections: Any) -> Path:
+    model: dict[str, Any] = {"id": "fake/script"}
+    if replies is not None:
+        model["options"] = {"replies": replies}
+    data = {"name": "prompttest", "model": model, "loop": {"style": "react"},
+            "tools": ["leak"], "memory": {"backend": "none"}, **sections}
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_a_template_escape_ends_the_run_with_a_located_error(tmp_path: Path) -> None:
+    (tmp_path / "evil.md.j2").write_text("Question: {{ input }}\n{{ ''.__class__.__mro__ }}\n")
+    path = write_spec(tmp_path, ["Final Answer: never"], prompt={"template": "evil.md.j2"})
+    result = asyncio.run(runner.Agent(runner.load_spec(path)).run("q"))
+    assert result.status == "template_error"
+    assert "evil.md.j2:2:" in result.error and "refused by the sandbox" in result.error
+
+
+def test_template_syntax_in_values_is_never_evaluated(tmp_path: Path) -> None:
+    path = write_spec(tmp_path, ["Action: leak[x]", "Final Answer: done"],
+                      prompt={"instructions": f"Instructions {LITERAL}",
+                              "variables": {"extra": f"Variable {LITERAL}"},
+                              "text": "{{ instructions }}\n{{ extra }}\nQuestion: {{ input }}\n"
+                                      "{% for s in steps %}{{ s.raw }}\nObservation: "
+                                      "{{ s.observation }}\n{% endfor %}Thought:"})
+    agent = runner.Agent(runner.load_spec(path))
+    result = asyncio.run(agent.run(f"Input {LITERAL}"))
+    assert result.status == "finished"
+    first, second = (m[0]["content"] for m in agent.models[0].calls)
+    for expected in (f"Instructions {LITERAL}", f"Variable {LITERAL}", f"Input {LITERAL}"):
+        assert expected in first and expected in second
+    assert "Observation: tool says {{ 7*7 }} and {% for i in range(3) %}LOOP{% endfor %}" in second
+    for prompt in (first, second):
+        assert "49" not in prompt and "IF-RAN" not in prompt and "LOOPLOOP" not in prompt
+
+
+def test_template_syntax_in_the_input_reaches_the_server_literally(
+        tmp_path: Path, server: ScriptedOpenAIServer, scripted: list[str]) -> None:
+    server.script("Action: leak[{{ 7*7 }}]", "Final Answer: {{ 7*7 }}")
+    path = write_spec(tmp_path)
+    result = runner.run_agent(path, "What is {{ 7*7 }}?", overrides=scripted)
+    assert result.status == "finished" and result.answer == "{{ 7*7 }}"
+    first, second = (r["messages"][0]["content"] for r in server.requests)
+    assert "Question: What is {{ 7*7 }}?" in first
+    assert "Action: leak[{{ 7*7 }}]\nObservation: tool says {{ 7*7 }}" in second
+    assert "49" not in first + second
