@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from .loop import RunResult
 
 __all__ = [
-    "RunnerError", "SpecError", "TemplateError", "PluginError", "ModelError", "ModelTimeout",
-    "ModelAuthError", "ModelRateLimited", "ModelProviderError", "ToolError", "ToolTimeout",
+    "RunnerError", "SpecError", "SpecErrors", "TemplateError", "PluginError", "ModelError",
+    "ModelTimeout", "ModelAuthError", "ModelRateLimited", "ModelProviderError", "ToolError", "ToolTimeout",
     "OutputError", "LimitExceeded", "MaxIterations", "MaxParseErrors", "RunFailed",
     "EXIT_OK", "EXIT_FAILED", "EXIT_SPEC", "EXIT_LIMIT", "EXIT_INTERRUPTED", "exit_code_for",
 ]

@@ -184,7 +184,9 @@ class Run:
             r.status = "interrupted"
         r.error = str(exc) or type(exc).__name__
         r.incomplete = True
-        r.answer = next((s.thought for s in reversed(r.steps) if s.thought), None)
+        # the best partial answer: the latest thought, else the latest good observation
+        r.answer = next((s.thought for s in reversed(r.steps) if s.thought), None) or next(
+            (s.observation for s in reversed(r.steps) if s.observation and not s.error), None)
 
     async def _call(self, messages: list[Message], tools: Any = None,
                     stop: list[str] | None = None) -> Completion:

@@ -8,12 +8,14 @@ import hashlib
 import json
 import os
 import re
+import types
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from inspect import isclass
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError
 
 from . import _yaml
 from ._yaml import Mark, format_path
@@ -125,12 +127,21 @@ class InputSpec(_Strict):
     """A named input of a chain (`--input NAME=VALUE`)."""
 
     description: str = ""
+    """What the input is for."""
     default: Any = None
     """Used when the input is not given; without it the input is required."""
     required: bool = True
+    """Whether the run fails when the input is missing and has no default."""
 
 
-ToolEntry = Union[str, dict[str, Any]]
+def _tool_entry(value: Any) -> Any:
+    if not isinstance(value, (str, dict)):
+        raise ValueError("a tool is a name (- calculator) or a mapping with one key "
+                         "(- search: {path: kb/})")
+    return value
+
+
+ToolEntry = Annotated[Union[str, dict[str, Any]], BeforeValidator(_tool_entry)]
 
 
 class AgentSpec(_Strict):
@@ -141,20 +152,27 @@ class AgentSpec(_Strict):
     kind: Literal["agent", "chain"] = "agent"
     """`agent` runs the tool loop; `chain` renders its prompt and makes one model call."""
     name: str = Field("agent", pattern=r"^[A-Za-z0-9_.-]+$")
+    """The agent's name: letters, digits, `_`, `.` and `-`; a parent agent calls it by this name."""
     description: str = ""
     """One line on what the agent does; shown to a parent agent that uses it as a tool."""
     extends: str | None = None
     """A base spec to start from: maps merge, lists replace."""
     model: ModelSpec = ModelSpec()
+    """Which model answers, and how it is called."""
     prompt: PromptSpec = PromptSpec()
+    """The master prompt."""
     loop: LoopSpec = LoopSpec()
+    """Limits and style of the Thought -> Action -> Observation loop."""
     budget: BudgetSpec = BudgetSpec()
+    """What one run may spend; a limit left out is unlimited."""
     tools: list[ToolEntry] = []
     """Tools by name (`- calculator`) or with options (`- search: {path: kb/}`); `- agent: x.yaml` uses another agent."""
     memory: MemorySpec = MemorySpec()
+    """Conversation memory kept across runs of one session."""
     inputs: dict[str, InputSpec | None] = {}
     """Named inputs of a chain; an agent takes the user's question as `input`."""
     output: OutputSpec | None = None
+    """A structured final answer, checked against a JSON Schema."""
 
     _source: SpecSource = PrivateAttr()
     _tools: list[ToolRef] = PrivateAttr(default_factory=list)
@@ -199,6 +217,8 @@ class SpecSource:
     """Values that came from secret-looking variables: masked in explain, traces and errors."""
     raw: dict[str, Any] = field(default_factory=dict)
     digest: str = ""
+    env: Mapping[str, str] | None = field(default=None, repr=False)
+    """The variables `${VAR}` is read from (None: os.environ); sub-agents use the same."""
 
     def error(self, path: tuple[Any, ...], reason: str) -> SpecError:
         """A SpecError located at the deepest known mark on `path`."""
@@ -241,13 +261,17 @@ def find_root(spec_path: Path) -> Path:
 
 def _interpolate(text: str, plain: bool, path: tuple[Any, ...], mark: Mark,
                  env: Mapping[str, str], secrets: set[str]) -> Any:
+    """Substitute `${VAR}`, `${VAR:-default}` and `$${`; retype a plain scalar afterwards.
+
+    A value that came from a secret-looking variable stays a string, so that it can be masked.
+    """
     if "$" not in text:
         return _yaml.resolve_scalar(text) if plain else text
     missing: list[str] = []
+    secret = False
 
     def sub(m: re.Match[str]) -> str:
-        if m.group(0) == "${":
-            return "${"
+        nonlocal secret
         if m.group(0) == "$${":
             return "${"
         name, default = m.group(1), m.group(2)
@@ -259,14 +283,15 @@ def _interpolate(text: str, plain: bool, path: tuple[Any, ...], mark: Mark,
             value = default
         elif SECRET_NAME.search(name) and value:
             secrets.add(value)
+            secret = True
         return value
 
     out = _VAR.sub(sub, text)
     if missing:
         raise SpecError(f"environment variable {missing[0]} is not set and has no default "
                         f"(write ${{{missing[0]}:-default}} to give one)", path=mark.file,
-                        line=mark.line, col=mark.col, key=format_path(path))
-    return _yaml.resolve_scalar(out) if plain else out
+                        line=mark.line, col=mark.col, key=format_path(path) or None)
+    return _yaml.resolve_scalar(out) if plain and not secret else out
 
 
 def _merge(base: Any, over: Any) -> Any:
@@ -282,11 +307,17 @@ def _read(path: Path, root: Path, env: Mapping[str, str], secrets: set[str],
           marks: dict[tuple[Any, ...], Mark], stack: tuple[Path, ...]) -> dict[str, Any]:
     shown = _display(path)
     try:
+        if not path.is_file():
+            raise SpecError("not a regular file" if path.exists() else "no such file", path=shown)
         size = path.stat().st_size
         if size > _yaml.MAX_BYTES:
             raise SpecError(f"file is {size} bytes; specs are limited to {_yaml.MAX_BYTES}",
                             path=shown)
-        text = path.read_bytes().decode("utf-8")
+        with path.open("rb") as f:  # bounded even if the file grows after stat()
+            raw = f.read(_yaml.MAX_BYTES + 1)
+        if len(raw) > _yaml.MAX_BYTES:
+            raise SpecError(f"file is larger than {_yaml.MAX_BYTES} bytes", path=shown)
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise SpecError("no such file", path=shown) from None
     except UnicodeDecodeError as exc:
@@ -328,9 +359,10 @@ def _apply_overrides(data: dict[str, Any], overrides: Iterable[str],
                      marks: dict[tuple[Any, ...], Mark]) -> None:
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise SpecError(f"--set {item!r}: expected KEY.PATH=VALUE")
-        value = _yaml.load(raw, "--set", {}) if raw.strip() else ""
+        if not sep or not key or "" in key.split("."):
+            raise SpecError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. "
+                            "--set loop.max_iterations=3")
+        value = _yaml.load(raw, f"--set {key}", {}) if raw.strip() else ""
         parts: list[Any] = [int(p) if p.isdigit() else p for p in key.split(".")]
         node: Any = data
         for i, part in enumerate(parts[:-1]):
@@ -347,42 +379,113 @@ def _apply_overrides(data: dict[str, Any], overrides: Iterable[str],
         elif isinstance(node, dict):
             node[parts[-1]] = value
         else:
-            raise SpecError(f"cannot set {key!r}", path="--set")
-        marks[tuple(parts)] = Mark("--set " + key, 0, 0)
+            why = "no such list item" if isinstance(node, list) else \
+                f"{format_path(tuple(parts[:-1]))} is not a mapping"
+            raise SpecError(f"cannot set {key!r}: {why}", path="--set")
+        target = tuple(parts)
+        for stale in [p for p in marks if p[:len(target)] == target]:
+            del marks[stale]  # the file's marks under a replaced value would point at old lines
+        marks[target] = Mark("--set", 0, 0)
 
 
 # ---------------------------------------------------------------------------- validation
 
+def _fields_by_alias(model: type[BaseModel]) -> dict[str, Any]:
+    return {f.alias or name: f for name, f in model.model_fields.items()}
+
+
+def _unwrap(tp: Any) -> Any:
+    """The model inside `X | None`, `Annotated[X, ...]`; anything else unchanged."""
+    while get_origin(tp) is Annotated:
+        tp = get_args(tp)[0]
+    if get_origin(tp) in (Union, types.UnionType):
+        inner = [a for a in get_args(tp) if a is not type(None)]
+        models = [a for a in inner if isclass(a) and issubclass(a, BaseModel)]
+        return models[0] if models else inner[0] if len(inner) == 1 else tp
+    return tp
+
+
 def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that validates the mapping at `loc`, if there is one."""
+    tp: Any = model
     for part in loc:
-        if not isinstance(part, str) or part not in model.model_fields:
+        tp = _unwrap(tp)
+        if isclass(tp) and issubclass(tp, BaseModel):
+            field_info = _fields_by_alias(tp).get(part)
+            if field_info is None:
+                return None
+            tp = field_info.annotation
+        elif get_origin(tp) in (list, dict):
+            tp = get_args(tp)[-1]
+        else:
             return None
-        ann = model.model_fields[part].annotation
-        nxt = next((a for a in getattr(ann, "__args__", (ann,))
-                    if isinstance(a, type) and issubclass(a, BaseModel)), None)
-        if nxt is None:
-            return None
-        model = nxt
-    return model
+    tp = _unwrap(tp)
+    return tp if isclass(tp) and issubclass(tp, BaseModel) else None
+
+
+def _data_loc(loc: tuple[Any, ...], data: Any, missing: bool) -> tuple[Any, ...]:
+    """`loc` without pydantic's union branch names (`tools[0].str`), by walking the data."""
+    out: list[Any] = []
+    node = data
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif missing and i == len(loc) - 1:
+            pass
+        else:
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+def _reason(err: Any) -> str:
+    kind, msg = err["type"], err["msg"]
+    if kind == "missing":
+        return "missing required key"
+    if kind == "value_error":
+        return str(err.get("ctx", {}).get("error", msg))
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return "should be a mapping"
+    msg = re.sub(r"^(?:Input|String|List|Dictionary|Value|Number)\s+should", "should", msg)
+    return msg.replace("should be", "must be", 1) if kind in ("literal_error", "enum") else msg
 
 
 def _pydantic_errors(exc: ValidationError, src: SpecSource, model: type[BaseModel],
-                     prefix: tuple[Any, ...] = ()) -> list[SpecError]:
-    out = []
+                     prefix: tuple[Any, ...] = (), data: Any = None,
+                     also: Iterable[str] = ()) -> list[SpecError]:
+    """One SpecError per problem, at the key's mark; `also` are keys allowed beside the model's."""
+    reasons: dict[tuple[Any, ...], list[str]] = {}
     for err in exc.errors(include_input=False, include_url=False):
         loc = tuple(p for p in err["loc"] if isinstance(p, (str, int)))
-        if err["type"] == "extra_forbidden":
+        if data is not None:
+            loc = _data_loc(loc, data, err["type"] == "missing")
+        if err["type"] == "extra_forbidden" and loc:
             parent = _model_at(model, loc[:-1])
-            names = parent.model_fields if parent else {}
-            reason = f"unknown key {loc[-1]!r}{did_you_mean(str(loc[-1]), names)}"
-            if parent and not did_you_mean(str(loc[-1]), names):
-                reason += f"; allowed: {', '.join(names)}"
-        elif err["type"] in ("literal_error", "enum"):
-            reason = err["msg"].replace("Input should be", "must be")
+            names = [*(_fields_by_alias(parent) if parent else {}), *(also if not loc[:-1] else ())]
+            hint = did_you_mean(str(loc[-1]), names)
+            reason = f"unknown key {loc[-1]!r}{hint}"
+            if parent and not hint:
+                reason += f"; allowed: {', '.join(names)}" if names else "; it takes no options"
         else:
-            reason = err["msg"].replace("Input should be", "should be")
-        out.append(src.error(prefix + loc, reason))
-    return out
+            reason = _reason(err)
+        if reason not in reasons.setdefault(loc, []):
+            reasons[loc].append(reason)
+    return [src.error(prefix + loc, " or ".join(rs)) for loc, rs in reasons.items()]
+
+
+def _redact_errors(exc: SpecError, secrets: set[str]) -> None:
+    """Mask secret values in error reasons (an unknown tool named by `${SOME_TOKEN}`, say)."""
+    if not secrets:
+        return
+    from .redact import redact_text
+
+    for e in getattr(exc, "errors", [exc]):
+        e.reason = redact_text(e.reason, secrets)
+        e.args = (e.render(),)
+    exc.reason = redact_text(exc.reason, secrets)
+    exc.args = (exc.render(),)
 
 
 def load_spec(path: str | os.PathLike[str], overrides: Iterable[str] = (),
@@ -392,13 +495,21 @@ def load_spec(path: str | os.PathLike[str], overrides: Iterable[str] = (),
 
     `overrides` are `KEY.PATH=VALUE` strings (the CLI's `--set`). With `check`, tool names,
     model providers, memory backends, templates and sub-agents are checked against the
-    installed plugins too.
+    installed plugins too. No error message shows a value that came from a secret variable.
     """
     spec_path = Path(path).resolve()
-    root = find_root(spec_path)
-    env = os.environ if env is None else env
-    src = SpecSource(spec_path, root)
-    data = _read(spec_path, root, env, src.secrets, src.marks, ())
+    src = SpecSource(spec_path, find_root(spec_path), env=env)
+    try:
+        return _load(src, overrides, check, _stack)
+    except SpecError as exc:
+        _redact_errors(exc, src.secrets)
+        raise
+
+
+def _load(src: SpecSource, overrides: Iterable[str], check: bool,
+          stack: tuple[Path, ...]) -> AgentSpec:
+    env = os.environ if src.env is None else src.env
+    data = _read(src.path, src.root, env, src.secrets, src.marks, ())
     data.pop("extends", None)
     _apply_overrides(data, overrides, src.marks)
     src.raw = data
@@ -406,22 +517,27 @@ def load_spec(path: str | os.PathLike[str], overrides: Iterable[str] = (),
     try:
         spec = AgentSpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecErrors(_pydantic_errors(exc, src, AgentSpec)) from None
+        raise SpecErrors(_pydantic_errors(exc, src, AgentSpec, data=data)) from None
     spec._source = src
     if check:
         from .checks import check_spec
 
-        check_spec(spec, _stack=(*_stack, spec_path))
+        check_spec(spec, _stack=(*stack, src.path))
     return spec
 
 
 def validate_paths(paths: Iterable[str | os.PathLike[str]]) -> tuple[int, list[SpecError]]:
-    """Validate every spec file under `paths`; return how many were read and the problems."""
+    """Validate every spec file under `paths`; return how many were read and the problems.
+
+    In a folder, files and folders whose names start with a dot are skipped.
+    """
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files.extend(sorted(q for q in p.rglob("*.y*ml") if q.suffix in (".yaml", ".yml")
-                                and not any(part.startswith(".") for part in q.parts)))
+            files.extend(sorted(q for q in p.rglob("*") if q.suffix in (".yaml", ".yml")
+                                and q.is_file()
+                                and not any(part.startswith(".")
+                                            for part in q.relative_to(p).parts)))
         else:
             files.append(p)
     problems: list[SpecError] = []
