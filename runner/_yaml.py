@@ -58,23 +58,27 @@ _Resolver.add_implicit_resolver(
 _Resolver.add_implicit_resolver(
     "tag:yaml.org,2002:null", re.compile(r"^(?:~|null|Null|NULL|)$"), ["~", "n", "N", ""])
 
-if hasattr(yaml, "CParser"):
-    class _Loader(yaml.CParser, _Resolver):  # type: ignore[name-defined,misc]
+class _PyLoader(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser, _Resolver):
+    """The pure-Python parser: events only; slower, with clearer syntax-error messages."""
+
+    def __init__(self, stream: str) -> None:
+        yaml.reader.Reader.__init__(self, stream)
+        yaml.scanner.Scanner.__init__(self)
+        yaml.parser.Parser.__init__(self)
+        _Resolver.__init__(self)
+
+
+try:
+    from yaml._yaml import CParser  # libyaml: ~10x faster than the Python parser
+
+    class _Loader(CParser, _Resolver):  # type: ignore[misc]
         """libyaml's parser: events only; nodes and values are built from them here."""
 
         def __init__(self, stream: str) -> None:
-            yaml.CParser.__init__(self, stream)
+            CParser.__init__(self, stream)
             _Resolver.__init__(self)
-else:  # pragma: no cover - depends on how PyYAML was built
-    class _Loader(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser,  # type: ignore[no-redef]
-                  _Resolver):
-        """A parser only: nodes and values are built from its events here."""
-
-        def __init__(self, stream: str) -> None:
-            yaml.reader.Reader.__init__(self, stream)
-            yaml.scanner.Scanner.__init__(self)
-            yaml.parser.Parser.__init__(self)
-            _Resolver.__init__(self)
+except ImportError:  # pragma: no cover - PyYAML built without libyaml
+    _Loader = _PyLoader  # type: ignore[misc]
 
 
 _TAG = "tag:yaml.org,2002:"
@@ -299,7 +303,7 @@ def load(text: str, file: str, marks: dict[Path, Mark],
     try:
         node = _compose(loader, file)
     except yaml.MarkedYAMLError as exc:
-        raise _syntax_error(exc, file) from None
+        raise _syntax_error(_clearer_error(text) or exc, file) from None
     except yaml.YAMLError as exc:
         raise SpecError(f"YAML error: {exc}", path=file) from None
     finally:
@@ -307,6 +311,24 @@ def load(text: str, file: str, marks: dict[Path, Mark],
     if node is None:
         return None
     return _Builder(file, marks, scalar_hook).build(node)
+
+
+def _clearer_error(text: str) -> yaml.MarkedYAMLError | None:
+    """The pure-Python parser's account of a syntax error (it names tabs and the expected
+    token, where libyaml is vague); only for ordinary-sized files, since it is ~10x slower."""
+    if _PyLoader is _Loader or len(text) > 32 * 1024:
+        return None
+    loader = _PyLoader(text)
+    try:
+        while not loader.check_event(StreamEndEvent):
+            loader.get_event()
+    except yaml.MarkedYAMLError as exc:
+        return exc
+    except yaml.YAMLError:
+        return None
+    finally:
+        loader.dispose()
+    return None
 
 
 def _syntax_error(exc: yaml.MarkedYAMLError, file: str) -> SpecError:
