@@ -75,6 +75,26 @@ def _silence_llama() -> None:
         logging.getLogger("llama-cpp-python").setLevel(logging.CRITICAL)
 
 
+def _load(model: str, params: dict[str, Any]) -> Any:
+    """The Llama for `local/NAME`; pops the load options out of `params`."""
+    name = model.split("/", 1)[-1]
+    model_path = params.pop("model_path", None)
+    if model_path is None:
+        if name != DEFAULT:
+            raise ModelProviderError(f"local/{name}: unknown embedded model; use "
+                                     f"local/{DEFAULT} or set model.options.model_path")
+        model_path = str(weights_path())
+    return _llama(str(model_path), int(params.pop("n_ctx", 4096)),
+                  int(params.pop("n_threads", os.cpu_count() or 2)))
+
+
+def _preload(model: str, options: dict[str, Any]) -> None:
+    try:
+        _load(model, dict(options))
+    except Exception:  # the first real call reports it
+        pass
+
+
 def _close_all() -> None:
     while _models:
         _models.popitem()[1].close()
@@ -96,15 +116,7 @@ def _make_handler() -> Any:
         def completion(self, model: str, messages: list[dict[str, Any]], *args: Any,
                        optional_params: dict[str, Any], **kwargs: Any) -> Any:
             params = dict(optional_params)
-            name = model.split("/", 1)[-1]
-            model_path = params.pop("model_path", None)
-            if model_path is None:
-                if name != DEFAULT:
-                    raise ModelProviderError(f"local/{name}: unknown embedded model; use "
-                                             f"local/{DEFAULT} or set model.options.model_path")
-                model_path = str(weights_path())
-            llm = _llama(str(model_path), int(params.pop("n_ctx", 4096)),
-                         int(params.pop("n_threads", os.cpu_count() or 2)))
+            llm = _load(model, params)
             stop = params.get("stop") or []
             started = time.perf_counter()
             with _lock:
@@ -139,6 +151,8 @@ class LocalModel(LiteLLMModel):
     def __init__(self, spec: ModelSpec, model_id: str) -> None:
         global _handler
         super().__init__(spec, model_id)
+        # llama.cpp loads the weights without the GIL: overlap that with importing LiteLLM
+        threading.Thread(target=_preload, args=(model_id, spec.options), daemon=True).start()
         if _handler is None:
             litellm = import_litellm()
             _handler = _make_handler()
