@@ -20,9 +20,9 @@ __all__ = [
 ]
 
 _WHERE = {
-    "load_spec": "spec", "AgentSpec": "spec",
+    "load_spec": "spec", "AgentSpec": "spec", "RunResult": "result", "Step": "result",
     "run_agent": "api", "arun_agent": "api",
-    "Agent": "loop", "Run": "loop", "RunResult": "loop", "Step": "loop",
+    "Agent": "loop", "Run": "loop",
     "tool": "tools", "Tool": "tools", "ToolFactory": "tools", "ToolContext": "tools",
     "hookimpl": "hookspecs", "register_plugin": "plugins", "unregister_plugin": "plugins",
     "RunnerError": "errors", "SpecError": "errors", "ModelError": "errors",
@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     from .api import arun_agent, run_agent
     from .errors import LimitExceeded, ModelError, RunFailed, RunnerError, SpecError, ToolError
     from .hookspecs import hookimpl
-    from .loop import Agent, Run, RunResult, Step
+    from .loop import Agent, Run
+    from .result import RunResult, Step
     from .plugins import register_plugin, unregister_plugin
     from .spec import AgentSpec, load_spec
     from .tools import Tool, ToolContext, ToolFactory, tool

@@ -8,7 +8,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from .errors import RunFailed
-from .loop import Agent, RunResult
+from .loop import Agent
+from .result import RunResult
 from .memory import SQLiteMemory
 from .spec import AgentSpec, load_spec
 

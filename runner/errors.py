@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .loop import RunResult
+    from .result import RunResult
 
 __all__ = [
     "RunnerError", "SpecError", "SpecErrors", "TemplateError", "PluginError", "ModelError",

@@ -6,14 +6,15 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from . import events as ev
 from .budget import Budget
 from .errors import (LimitExceeded, MaxIterations, MaxParseErrors, OutputError, RunnerError,
                      ToolError)
-from .models import Completion, Message, Usage, build_model, complete_with_retries
+from .result import RunResult, Step, as_text
+from .chain import run_chain
+from .models import Completion, Message, build_model, complete_with_retries
 from .parsing import Action, Parsed, parse_text, parse_tool_calls
 from .spec import AgentSpec
 from .tools import ToolContext, format_output, parse_arguments, run_tool
@@ -21,53 +22,6 @@ from .tools import ToolContext, format_output, parse_arguments, run_tool
 __all__ = ["Agent", "Run", "RunResult", "Step"]
 
 STOP = ["\nObservation:", "\nQuestion:"]
-
-
-@dataclass
-class Step:
-    """One model call and what came of it."""
-
-    index: int
-    thought: str = ""
-    action: str | None = None
-    input: Any = None
-    observation: str | None = None
-    error: bool = False
-    raw: str = ""
-    model_s: float = 0.0
-    tool_s: float = 0.0
-    call_id: str | None = None
-
-
-@dataclass
-class RunResult:
-    """What a run produced, whether it finished or not."""
-
-    run_id: str
-    agent: str
-    model: str
-    input: Any
-    answer: Any = None
-    status: str = "running"
-    steps: list[Step] = field(default_factory=list)
-    messages: list[Message] = field(default_factory=list)
-    usage: Usage = field(default_factory=Usage)
-    cost_usd: float | None = None
-    error: str | None = None
-    incomplete: bool = False
-    duration_s: float = 0.0
-    exception: BaseException | None = field(default=None, repr=False)
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "finished"
-
-    def to_dict(self) -> dict[str, Any]:
-        """The result as JSON-ready data (what `runner run --json` prints)."""
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "exception"}
-        d["steps"] = [asdict(s) for s in self.steps]
-        d["usage"] = {**asdict(self.usage), "total_tokens": self.usage.total}
-        return d
 
 
 class Agent:
@@ -83,6 +37,8 @@ class Agent:
                                                    for f in spec.model.fallbacks]
         self.tools = build_tools(spec, self)
         self.tool_schemas = [t.schema() for t in self.tools.values()]
+        self.tool_views = [{"name": t.name, "description": t.description,
+                            "input_hint": t.input_hint()} for t in self.tools.values()]
         self.template = build_template(spec)
         self.memory = memory if memory is not None else build_memory(spec)
 
@@ -143,13 +99,13 @@ class Run:
         try:
             history = await self.agent.memory.load(self.agent.session, spec.memory.window)
             if spec.kind == "chain":
-                await self._chain()
+                await run_chain(self)
             else:
                 await self._loop(history)
             if r.status == "finished":
                 await self.agent.memory.append(self.agent.session, [
-                    {"role": "user", "content": _as_text(r.input)},
-                    {"role": "assistant", "content": _as_text(r.answer)}])
+                    {"role": "user", "content": as_text(r.input)},
+                    {"role": "assistant", "content": as_text(r.answer)}])
         except (RunnerError, asyncio.CancelledError, KeyboardInterrupt) as exc:
             self._fail(exc)
             if not isinstance(exc, RunnerError):
@@ -188,7 +144,7 @@ class Run:
         r.answer = next((s.thought for s in reversed(r.steps) if s.thought), None) or next(
             (s.observation for s in reversed(r.steps) if s.observation and not s.error), None)
 
-    async def _call(self, messages: list[Message], tools: Any = None,
+    async def call_model(self, messages: list[Message], tools: Any = None,
                     stop: list[str] | None = None) -> Completion:
         self.budget.check_before_call()
         reply = await complete_with_retries(
@@ -209,14 +165,13 @@ class Run:
         return self.agent.template.render(
             **spec.prompt.variables, vars=spec.prompt.variables,
             instructions=spec.prompt.instructions, history=history, input=self.result.input,
-            tools=[{"name": t.name, "description": t.description, "input_hint": t.input_hint()}
-                   for t in self.agent.tools.values()],
+            tools=self.agent.tool_views,
             examples=spec.prompt.examples if spec.prompt.examples is not None else [], **extra)
 
     async def _react_step(self, _messages: list[Message], history: list[Message]) -> bool:
         steps = [{"raw": s.raw, "observation": s.observation} for s in self.result.steps]
         prompt = self._prompt(history, steps=steps, native_tools=False)
-        reply = await self._call([{"role": "user", "content": prompt}], stop=STOP)
+        reply = await self.call_model([{"role": "user", "content": prompt}], stop=STOP)
         parsed = parse_text(reply.text, reply.finish_reason)
         step = Step(len(self.result.steps) + 1, parsed.thought, raw=parsed.raw,
                     model_s=reply.latency_s)
@@ -225,10 +180,10 @@ class Run:
     def _native_messages(self, history: list[Message]) -> list[Message]:
         system = self._prompt(history, steps=[], native_tools=True).strip()
         return [*([{"role": "system", "content": system}] if system else []), *history,
-                {"role": "user", "content": _as_text(self.result.input)}]
+                {"role": "user", "content": as_text(self.result.input)}]
 
     async def _native_step(self, messages: list[Message], _history: list[Message]) -> bool:
-        reply = await self._call(messages, tools=self.agent.tool_schemas)
+        reply = await self.call_model(messages, tools=self.agent.tool_schemas)
         parsed = parse_tool_calls(reply.text, reply.tool_calls, reply.finish_reason)
         calls = [{"id": c.id, "type": "function", "function": {"name": c.name,
                                                              "arguments": c.arguments}}
@@ -262,7 +217,7 @@ class Run:
             return False
         if parsed.finish is not None:
             try:
-                r.answer = self._final(parsed.finish.answer)
+                r.answer = self.final_answer(parsed.finish.answer)
             except OutputError as exc:
                 steps[0].observation, steps[0].error = str(exc), True
                 self.emit(ev.Observed(self.run_id, steps[0].index, None, str(exc), True, 0.0))
@@ -274,7 +229,8 @@ class Run:
                                for a, s in zip(parsed.actions, steps)))
         return True
 
-    def _final(self, text: str) -> Any:
+    def final_answer(self, text: str) -> Any:
+        """The answer as given, or parsed and checked against output.schema."""
         if self.spec.output is None:
             return text.strip()
         from .output import parse_structured
@@ -316,49 +272,3 @@ class Run:
             return f"tool {t.name} failed: {type(exc).__name__}: {exc}", True
         return format_output(out, self.agent.tool_max_chars.get(t.name, self.spec.loop.
                                                                   max_observation_chars)), False
-
-    async def _chain(self) -> None:
-        r, spec = self.result, self.spec
-        values = self._chain_inputs()
-        prompt = self.agent.template.render(**spec.prompt.variables, vars=spec.prompt.variables,
-                                            **values)
-        reply = await self._call([{"role": "user", "content": prompt}])
-        r.steps.append(Step(1, raw=reply.text, model_s=reply.latency_s))
-        if reply.finish_reason == "length" and spec.output is not None:
-            raise OutputError(f"the reply was cut off at max_tokens ({spec.model.max_tokens})")
-        r.answer = self._final(reply.text)
-        r.status = "finished"
-        self.emit(ev.FinalAnswer(self.run_id, 1, r.answer))
-
-    def _chain_inputs(self) -> dict[str, Any]:
-        from .errors import SpecError
-
-        given = self.result.input
-        names = list(self.spec.inputs)
-        if not isinstance(given, dict):
-            required = [n for n, d in self.spec.inputs.items()
-                        if d is None or (d.default is None and d.required)]
-            if len(required) != 1:
-                raise SpecError(f"this chain takes named inputs ({', '.join(names)}); "
-                                f"pass --input NAME=VALUE")
-            given = {required[0]: given}
-        unknown = set(given) - set(names)
-        if unknown:
-            raise SpecError(f"unknown input {sorted(unknown)[0]!r}; inputs are: {', '.join(names)}")
-        values = {}
-        for name, decl in self.spec.inputs.items():
-            if name in given:
-                values[name] = given[name]
-            elif decl is not None and (decl.default is not None or not decl.required):
-                values[name] = decl.default
-            else:
-                raise SpecError(f"missing input {name!r} (pass --input {name}=...)")
-        return values
-
-
-def _as_text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    import json
-
-    return json.dumps(value, ensure_ascii=False, default=str)

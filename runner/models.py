@@ -687,4 +687,3 @@ def check_model_id(model_id: str, providers: set[str]) -> str | None:
             f"{len(LITELLM_PROVIDERS)} more (openai, anthropic, ollama, hosted_vllm, ...)")
 
 
-_ = SpecError  # re-exported for plugin factories that reject a spec
