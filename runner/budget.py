@@ -1,7 +1,9 @@
-"""What a run (and its sub-agents) may spend: tokens, cost, tool calls and wall time."""
+"""What a run (and its sub-agents) may spend: tokens, cost, tool calls and wall time; and
+the clock it is measured by (tests inject a fake one instead of waiting)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -9,33 +11,64 @@ from .errors import LimitExceeded
 from .models import Completion, Usage
 from .spec import BudgetSpec
 
-__all__ = ["Budget"]
+__all__ = ["Budget", "Clock"]
+
+
+class Clock:
+    """Real time. runner.testing.FakeClock replaces it where waiting would slow tests."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
 
 class Budget:
     """Spending shared by a run and its sub-agents, checked before and after each call."""
 
-    def __init__(self, spec: BudgetSpec) -> None:
-        self.spec = spec
-        self.usage = Usage()
-        self.cost = 0.0
-        self.tool_calls = 0
-        self.deadline = time.monotonic() + spec.wall_s if spec.wall_s else None
+    def __init__(self, spec: BudgetSpec, clock: Clock | None = None,
+                 spent: dict[str, Any] | None = None) -> None:
+        self.spec, self.clock = spec, clock or Clock()
+        spent = spent or {}
+        self.usage = Usage(spent.get("prompt_tokens", 0), spent.get("completion_tokens", 0))
+        self.cost: float = spent.get("cost_usd", 0.0)
+        self.tool_calls: int = spent.get("tool_calls", 0)
+        self._elapsed_before: float = spent.get("wall_s", 0.0)
+        self.started = self.clock.monotonic()
+        self.deadline = (self.started + spec.wall_s - self._elapsed_before
+                         if spec.wall_s else None)
         self._runs: dict[int, tuple[Usage, float | None]] = {}
+
+    def spent(self) -> dict[str, Any]:
+        """What has been spent, for a checkpoint (a resumed run starts from it)."""
+        return {"prompt_tokens": self.usage.prompt_tokens,
+                "completion_tokens": self.usage.completion_tokens, "cost_usd": self.cost,
+                "tool_calls": self.tool_calls, "wall_s": round(self.elapsed(), 3)}
+
+    def elapsed(self) -> float:
+        return self._elapsed_before + self.clock.monotonic() - self.started
+
+    def remaining(self) -> float | None:
+        """Seconds left before the wall-clock budget, or None when there is none."""
+        return None if self.deadline is None else self.deadline - self.clock.monotonic()
+
+    def wall_exceeded(self) -> LimitExceeded:
+        return LimitExceeded("budget_wall_s", round(self.elapsed(), 3), self.spec.wall_s)
 
     def _over(self, name: str, used: Any, limit: Any) -> None:
         if limit is not None and used >= limit:
             raise LimitExceeded(f"budget_{name}", used, limit)
 
     def check_before_call(self) -> None:
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            raise LimitExceeded("budget_wall_s", round(time.monotonic() - self.deadline +
-                                                       (self.spec.wall_s or 0), 3),
-                                self.spec.wall_s)
+        left = self.remaining()
+        if left is not None and left <= 0:
+            raise self.wall_exceeded()
         self._over("tokens", self.usage.total, self.spec.tokens)
         self._over("cost_usd", self.cost, self.spec.cost_usd)
 
     def charge(self, run: Any, reply: Completion) -> None:
+        """Count a reply's usage (for the whole budget and for `run`), then check the limits."""
         self.usage.prompt_tokens += reply.usage.prompt_tokens
         self.usage.completion_tokens += reply.usage.completion_tokens
         self.cost += reply.cost_usd or 0.0
@@ -56,9 +89,12 @@ class Budget:
 
     def clip(self, timeout_s: float) -> float:
         """A timeout no later than the run's deadline."""
-        if self.deadline is None:
-            return timeout_s
-        return max(0.001, min(timeout_s, self.deadline - time.monotonic()))
+        left = self.remaining()
+        return timeout_s if left is None else max(0.001, min(timeout_s, left))
+
+    def adopt(self, run: Any, usage: Usage, cost: float | None) -> None:
+        """Start `run`'s own count from what it spent before it was resumed."""
+        self._runs[id(run)] = (usage, cost)
 
     def usage_since(self, run: Any) -> Usage:
         return self._runs.get(id(run), (Usage(), None))[0]

@@ -34,8 +34,9 @@ def build_tools(spec: AgentSpec, agent: Any) -> dict[str, Tool]:
         factory = reg[ref.name].value
         t = renamed(factory.build(ref.built_options, BuildContext(spec, ref, agent)),
                     ref.alias if ref.alias != ref.name else None, ref.description)
-        if ref.timeout_s is not None:
-            t.timeout_s = ref.timeout_s
+        for key in ("timeout_s", "confirm", "idempotent"):
+            if getattr(ref, key) is not None:
+                setattr(t, key, getattr(ref, key))
         if ref.max_output_chars is not None:
             agent.tool_max_chars[t.name] = ref.max_output_chars
         tools[t.name] = t

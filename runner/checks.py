@@ -28,6 +28,10 @@ class _CommonToolOptions(_Strict):
     """What the model is told the tool does, instead of the tool's own description."""
     max_output_chars: int | None = Field(None, ge=1, le=10_000_000)
     """Longer output of this tool is cut to this size, instead of loop.max_observation_chars."""
+    confirm: bool | None = None
+    """Ask before each call (see loop.approve); default: what the tool's plugin says."""
+    idempotent: bool | None = None
+    """false: a call interrupted by a crash is not re-run on resume; the model is told instead."""
 
 
 def check_spec(spec: AgentSpec, _stack: tuple[Path, ...] = ()) -> None:
@@ -130,7 +134,7 @@ def _tool_ref(spec: AgentSpec, i: int, entry: Any, stack: tuple[Path, ...]) -> T
         raise SpecErrors(_pydantic_errors(exc, src, _CommonToolOptions, key, common)) from None
     built = _check_options(spec, key, factory.value.options, rest, sorted(_COMMON_TOOL_KEYS))
     ref = ToolRef(name, rest, c.name or name, c.timeout_s, c.description, c.max_output_chars,
-                  built)
+                  c.confirm, c.idempotent, built)
     if name == "agent":
         ref.subspec = _load_subagent(spec, key, key if shorthand else key + ("spec",),
                                      built.spec, stack)

@@ -12,9 +12,12 @@
     ├── ToolError                   a tool failed; the loop turns it into an observation
     │   └── ToolTimeout             the tool ran past its timeout_s
     ├── OutputError                 a final answer does not fit output.schema (exit 1)
-    └── LimitExceeded               a limit ended the run (exit 3); `.limit` names it
-        ├── MaxIterations           loop.max_iterations
-        └── MaxParseErrors          loop.max_parse_errors, in a row
+    ├── LimitExceeded               a limit ended the run (exit 3); `.limit` names it
+    │   ├── MaxIterations           loop.max_iterations
+    │   ├── MaxParseErrors          loop.max_parse_errors, in a row
+    │   └── LoopDetected            one action with one input more than loop.max_repeats times
+    └── Interrupted                 SIGINT or SIGTERM stopped the run at a step boundary
+                                    (exit 130 or 143); `runner resume` continues it
 
 Every error that ends a run travels inside a RunResult (status, transcript, partial answer);
 `RunFailed` carries that result to callers that prefer exceptions.
@@ -30,7 +33,8 @@ if TYPE_CHECKING:
 __all__ = [
     "RunnerError", "SpecError", "SpecErrors", "TemplateError", "PluginError", "ModelError",
     "ModelTimeout", "ModelAuthError", "ModelRateLimited", "ModelProviderError", "ToolError", "ToolTimeout",
-    "OutputError", "LimitExceeded", "MaxIterations", "MaxParseErrors", "RunFailed",
+    "OutputError", "LimitExceeded", "MaxIterations", "MaxParseErrors", "LoopDetected",
+    "Interrupted", "RunFailed",
     "EXIT_OK", "EXIT_FAILED", "EXIT_SPEC", "EXIT_LIMIT", "EXIT_INTERRUPTED", "exit_code_for",
 ]
 
@@ -159,6 +163,24 @@ class MaxParseErrors(LimitExceeded):
         super().__init__("max_parse_errors", count, maximum)
 
 
+class LoopDetected(LimitExceeded):
+    def __init__(self, count: int, maximum: int) -> None:
+        super().__init__("loop_detected", count, maximum)
+
+
+class Interrupted(RunnerError):
+    """A signal stopped the run; its state up to the last step is saved."""
+
+    status = "interrupted"
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}; `runner resume` continues "
+                         f"the run")
+
+
 class RunFailed(RunnerError):
     """Raised by `run_agent(..., raise_on_error=True)`; `.result` keeps the transcript."""
 
@@ -176,6 +198,8 @@ def exit_code_for(error: BaseException | None) -> int:
         return EXIT_SPEC
     if isinstance(error, LimitExceeded):
         return EXIT_LIMIT
+    if isinstance(error, Interrupted):
+        return 128 + error.signum
     if isinstance(error, KeyboardInterrupt):
         return EXIT_INTERRUPTED
     return EXIT_FAILED

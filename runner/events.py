@@ -31,6 +31,7 @@ class RunStarted(Event):
     model: str
     input: Any
     parent_run_id: str | None = None
+    resumed: bool = False
 
 
 @dataclass

@@ -3,35 +3,56 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict
 from typing import Any
 
 from . import events as ev
-from .budget import Budget
-from .errors import (LimitExceeded, MaxIterations, MaxParseErrors, OutputError, RunnerError,
-                     ToolError)
-from .result import RunResult, Step, as_text
+from .budget import Budget, Clock
 from .chain import run_chain
-from .models import Completion, Message, build_model, complete_with_retries
+from .checkpoints import CheckpointStore
+from .errors import (Interrupted, LimitExceeded, LoopDetected, MaxIterations, MaxParseErrors,
+                     OutputError, RunnerError, ToolError)
+from .models import Completion, Message, Usage, build_model
 from .parsing import Action, Parsed, parse_text, parse_tool_calls
+from .result import RunResult, Step, as_text
+from .retry import complete_with_retries
 from .spec import AgentSpec
-from .tools import ToolContext, format_output, parse_arguments, run_tool
+from .tools import Tool, ToolContext, format_output, parse_arguments, run_tool
 
 __all__ = ["Agent", "Run", "RunResult", "Step"]
 
 STOP = ["\nObservation:", "\nQuestion:"]
+UNKNOWN_OUTCOME = ("the run was interrupted while {tool} was running, and {tool} is not safe to "
+                   "repeat, so it was not run again: its outcome is unknown. Check its effect "
+                   "before calling it again.")
+
+Approver = Callable[[str, dict[str, Any]], Awaitable[bool]]
 
 
 class Agent:
     """A spec made runnable: its model(s), tools and memory, shared by all its runs."""
 
     def __init__(self, spec: AgentSpec, *, session: str | None = None, memory: Any = None,
-                 depth: int = 0, sinks: list[Callable[[ev.Event], None]] | None = None) -> None:
+                 depth: int = 0, sinks: list[Callable[[ev.Event], None]] | None = None,
+                 clock: Clock | None = None, approver: Approver | None = None,
+                 checkpoints: CheckpointStore | bool = True) -> None:
+        """`approver(tool, args)` answers for tools marked `confirm` when loop.approve is `ask`;
+        `checkpoints`: a store, True for the spec's (top-level agents only), or False."""
         from .build import build_memory, build_template, build_tools
+        from .redact import env_secrets
 
         self.spec, self.depth, self.sinks = spec, depth, list(sinks or [])
+        self.clock, self.approver = clock or Clock(), approver
+        if checkpoints is True:
+            checkpoints = depth == 0 and spec.checkpoint.enabled
+            if checkpoints:
+                checkpoints = CheckpointStore(spec.checkpoint.path,
+                                              secrets=spec.source.secrets | env_secrets())
+        self.checkpoints = checkpoints or None
         self.session = session or spec.memory.session
         self.models = [build_model(spec.model)] + [build_model(spec.model, f)
                                                    for f in spec.model.fallbacks]
@@ -44,7 +65,21 @@ class Agent:
 
     def start(self, input: Any, *, budget: Budget | None = None,
               parent_run_id: str | None = None) -> Run:
-        return Run(self, input, budget or Budget(self.spec.budget), parent_run_id)
+        return Run(self, input, budget or Budget(self.spec.budget, self.clock), parent_run_id)
+
+    def restore(self, state: dict[str, Any]) -> Run:
+        """A run rebuilt from its last checkpoint, ready to `execute()` from where it stopped."""
+        budget = Budget(self.spec.budget, self.clock, spent=state["budget"])
+        run = Run(self, state["input"], budget, state.get("parent_run_id"))
+        run.run_id = run.result.run_id = state["run_id"]
+        run.result.steps = [Step(**s) for s in state["steps"]]
+        run.messages, run.calls = state["messages"], state["calls"]
+        run.parse_errors, run.repeats = state["parse_errors"], state["repeats"]
+        run.approvals, run.resumed = state["approvals"], True
+        spent = state["run_usage"]
+        budget.adopt(run, Usage(spent["prompt_tokens"], spent["completion_tokens"]),
+                     spent["cost_usd"])
+        return run
 
     async def run(self, input: Any, **kw: Any) -> RunResult:
         return await self.start(input, **kw).execute()
@@ -64,6 +99,39 @@ class Run:
         self.result = RunResult(self.run_id, self.spec.name, self.spec.model.id, input)
         self._listener: Callable[[ev.Event], None] | None = None
         self._started = time.monotonic()
+        self.messages: list[Message] = []
+        """The native tool-calling conversation (empty in text ReAct)."""
+        self.calls = self.parse_errors = 0
+        self.repeats: dict[str, int] = {}
+        self.approvals: dict[str, bool] = {}
+        self.resumed = False
+        self._stop: int | None = None
+        self._in_model_call = False
+        self._task: asyncio.Task[Any] | None = None
+
+    def request_stop(self, signum: int) -> None:
+        """Stop at the next step boundary (a model call in flight is abandoned at once)."""
+        self._stop = signum
+        if self._in_model_call and self._task is not None:
+            self._task.cancel()
+
+    def state(self) -> dict[str, Any]:
+        """Everything a resume needs, as JSON-ready data."""
+        r, src = self.result, self.spec.source
+        usage, cost = self.budget.usage_since(self), self.budget.cost_since(self)
+        return {"version": 1, "run_id": self.run_id, "parent_run_id": self.parent,
+                "agent": self.spec.name, "spec_path": str(src.path), "spec_digest": src.digest,
+                "overrides": src.overrides, "session": self.agent.session, "input": r.input,
+                "status": r.status, "answer": r.answer, "error": r.error,
+                "steps": [asdict(s) for s in r.steps], "messages": self.messages,
+                "calls": self.calls, "parse_errors": self.parse_errors, "repeats": self.repeats,
+                "approvals": self.approvals, "budget": self.budget.spent(),
+                "run_usage": {**asdict(usage), "cost_usd": cost}}
+
+    def checkpoint(self) -> None:
+        """Commit the state (after every step, and before a tool that must not run twice)."""
+        if self.agent.checkpoints is not None:
+            self.agent.checkpoints.save(self.state())
 
     def emit(self, event: ev.Event) -> None:
         from .plugins import hook
@@ -93,9 +161,11 @@ class Run:
 
     async def execute(self, listener: Callable[[ev.Event], None] | None = None) -> RunResult:
         """Drive the run to its end and return the result (events go to the sinks)."""
-        self._listener = listener
+        self._listener, self._task = listener, asyncio.current_task()
         r, spec = self.result, self.spec
-        self.emit(ev.RunStarted(self.run_id, 0, spec.name, spec.model.id, r.input, self.parent))
+        r.status = "running"
+        self.emit(ev.RunStarted(self.run_id, len(r.steps), spec.name, spec.model.id, r.input,
+                                self.parent, self.resumed))
         try:
             history = await self.agent.memory.load(self.agent.session, spec.memory.window)
             if spec.kind == "chain":
@@ -106,13 +176,19 @@ class Run:
                 await self.agent.memory.append(self.agent.session, [
                     {"role": "user", "content": as_text(r.input)},
                     {"role": "assistant", "content": as_text(r.answer)}])
-        except (RunnerError, asyncio.CancelledError, KeyboardInterrupt) as exc:
-            self._fail(exc)
-            if not isinstance(exc, RunnerError):
+        except asyncio.CancelledError:
+            if self._stop is None:
+                self._fail(Interrupted(2))
                 raise
+            if self._task is not None:
+                self._task.uncancel()  # the stop was ours: end normally, state saved
+            self._fail(Interrupted(self._stop))
+        except (RunnerError, KeyboardInterrupt) as exc:
+            self._fail(exc if isinstance(exc, RunnerError) else Interrupted(2))
         finally:
             r.duration_s = time.monotonic() - self._started
             r.usage, r.cost_usd = self.budget.usage_since(self), self.budget.cost_since(self)
+            self.checkpoint()
             self.emit(ev.RunEnded(self.run_id, len(r.steps), r.status, r.answer, r.error,
                                   r.duration_s))
         return r
@@ -121,16 +197,33 @@ class Run:
         r, limits = self.result, self.spec.loop
         native = self.agent.native_tools()
         step = self._native_step if native else self._react_step
-        messages = self._native_messages(history) if native else []
-        parse_errors = calls = 0
+        if native and not self.messages:
+            self.messages = self._native_messages(history)
+        await self._settle_pending()
         while r.status == "running":
-            if calls >= limits.max_iterations:
-                raise MaxIterations(calls, limits.max_iterations)
-            calls += 1
-            ok = await step(messages, history)
-            parse_errors = 0 if ok else parse_errors + 1
-            if parse_errors >= limits.max_parse_errors:
-                raise MaxParseErrors(parse_errors, limits.max_parse_errors)
+            if self._stop is not None:
+                raise Interrupted(self._stop)
+            if self.calls >= limits.max_iterations:
+                raise MaxIterations(self.calls, limits.max_iterations)
+            self.calls += 1
+            ok = await step(self.messages, history)
+            self.parse_errors = 0 if ok else self.parse_errors + 1
+            if r.status == "running":
+                self.checkpoint()
+            if self.parse_errors >= limits.max_parse_errors:
+                raise MaxParseErrors(self.parse_errors, limits.max_parse_errors)
+
+    async def _settle_pending(self) -> None:
+        """After a resume: finish the tool calls that were in flight when the run stopped."""
+        pending = [s for s in self.result.steps if s.action and s.observation is None]
+        await asyncio.gather(*(self._observe(Action(s.action, s.input, s.call_id), s, [],
+                                             resumed=True) for s in pending if s.action))
+        for s in pending:
+            if s.call_id:
+                self.messages.append({"role": "tool", "tool_call_id": s.call_id,
+                                      "content": s.observation or ""})
+        if pending:
+            self.checkpoint()
 
     def _fail(self, exc: BaseException) -> None:
         r = self.result
@@ -147,11 +240,14 @@ class Run:
     async def call_model(self, messages: list[Message], tools: Any = None,
                     stop: list[str] | None = None) -> Completion:
         self.budget.check_before_call()
-        reply = await complete_with_retries(
-            self.agent.models, self.spec.model, messages, tools=tools, stop=stop,
-            deadline=self.budget.deadline,
-            on_retry=lambda e, w: self.emit(ev.Warned(self.run_id, len(self.result.steps),
-                                                      f"retrying in {w:.1f}s: {e}")))
+        self._in_model_call = True
+        try:
+            reply = await complete_with_retries(
+                self.agent.models, self.spec.model, messages, self.budget, tools=tools,
+                stop=stop, on_retry=lambda e, w: self.emit(ev.Warned(
+                    self.run_id, len(self.result.steps), f"retrying in {w:.1f}s: {e}")))
+        finally:
+            self._in_model_call = False
         self.budget.charge(self, reply)
         self.result.messages = [*messages, {"role": "assistant", "content": reply.text}]
         self.emit(ev.ModelCalled(self.run_id, len(self.result.steps) + 1, reply.model,
@@ -227,6 +323,11 @@ class Run:
             r.status = "finished"
             self.emit(ev.FinalAnswer(self.run_id, steps[0].index, r.answer))
             return True
+        for a, s in zip(parsed.actions, steps):
+            s.action, s.input = a.tool, a.input
+        tools = self.agent.tools
+        if any(a.tool in tools and not tools[a.tool].idempotent for a in parsed.actions):
+            self.checkpoint()  # in flight: a resume must not run it a second time
         await asyncio.gather(*(self._observe(a, s, parsed.warnings)
                                for a, s in zip(parsed.actions, steps)))
         return True
@@ -239,18 +340,19 @@ class Run:
 
         return parse_structured(text, self.spec.output.json_schema)
 
-    async def _observe(self, action: Action, step: Step, warnings: list[str]) -> None:
+    async def _observe(self, action: Action, step: Step, warnings: list[str],
+                       resumed: bool = False) -> None:
         step.action, step.input = action.tool, action.input
         self.emit(ev.ActionTaken(self.run_id, step.index, action.tool, action.input,
                                  action.call_id))
         started = time.monotonic()
-        text, step.error = await self._invoke(action)
+        text, step.error = await self._invoke(action, step, resumed)
         if warnings:
             text += "\n(" + " ".join(warnings) + ")"
         step.observation, step.tool_s = text, time.monotonic() - started
         self.emit(ev.Observed(self.run_id, step.index, action.tool, text, step.error, step.tool_s))
 
-    async def _invoke(self, action: Action) -> tuple[str, bool]:
+    async def _invoke(self, action: Action, step: Step, resumed: bool) -> tuple[str, bool]:
         """Run one tool call; every failure becomes advice for the model."""
         tools = self.agent.tools
         t = tools.get(action.tool)
@@ -259,8 +361,13 @@ class Run:
 
             return (f"unknown tool {action.tool!r}{did_you_mean(action.tool, tools)}; tools are: "
                     f"{', '.join(tools) or '(none)'}", True)
+        if resumed and not t.idempotent:
+            return UNKNOWN_OUTCOME.format(tool=t.name), True
         try:
             args = parse_arguments(t, action.input)
+            refusal = self._repeated(t, args, step) or await self._approve(t, args, step)
+            if refusal:
+                return refusal, True
             self.budget.charge_tool_call()
             ctx = ToolContext(self.run_id, self.spec.source.root, self.agent.depth,
                               {"budget": self.budget, "run": self})
@@ -274,3 +381,37 @@ class Run:
             return f"tool {t.name} failed: {type(exc).__name__}: {exc}", True
         return format_output(out, self.agent.tool_max_chars.get(t.name, self.spec.loop.
                                                                   max_observation_chars)), False
+
+    def _repeated(self, t: Tool, args: Any, step: Step) -> str | None:
+        """Loop detection: the model is told once, then the run ends (loop_detected)."""
+        key = f"{t.name}:{json.dumps(dict(args), sort_keys=True, default=str)}"
+        count = self.repeats[key] = self.repeats.get(key, 0) + 1
+        limit = self.spec.loop.max_repeats
+        if count > limit:
+            raise LoopDetected(count, limit)
+        if count < limit:
+            return None
+        message = (f"{t.name} has been called with this same input {count} times; it was not "
+                   f"run again. Change the input, use another tool, or give the final answer.")
+        self.emit(ev.Warned(self.run_id, step.index, message))
+        return message
+
+    async def _approve(self, t: Tool, args: Any, step: Step) -> str | None:
+        """For tools marked confirm: the person's decision (kept in the checkpoint)."""
+        if not t.confirm:
+            return None
+        key = f"{step.index}:{t.name}"
+        mode = self.spec.loop.approve
+        if key not in self.approvals:
+            if mode != "ask":
+                self.approvals[key] = mode == "always"
+            elif self.agent.approver is None:
+                return (f"{t.name} needs a person's approval and this run is not interactive, so "
+                        f"it was not run (allow it with --yes or loop.approve: always)")
+            else:
+                self.approvals[key] = bool(await self.agent.approver(t.name, dict(args)))
+                self.checkpoint()
+        if self.approvals[key]:
+            return None
+        return f"running {t.name} was declined" + (" by the spec (loop.approve: never)"
+                                                  if mode == "never" else " by the person")

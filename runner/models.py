@@ -32,10 +32,9 @@ import email.utils
 import gc
 import json
 import os
-import random
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -44,7 +43,7 @@ from .errors import (ModelAuthError, ModelError, ModelProviderError, ModelRateLi
 from .spec import ModelSpec
 
 __all__ = ["Model", "Completion", "ToolCall", "Usage", "LiteLLMModel", "DirectTransport",
-           "build_model", "complete_with_retries", "import_litellm", "transport_setting",
+           "build_model", "import_litellm", "transport_setting",
            "Message"]
 
 Message = dict[str, Any]
@@ -630,45 +629,6 @@ def build_model(spec: ModelSpec, model_id: str | None = None) -> Model:
     if reg is not None:
         return reg.value(spec, model_id)
     return LiteLLMModel(spec, model_id)
-
-
-Sleep = Callable[[float], Awaitable[None]]
-
-
-async def complete_with_retries(models: list[Model], spec: ModelSpec, messages: list[Message], *,
-                                tools: list[dict[str, Any]] | None = None,
-                                stop: list[str] | None = None,
-                                deadline: float | None = None,
-                                sleep: Sleep = asyncio.sleep,
-                                on_retry: Callable[[ModelError, float], None] | None = None
-                                ) -> Completion:
-    """Call the first model, retrying retryable failures with jittered backoff (honouring
-    Retry-After), then each fallback in turn. `deadline` is a time.monotonic() value."""
-    last: ModelError | None = None
-    attempts = 0
-    for model in models:
-        for attempt in range(spec.retries + 1):
-            attempts += 1
-            try:
-                result = await model.complete(messages, tools=tools, stop=stop)
-                result.attempts = attempts
-                return result
-            except ModelError as exc:
-                last = exc
-                if not exc.retryable or attempt == spec.retries:
-                    break
-                wait = min(8.0, 0.5 * 2 ** attempt) * (0.5 + random.random() / 2)
-                if isinstance(exc, ModelRateLimited) and exc.retry_after is not None:
-                    wait = max(wait, exc.retry_after)
-                if deadline is not None and time.monotonic() + wait >= deadline:
-                    break
-                if on_retry is not None:
-                    on_retry(exc, wait)
-                await sleep(wait)
-        if isinstance(last, ModelAuthError):
-            break
-    assert last is not None
-    raise last
 
 
 def check_model_id(model_id: str, providers: set[str]) -> str | None:

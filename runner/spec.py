@@ -22,7 +22,7 @@ from ._yaml import Mark, format_path
 from .errors import SpecError, SpecErrors
 
 __all__ = ["AgentSpec", "ModelSpec", "PromptSpec", "LoopSpec", "BudgetSpec", "MemorySpec",
-           "OutputSpec", "InputSpec", "ToolRef", "SpecSource", "load_spec", "validate_paths",
+           "OutputSpec", "CheckpointSpec", "InputSpec", "ToolRef", "SpecSource", "load_spec", "validate_paths",
            "json_schema", "explain", "did_you_mean", "SECRET_NAME"]
 
 DEFAULT_MODEL = "local/gemma-3-270m"
@@ -49,6 +49,10 @@ class ModelSpec(_Strict):
     """Deadline for one model call, in seconds."""
     retries: int = Field(2, ge=0, le=10)
     """Extra attempts after a retryable failure (timeout, 429, 5xx)."""
+    backoff_s: float = Field(0.5, ge=0, le=60)
+    """First wait before a retry; it doubles each attempt, with jitter (0.5x to 1x)."""
+    max_backoff_s: float = Field(30.0, ge=0, le=3600)
+    """Longest wait between retries (a longer Retry-After is still honoured)."""
     fallbacks: list[str] = []
     """Model ids tried in order when this one fails for good."""
     api_base: str | None = None
@@ -91,6 +95,10 @@ class LoopSpec(_Strict):
     """Longer tool output is cut to this size with a marker."""
     tool_timeout_s: float = Field(30.0, gt=0, le=3600)
     """Default deadline for one tool call."""
+    max_repeats: int = Field(3, ge=2, le=100)
+    """The same action with the same input this many times: the model is told; once more ends the run (loop_detected)."""
+    approve: Literal["ask", "always", "never"] = "ask"
+    """Tools marked `confirm`: ask the person at the terminal, run them without asking, or refuse them."""
 
 
 class BudgetSpec(_Strict):
@@ -116,6 +124,15 @@ class MemorySpec(BaseModel):
     """Which conversation to continue; `--session` overrides it."""
     window: int | None = Field(None, ge=1)
     """Keep only the last N messages in the prompt."""
+
+
+class CheckpointSpec(_Strict):
+    """Where each run's state is committed after every step, so `runner resume` can continue it."""
+
+    enabled: bool = True
+    """Commit the run's state after every step."""
+    path: str = ".runner/runs.db"
+    """SQLite file, relative to the current directory."""
 
 
 class OutputSpec(_Strict):
@@ -170,6 +187,7 @@ class AgentSpec(_Strict):
     tools: list[ToolEntry] = []
     """Tools by name (`- calculator`) or with options (`- search: {path: kb/}`); `- agent: x.yaml` uses another agent."""
     memory: MemorySpec = MemorySpec()
+    checkpoint: CheckpointSpec = CheckpointSpec()
     """Conversation memory kept across runs of one session."""
     inputs: dict[str, InputSpec | None] = {}
     """Named inputs of a chain; an agent takes the user's question as `input`."""
@@ -201,11 +219,14 @@ class ToolRef:
     timeout_s: float | None = None
     description: str | None = None
     max_output_chars: int | None = None
+    confirm: bool | None = None
+    idempotent: bool | None = None
     built_options: Any = None
     subspec: AgentSpec | None = None
 
 
-_COMMON_TOOL_KEYS = {"name", "timeout_s", "description", "max_output_chars"}
+_COMMON_TOOL_KEYS = {"name", "timeout_s", "description", "max_output_chars", "confirm",
+                     "idempotent"}
 
 
 @dataclass
@@ -219,6 +240,8 @@ class SpecSource:
     """Values that came from secret-looking variables: masked in explain, traces and errors."""
     raw: dict[str, Any] = field(default_factory=dict)
     digest: str = ""
+    overrides: list[str] = field(default_factory=list)
+    """The `--set` values it was loaded with (a resumed run reloads it the same way)."""
     env: Mapping[str, str] | None = field(default=None, repr=False)
     """The variables `${VAR}` is read from (None: os.environ); sub-agents use the same."""
 
@@ -513,7 +536,8 @@ def _load(src: SpecSource, overrides: Iterable[str], check: bool,
     env = os.environ if src.env is None else src.env
     data = _read(src.path, src.root, env, src.secrets, src.marks, ())
     data.pop("extends", None)
-    _apply_overrides(data, overrides, src.marks)
+    src.overrides = list(overrides)
+    _apply_overrides(data, src.overrides, src.marks)
     src.raw = data
     src.digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
     try:

@@ -4,6 +4,8 @@ running a call with a timeout and a bounded, printable observation."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import contextvars
 import inspect
 import json
@@ -19,7 +21,7 @@ from .errors import ToolError, ToolTimeout
 from .parsing import RawArguments
 
 __all__ = ["Tool", "ToolFactory", "ToolContext", "tool", "as_factory", "NoOptions",
-           "parse_arguments", "run_tool", "format_output"]
+           "parse_arguments", "run_tool", "format_output", "run_process", "kill_process_groups"]
 
 TRUNCATION_MARKER = "\n[... output truncated: {dropped} of {total} characters dropped ...]"
 
@@ -50,6 +52,10 @@ class Tool:
     fn: Callable[..., Any]
     timeout_s: float | None = None
     takes_context: bool = False
+    confirm: bool = False
+    """Side effects worth a person's yes: asked before each call (see loop.approve)."""
+    idempotent: bool = True
+    """False: a call cut short by a crash is not re-run on resume; the model is told instead."""
 
     def schema(self) -> dict[str, Any]:
         """The OpenAI-style function schema passed to native tool calling."""
@@ -90,7 +96,8 @@ def as_factory(obj: Tool | ToolFactory | Callable[..., Any]) -> ToolFactory:
 
 
 def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None,
-         description: str | None = None, timeout_s: float | None = None) -> Any:
+         description: str | None = None, timeout_s: float | None = None,
+         confirm: bool = False, idempotent: bool = True) -> Any:
     """Turn a typed function (sync or async) into a Tool; its signature becomes the schema.
 
     A parameter annotated `ToolContext` receives the run's context and is hidden from the model.
@@ -110,7 +117,7 @@ def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None,
         model = create_model(f"{f.__name__}_args", __config__=ConfigDict(extra="forbid"), **fields)
         doc = inspect.getdoc(f) or ""
         return Tool(name or f.__name__, description or doc.split("\n\n")[0].replace("\n", " "),
-                    model, f, timeout_s, takes_context)
+                    model, f, timeout_s, takes_context, confirm, idempotent)
 
     return wrap(fn) if fn is not None else wrap
 
@@ -300,3 +307,42 @@ def renamed(t: Tool, alias: str | None, description: str | None) -> Tool:
     if not alias and not description:
         return t
     return replace(t, name=alias or t.name, description=description or t.description)
+
+
+_process_groups: set[int] = set()
+
+
+async def run_process(args: list[str], *, input: str | None = None, cwd: Any = None,
+                      env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run a command for a tool: (exit code, stdout and stderr as text). It runs in its own
+    process group, and the whole group (children included) is killed when the command ends,
+    when the tool times out or is cancelled, and when the runner exits: no orphans."""
+    proc = await asyncio.create_subprocess_exec(
+        *args, stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=cwd, env=env,
+        start_new_session=True)
+    _process_groups.add(proc.pid)
+    try:
+        out, _ = await proc.communicate(input.encode() if input is not None else None)
+        return proc.returncode or 0, out.decode("utf-8", errors="replace")
+    finally:
+        _kill_group(proc.pid)
+        _process_groups.discard(proc.pid)
+        if proc.returncode is None:
+            try:
+                await asyncio.wait_for(asyncio.shield(proc.wait()), 1.0)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                pass
+
+
+def kill_process_groups() -> None:
+    """Kill every process group that run_process started and that is still alive."""
+    for pgid in list(_process_groups):
+        _kill_group(pgid)
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -121,7 +121,7 @@ def test_unknown_key_without_a_close_one_lists_the_allowed_keys(write: Write) ->
     path = write("bad.yaml", "loop:\n  zzz: 1\n")
     assert error_of(path) == ("bad.yaml:2:3: loop.zzz: unknown key 'zzz'; allowed: style, "
                               "max_iterations, max_parse_errors, max_observation_chars, "
-                              "tool_timeout_s")
+                              "tool_timeout_s, max_repeats, approve")
 
 
 def test_unknown_key_uses_the_yaml_name_of_aliased_fields(write: Write) -> None:
@@ -200,8 +200,8 @@ def test_tool_options_list_what_is_allowed(write: Write) -> None:
     path = write("bad.yaml", "model: {id: fake/x}\ntools:\n  - calculator: {bogus: 1}\n"
                              "  - calculator: {timout_s: 2, name: c2}\n")
     assert errors_of(path) == [
-        "bad.yaml:3:18: tools[0].calculator.bogus: unknown key 'bogus'; allowed: description, "
-        "max_output_chars, name, timeout_s",
+        "bad.yaml:3:18: tools[0].calculator.bogus: unknown key 'bogus'; allowed: confirm, "
+        "description, idempotent, max_output_chars, name, timeout_s",
         "bad.yaml:4:18: tools[1].calculator.timout_s: unknown key 'timout_s' "
         "(did you mean 'timeout_s'?)",
     ]

@@ -1,0 +1,101 @@
+"""Checkpoints: each run's state committed to SQLite after every step, for `runner runs` and
+`runner resume`. One row per run, replaced in one transaction (WAL, busy timeout), so a
+crash at any point leaves the last committed step intact and never a torn row."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import RunnerError, SpecError
+
+__all__ = ["CheckpointStore", "CheckpointError"]
+
+RESUMABLE = {"running", "interrupted"}
+
+
+class CheckpointError(RunnerError):
+    """The checkpoint database cannot be read or written."""
+
+    status = "checkpoint_error"
+
+
+class CheckpointStore:
+    """Run states in a SQLite file (default `.runner/runs.db`)."""
+
+    def __init__(self, path: str | Path = ".runner/runs.db", busy_timeout_s: float = 5.0,
+                 secrets: set[str] | None = None) -> None:
+        self.path = Path(path)
+        self.busy_timeout_s = busy_timeout_s
+        self.secrets = set(secrets or ())
+        self._db: sqlite3.Connection | None = None
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(self.path, timeout=self.busy_timeout_s,
+                                     isolation_level=None, check_same_thread=False)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")  # durable across a crash of the process
+                db.execute("CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, "
+                           "parent TEXT, agent TEXT NOT NULL, status TEXT NOT NULL, "
+                           "steps INTEGER NOT NULL, created REAL NOT NULL, updated REAL NOT NULL, "
+                           "state TEXT NOT NULL)")
+            except (sqlite3.Error, OSError) as exc:
+                raise CheckpointError(f"checkpoint database {self.path}: {exc}") from None
+            self._db = db
+        return self._db
+
+    def save(self, state: dict[str, Any]) -> None:
+        """Commit a run's state (replacing the previous one) in a single transaction."""
+        from .redact import redact_text
+
+        text = json.dumps(state, ensure_ascii=False, default=str)
+        if self.secrets:
+            text = redact_text(text, self.secrets)
+        now = time.time()
+        try:
+            self._conn().execute(
+                "INSERT INTO runs(run_id, parent, agent, status, steps, created, updated, state) "
+                "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(run_id) DO UPDATE SET status=excluded.status, "
+                "steps=excluded.steps, updated=excluded.updated, state=excluded.state",
+                (state["run_id"], state.get("parent_run_id"), state["agent"], state["status"],
+                 len(state["steps"]), now, now, text))
+        except sqlite3.Error as exc:
+            raise CheckpointError(f"checkpoint database {self.path}: {exc}") from None
+
+    def load(self, run_id: str) -> dict[str, Any]:
+        """The last committed state of a run (a unique prefix of its id is enough)."""
+        try:
+            rows = self._conn().execute(
+                "SELECT state FROM runs WHERE run_id LIKE ? || '%' LIMIT 2",
+                (run_id,)).fetchall()
+        except sqlite3.Error as exc:
+            raise CheckpointError(f"checkpoint database {self.path}: {exc}") from None
+        if not rows:
+            raise SpecError(f"no run {run_id!r} in {self.path} (see `runner runs`)")
+        if len(rows) > 1:
+            raise SpecError(f"{run_id!r} matches several runs; give more of the id")
+        state: dict[str, Any] = json.loads(rows[0][0])
+        return state
+
+    def list(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The most recently updated runs: id, agent, status, steps, times, usage."""
+        try:
+            rows = self._conn().execute(
+                "SELECT run_id, parent, agent, status, steps, created, updated, "
+                "json_extract(state, '$.budget') FROM runs ORDER BY updated DESC LIMIT ?",
+                (limit,)).fetchall()
+        except sqlite3.Error as exc:
+            raise CheckpointError(f"checkpoint database {self.path}: {exc}") from None
+        keys = ("run_id", "parent", "agent", "status", "steps", "created", "updated")
+        return [{**dict(zip(keys, r[:7])), "budget": json.loads(r[7] or "{}")} for r in rows]
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None

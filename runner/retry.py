@@ -1,0 +1,83 @@
+"""The runner's one retry layer: backoff with jitter, Retry-After, fallbacks, and the run's
+wall-clock deadline, which covers every attempt and every wait.
+
+LiteLLM's own retries are never used (`num_retries` silently needs tenacity, and the fast
+routes make one attempt): a failed call here is retried `model.retries` times, so the
+server sees exactly `retries + 1` requests per model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from typing import Any
+
+from .budget import Budget
+from .errors import ModelAuthError, ModelError, ModelRateLimited
+from .models import Completion, Message, Model
+from .spec import ModelSpec
+
+__all__ = ["complete_with_retries", "backoff"]
+
+
+def backoff(spec: ModelSpec, attempt: int, exc: ModelError, rand: float | None = None) -> float:
+    """Seconds to wait before retry number `attempt + 1`: exponential with jitter, at least
+    the server's Retry-After."""
+    base = min(spec.max_backoff_s, spec.backoff_s * 2 ** attempt)
+    wait = base * (0.5 + (random.random() if rand is None else rand) / 2)
+    if isinstance(exc, ModelRateLimited) and exc.retry_after is not None:
+        wait = max(wait, exc.retry_after)
+    return wait
+
+
+async def _attempt(model: Model, messages: list[Message], tools: Any, stop: Any,
+                   budget: Budget) -> Completion:
+    left = budget.remaining()
+    if left is None:
+        return await model.complete(messages, tools=tools, stop=stop)
+    if left <= 0:
+        raise budget.wall_exceeded()
+    deadline = asyncio.timeout(left)  # also covers plugin models that ignore timeouts
+    try:
+        async with deadline:
+            return await model.complete(messages, tools=tools, stop=stop)
+    except TimeoutError:
+        if deadline.expired():
+            raise budget.wall_exceeded() from None
+        raise
+
+
+async def complete_with_retries(models: list[Model], spec: ModelSpec, messages: list[Message],
+                                budget: Budget, *, tools: list[dict[str, Any]] | None = None,
+                                stop: list[str] | None = None,
+                                on_retry: Callable[[ModelError, float], None] | None = None
+                                ) -> Completion:
+    """Call the first model, retrying retryable failures, then each fallback in turn. A wait
+    that would pass the run's deadline is not taken: the next fallback is tried instead."""
+    last: ModelError | None = None
+    attempts = 0
+    for model in models:
+        for attempt in range(spec.retries + 1):
+            attempts += 1
+            try:
+                result = await _attempt(model, messages, tools, stop, budget)
+                result.attempts = attempts
+                return result
+            except ModelError as exc:
+                last = exc
+                if not exc.retryable or attempt == spec.retries:
+                    break
+                wait = backoff(spec, attempt, exc)
+                left = budget.remaining()
+                if left is not None and wait >= left:
+                    exc.args = (f"{exc} (not retried: waiting {wait:.1f}s would pass the "
+                                f"run's wall-clock budget)",)
+                    break
+                if on_retry is not None:
+                    on_retry(exc, wait)
+                await budget.clock.sleep(wait)
+        if isinstance(last, ModelAuthError):
+            break
+    assert last is not None
+    raise last
