@@ -13,14 +13,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 __all__ = [
-    "load_spec", "run_agent", "arun_agent", "Agent", "Run", "RunResult", "Step", "AgentSpec",
+    "load_spec", "run_agent", "arun_agent", "resume_run", "aresume_run", "Agent", "Run", "RunResult", "Step", "AgentSpec",
     "tool", "Tool", "ToolFactory", "ToolContext", "hookimpl", "register_plugin",
     "unregister_plugin", "RunnerError", "SpecError", "ModelError", "ToolError",
     "LimitExceeded", "RunFailed",
 ]
 
 _WHERE = {
-    "load_spec": "spec", "AgentSpec": "spec", "RunResult": "result", "Step": "result",
+    "load_spec": "spec", "AgentSpec": "spec", "resume_run": "api", "aresume_run": "api", "RunResult": "result", "Step": "result",
     "run_agent": "api", "arun_agent": "api",
     "Agent": "loop", "Run": "loop",
     "tool": "tools", "Tool": "tools", "ToolFactory": "tools", "ToolContext": "tools",
@@ -30,7 +30,7 @@ _WHERE = {
 }
 
 if TYPE_CHECKING:
-    from .api import arun_agent, run_agent
+    from .api import arun_agent, aresume_run, resume_run, run_agent
     from .errors import LimitExceeded, ModelError, RunFailed, RunnerError, SpecError, ToolError
     from .hookspecs import hookimpl
     from .loop import Agent, Run

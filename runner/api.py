@@ -7,17 +7,21 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from .errors import RunFailed
+from .checkpoints import CheckpointStore
+from .errors import RunFailed, SpecError
 from .loop import Agent
-from .result import RunResult
 from .memory import SQLiteMemory
+from .redact import env_secrets
+from .result import RunResult
 from .spec import AgentSpec, load_spec
 
-__all__ = ["run_agent", "arun_agent", "make_agent"]
+__all__ = ["run_agent", "arun_agent", "make_agent", "prepare_resume", "resume_run",
+           "aresume_run"]
 
 
 def make_agent(spec: AgentSpec | str | os.PathLike[str], *, overrides: Iterable[str] = (),
-               session: str | None = None, sinks: list[Any] | None = None) -> Agent:
+               session: str | None = None, sinks: list[Any] | None = None,
+               **agent_options: Any) -> Agent:
     """An Agent for a spec or a spec file. Naming a session asks for memory that outlives the
     process: a spec whose memory is `buffer` or `none` then uses SQLite in .runner/memory.db,
     so a later run of the same session continues the conversation."""
@@ -26,7 +30,7 @@ def make_agent(spec: AgentSpec | str | os.PathLike[str], *, overrides: Iterable[
     memory = None
     if session is not None and spec.memory.backend in ("buffer", "none"):
         memory = SQLiteMemory(".runner/memory.db")
-    return Agent(spec, session=session, memory=memory, sinks=sinks)
+    return Agent(spec, session=session, memory=memory, sinks=sinks, **agent_options)
 
 
 async def arun_agent(spec: AgentSpec | str | os.PathLike[str], input: Any, *,
@@ -46,3 +50,35 @@ async def arun_agent(spec: AgentSpec | str | os.PathLike[str], input: Any, *,
 def run_agent(spec: AgentSpec | str | os.PathLike[str], input: Any, **kw: Any) -> RunResult:
     """Synchronous form of arun_agent."""
     return asyncio.run(arun_agent(spec, input, **kw))
+
+
+def prepare_resume(run_id: str, *, db: str | os.PathLike[str] = ".runner/runs.db",
+                   force: bool = False, **agent_options: Any) -> tuple[Agent, dict[str, Any]]:
+    """The agent and last committed state of an unfinished run. The spec is reloaded with
+    the run's own --set values; if it changed since, resuming needs `force`."""
+    store = CheckpointStore(db, secrets=env_secrets())
+    state = store.load(run_id)
+    if state["status"] == "finished":
+        raise SpecError(f"run {state['run_id']} already finished; nothing to resume")
+    spec = load_spec(state["spec_path"], state["overrides"])
+    if spec.source.digest != state["spec_digest"] and not force:
+        raise SpecError(f"{state['spec_path']} changed since run {state['run_id']} started; "
+                        f"resume with --force to continue with the new spec")
+    store.secrets |= spec.source.secrets
+    session = state["session"] if state["session"] != spec.memory.session else None
+    agent = make_agent(spec, session=session, checkpoints=store, **agent_options)
+    return agent, state
+
+
+async def aresume_run(run_id: str, **kw: Any) -> RunResult:
+    """Continue an unfinished run from its last committed step; see prepare_resume."""
+    agent, state = prepare_resume(run_id, **kw)
+    try:
+        return await agent.restore(state).execute()
+    finally:
+        await agent.memory.close()
+
+
+def resume_run(run_id: str, **kw: Any) -> RunResult:
+    """Synchronous form of aresume_run."""
+    return asyncio.run(aresume_run(run_id, **kw))

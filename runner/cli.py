@@ -52,9 +52,16 @@ def cli() -> None:
     """Run AI agents declared in YAML.
 
     \b
-    Exit codes: 0 finished, 1 run failed (model or tool error), 2 spec or usage error,
-    3 a limit or budget was reached, 130 interrupted.
+    Exit codes: 0 finished, 1 run failed (model, tool or output error), 2 spec or usage
+    error, 3 a limit or budget was reached, 130 interrupted by SIGINT, 143 by SIGTERM.
     """
+
+
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="Print the run result as one JSON object.")
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="Do not show steps on stderr.")
+yes_option = click.option("--yes", "-y", is_flag=True,
+                          help="Approve tools marked confirm without asking.")
 
 
 @cli.command()
@@ -65,19 +72,21 @@ def cli() -> None:
 @set_option
 @model_option
 @click.option("--session", "-s", help="Continue this conversation (memory kept in .runner/).")
-@click.option("--json", "as_json", is_flag=True, help="Print the run result as one JSON object.")
-@click.option("--quiet", "-q", is_flag=True, help="Do not show steps on stderr.")
+@yes_option
+@json_option
+@quiet_option
 @debug_option
 def run(spec: str, input: str | None, inputs: tuple[str, ...], sets: tuple[str, ...],
-        model: str | None, session: str | None, as_json: bool, quiet: bool, debug: bool) -> None:
-    """Run SPEC on INPUT; the answer goes to stdout, the steps to stderr."""
-    import asyncio
+        model: str | None, session: str | None, yes: bool, as_json: bool, quiet: bool,
+        debug: bool) -> None:
+    """Run SPEC on INPUT; the answer goes to stdout, the steps to stderr.
 
+    Each step is checkpointed in .runner/runs.db: Ctrl-C (or SIGTERM) stops at the next step
+    boundary, and `runner resume RUN_ID` continues the run."""
     from .api import make_agent
-    from .events import StderrPrinter
-    from .redact import env_secrets, redact_text, redact_value
+    from .redact import env_secrets
 
-    loaded = _load(spec, sets, model, debug)
+    loaded = _load(spec, (*sets, *(["loop.approve=always"] if yes else [])), model, debug)
     secrets = loaded.source.secrets | env_secrets()
     value: Any = input
     if inputs:
@@ -87,12 +96,110 @@ def run(spec: str, input: str | None, inputs: tuple[str, ...], sets: tuple[str, 
         if sys.stdin.isatty():
             raise click.UsageError("give the INPUT (or --input NAME=VALUE, or pipe it on stdin)")
         value = sys.stdin.read()
-    printer = StderrPrinter(quiet=quiet or as_json, redact=lambda t: redact_text(t, secrets))
     try:
-        agent = make_agent(loaded, session=session, sinks=[printer])
-        result = asyncio.run(_run_once(agent, value))
+        agent = make_agent(loaded, session=session, sinks=[_printer(quiet or as_json, secrets)],
+                           approver=_terminal_approver())
+        result = _drive(agent, lambda: agent.start(value))
     except RunnerError as exc:
         _fail(exc, debug, secrets)
+    _report(result, as_json, debug, secrets)
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("--db", default=".runner/runs.db", show_default=True, help="Checkpoint database.")
+@click.option("--force", is_flag=True, help="Resume even though the spec changed since.")
+@yes_option
+@json_option
+@quiet_option
+@debug_option
+def resume(run_id: str, db: str, force: bool, yes: bool, as_json: bool, quiet: bool,
+           debug: bool) -> None:
+    """Continue an interrupted run from its last committed step (finished steps are not
+    repeated; a tool marked idempotent: false that was in flight is not re-run)."""
+    from .api import prepare_resume
+    from .redact import env_secrets
+
+    secrets = env_secrets()
+    approver = _yes if yes else _terminal_approver()
+    try:
+        agent, state = prepare_resume(run_id, db=db, force=force, approver=approver,
+                                      sinks=[_printer(quiet or as_json, secrets)])
+        result = _drive(agent, lambda: agent.restore(state))
+    except RunnerError as exc:
+        _fail(exc, debug, secrets)
+    _report(result, as_json, debug, agent.spec.source.secrets | secrets)
+
+
+@cli.command()
+@click.option("--db", default=".runner/runs.db", show_default=True, help="Checkpoint database.")
+@click.option("--limit", "-n", default=20, show_default=True, help="How many runs.")
+@json_option
+def runs(db: str, limit: int, as_json: bool) -> None:
+    """List recent runs: id, agent, status, steps, tokens, last update."""
+    import time
+
+    from .checkpoints import CheckpointStore
+
+    if not os.path.exists(db):
+        click.echo(f"no runs yet ({db} does not exist)", err=True)
+        return
+    try:
+        rows = CheckpointStore(db).list(limit)
+    except RunnerError as exc:
+        _fail(exc, False)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'RUN':<14}{'AGENT':<16}{'STATUS':<18}{'STEPS':>5}{'TOKENS':>9}  UPDATED")
+    for r in rows:
+        b = r["budget"]
+        tokens = b.get("prompt_tokens", 0) + b.get("completion_tokens", 0)
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["updated"]))
+        click.echo(f"{r['run_id']:<14}{r['agent'][:15]:<16}{r['status'][:17]:<18}"
+                   f"{r['steps']:>5}{tokens:>9}  {when}")
+
+
+def _printer(quiet: bool, secrets: set[str]) -> Any:
+    from .events import StderrPrinter
+    from .redact import redact_text
+
+    return StderrPrinter(quiet=quiet, redact=lambda t: redact_text(t, secrets))
+
+
+def _drive(agent: Any, start: Any) -> Any:
+    """Run to the end with signal handling: the first SIGINT or SIGTERM stops the run at a
+    step boundary (state saved); a second SIGINT exits at once."""
+    import asyncio
+    import signal
+
+    async def main() -> Any:
+        run = start()
+        loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            if run._stop is not None and signum == signal.SIGINT:
+                _exit_now(130)
+            click.echo(f"\n{signal.Signals(signum).name}: stopping after this step "
+                       f"(Ctrl-C again to quit now); run {run.run_id} can be resumed", err=True)
+            run.request_stop(signum)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            return await run.execute()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            await agent.memory.close()
+
+    return asyncio.run(main())
+
+
+def _report(result: Any, as_json: bool, debug: bool, secrets: set[str]) -> None:
+    """Print the answer (or the JSON result) and exit with the run's code."""
+    from .redact import redact_text, redact_value
+
     if as_json:
         click.echo(json.dumps(redact_value(result.to_dict(), secrets), ensure_ascii=False,
                               default=str))
@@ -110,11 +217,36 @@ def run(spec: str, input: str | None, inputs: tuple[str, ...], sets: tuple[str, 
         raise SystemExit(exit_code_for(result.exception) if result.exception else EXIT_FAILED)
 
 
-async def _run_once(agent: Any, value: Any) -> Any:
-    try:
-        return await agent.run(value)
-    finally:
-        await agent.memory.close()
+async def _yes(tool: str, args: dict[str, Any]) -> bool:
+    return True
+
+
+def _terminal_approver() -> Any:
+    """Asks the person at the terminal, when there is one (else tools marked confirm are
+    refused, unless --yes or loop.approve: always)."""
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return None
+
+    async def ask(tool: str, args: dict[str, Any]) -> bool:
+        import asyncio
+
+        def prompt() -> str:
+            sys.stderr.write(f"Allow {tool} {json.dumps(args, ensure_ascii=False)}? [y/N] ")
+            sys.stderr.flush()
+            return sys.stdin.readline()
+
+        return (await asyncio.to_thread(prompt)).strip().lower() in ("y", "yes")
+
+    return ask
+
+
+def _exit_now(code: int) -> None:
+    from .tools import kill_process_groups
+
+    kill_process_groups()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _pair(item: str) -> tuple[str, str]:
@@ -254,6 +386,4 @@ def main() -> None:
         code = 130
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_FAILED)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)  # skips ~1 s of interpreter teardown once LiteLLM is loaded
+    _exit_now(code)  # skips ~1 s of interpreter teardown once LiteLLM is loaded
