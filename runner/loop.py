@@ -188,7 +188,12 @@ class Run:
         finally:
             r.duration_s = time.monotonic() - self._started
             r.usage, r.cost_usd = self.budget.usage_since(self), self.budget.cost_since(self)
-            self.checkpoint()
+            try:
+                self.checkpoint()
+            except RunnerError as exc:  # e.g. the disk is full: say so, keep the answer
+                answer = r.answer
+                self._fail(exc)
+                r.answer = answer
             self.emit(ev.RunEnded(self.run_id, len(r.steps), r.status, r.answer, r.error,
                                   r.duration_s))
         return r
