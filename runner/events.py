@@ -110,21 +110,20 @@ class StderrPrinter:
 
     @staticmethod
     def format(ev: Event) -> str | None:
-        pad = "  " * 0
         if isinstance(ev, RunStarted):
-            return f"{pad}▶ {ev.agent} on {ev.model}"
+            return f"▶ {ev.agent} on {ev.model}"
         if isinstance(ev, ModelCalled):
-            return (f"{pad}  · model {ev.latency_s * 1000:.0f} ms, {ev.prompt_tokens}+"
+            return (f"  · model {ev.latency_s * 1000:.0f} ms, {ev.prompt_tokens}+"
                     f"{ev.completion_tokens} tokens" + (f", {ev.attempts} attempts" if ev.attempts > 1 else ""))
         if isinstance(ev, Thought):
-            return f"{pad}Thought: {ev.text}" if ev.text else None
+            return f"Thought: {ev.text}" if ev.text else None
         if isinstance(ev, ActionTaken):
-            return f"{pad}Action: {ev.tool}[{ev.input}]"
+            return f"Action: {ev.tool}[{ev.input}]"
         if isinstance(ev, Observed):
             text = ev.text if len(ev.text) <= 500 else ev.text[:500] + " ..."
-            return f"{pad}Observation{' (error)' if ev.error else ''}: {text}"
+            return f"Observation{' (error)' if ev.error else ''}: {text}"
         if isinstance(ev, Warned):
-            return f"{pad}warning: {ev.message}"
+            return f"warning: {ev.message}"
         if isinstance(ev, RunEnded):
-            return f"{pad}■ {ev.status} in {ev.duration_s:.2f}s" + (f": {ev.error}" if ev.error else "")
+            return f"■ {ev.status} in {ev.duration_s:.2f}s"  # the error follows, once
         return None

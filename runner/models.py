@@ -149,30 +149,38 @@ def _clip(text: str, limit: int = 400) -> str:
 
 
 def _status_error(status: int, message: str, headers: Any, spec: ModelSpec,
-                  provider: str) -> ModelError:
-    """The ModelError for an HTTP error status; both transports map statuses through here."""
+                  provider: str, model_id: str | None = None) -> ModelError:
+    """The ModelError for an HTTP error status; both transports map statuses through here.
+    `model_id` names the model that failed (a fallback's, not always spec.id)."""
+    name = model_id or spec.id
     if status in (401, 403):
-        return ModelAuthError(f"{spec.id}: authentication failed ({status}); "
+        return ModelAuthError(f"{name}: authentication failed ({status}); "
                               f"{_key_hint(spec, provider)}")
     if status == 429:
-        return ModelRateLimited(f"{spec.id}: rate limited (429)", _retry_after(headers))
+        return ModelRateLimited(f"{name}: rate limited (429)", _retry_after(headers))
     if status in (400, 404, 422):
-        return ModelProviderError(f"{spec.id}: {message}", retryable=False)
+        return ModelProviderError(f"{name}: {message}", retryable=False)
     if status >= 500 or status == 408:
-        return ModelProviderError(f"{spec.id}: {message}", retryable=True)
-    return ModelProviderError(f"{spec.id}: {message}", retryable=False)
+        return ModelProviderError(f"{name}: {message}", retryable=True)
+    return ModelProviderError(f"{name}: {message}", retryable=False)
 
 
-def _translate(exc: Exception, spec: ModelSpec, provider: str) -> ModelError:
+def _translate(exc: Exception, spec: ModelSpec, provider: str,
+               model_id: str | None = None) -> ModelError:
     """A LiteLLM or transport exception as a runner ModelError (the message never has a key)."""
+    name = model_id or spec.id
     litellm = import_litellm()
     status = getattr(exc, "status_code", None)
-    message = _clip(f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}")
+    message = f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}"
+    key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
+    if key and len(key) >= 6:  # masked even where its variable's name does not look secret
+        message = message.replace(key, "***")
+    message = _clip(message)
     # LiteLLM keeps the provider's headers (Retry-After) here; `exc.response` is its own stub
     headers = getattr(exc, "litellm_response_headers", None) or getattr(
         getattr(exc, "response", None), "headers", None)
     if isinstance(exc, (asyncio.TimeoutError, litellm.Timeout)):
-        return ModelTimeout(f"{spec.id}: no reply within {spec.timeout_s:g}s")
+        return ModelTimeout(f"{name}: no reply within {spec.timeout_s:g}s")
     if isinstance(exc, (litellm.AuthenticationError, litellm.PermissionDeniedError)):
         status = 401 if status not in (401, 403) else status
     elif isinstance(exc, litellm.RateLimitError):
@@ -180,8 +188,8 @@ def _translate(exc: Exception, spec: ModelSpec, provider: str) -> ModelError:
     elif isinstance(exc, (litellm.BadRequestError, litellm.NotFoundError)):
         status = status if status in (400, 404, 422) else 400
     elif isinstance(exc, litellm.APIConnectionError) or status is None:
-        return ModelProviderError(f"{spec.id}: {message}", retryable=True)
-    return _status_error(status, message, headers, spec, provider)
+        return ModelProviderError(f"{name}: {message}", retryable=True)
+    return _status_error(status, message, headers, spec, provider, name)
 
 
 # --------------------------------------------------------------------------- transports
@@ -438,7 +446,7 @@ class DirectTransport:
             content_type = resp.content_type
         if status >= 400:
             raise _status_error(status, self._error_detail(status, raw, content_type, api_key),
-                                resp_headers, self.spec, provider)
+                                resp_headers, self.spec, provider, self.id)
         reply = self._httpx.Response(status, headers=list(resp_headers.items()), content=raw)
         reply.encoding = charset or "utf-8"
         try:
@@ -502,6 +510,7 @@ class LiteLLMModel:
         self._tools_supported: bool | None = None
         self._direct: DirectTransport | None | bool = False  # False: not decided yet
         self._priced: bool | None = None
+        import_litellm()  # now, so that a run's deadlines do not include the ~2 s import
 
     def supports_tools(self) -> bool:
         if self._tools_supported is None:
@@ -559,7 +568,7 @@ class LiteLLMModel:
         except ModelError:
             raise
         except Exception as exc:
-            raise _translate(exc, self.spec, self.provider) from None
+            raise _translate(exc, self.spec, self.provider, self.id) from None
         return self._completion(litellm, resp, time.perf_counter() - started)
 
     async def _call(self, litellm: Any, kw: dict[str, Any]) -> Any:
@@ -578,7 +587,14 @@ class LiteLLMModel:
         stream = await litellm.acompletion(**kw)
         async for chunk in stream:
             chunks.append(chunk)
-        if not chunks or not any(c.choices and c.choices[0].finish_reason for c in chunks):
+        if hasattr(stream, "received_finish_reason"):
+            # LiteLLM's stream wrapper ends a stream the provider cut short with a finish_reason
+            # "stop" of its own: what the provider really sent is kept on the wrapper
+            finished = bool(stream.received_finish_reason
+                            or getattr(stream, "intermittent_finish_reason", None))
+        else:
+            finished = any(c.choices and c.choices[0].finish_reason for c in chunks)
+        if not chunks or not finished:
             raise ModelProviderError(f"{self.id}: the stream ended without a finish", retryable=True)
         return litellm.stream_chunk_builder(chunks, messages=kw["messages"])
 

@@ -71,13 +71,15 @@ async def complete_with_retries(models: list[Model], spec: ModelSpec, messages: 
                 wait = backoff(spec, attempt, exc)
                 left = budget.remaining()
                 if left is not None and wait >= left:
-                    exc.args = (f"{exc} (not retried: waiting {wait:.1f}s would pass the "
-                                f"run's wall-clock budget)",)
+                    asked = (" the server asked for" if isinstance(exc, ModelRateLimited)
+                             and exc.retry_after is not None and wait <= exc.retry_after else "")
+                    exc.args = (f"{exc} (not retried: the {wait:.1f}s wait{asked} would pass the "
+                                f"run's wall-clock budget, {max(0.0, left):.1f}s left)",)
                     break
                 if on_retry is not None:
                     on_retry(exc, wait)
                 await budget.clock.sleep(wait)
-        if isinstance(last, ModelAuthError):
-            break
+        if isinstance(last, ModelAuthError) and spec.api_key_env:
+            break  # the fallbacks would send the same rejected key
     assert last is not None
     raise last
