@@ -150,7 +150,7 @@ def _load_subagent(spec: AgentSpec, key: tuple[Any, ...], path_key: tuple[Any, .
     if path in stack:
         chain = " -> ".join(p.name for p in (*stack, path))
         raise spec.source.error(key, f"sub-agent cycle: {chain}")
-    if len(stack) >= MAX_AGENT_DEPTH:
+    if len(stack) > MAX_AGENT_DEPTH:
         raise spec.source.error(key, f"sub-agents nested deeper than {MAX_AGENT_DEPTH}")
     return load_spec(path, env=spec.source.env, _stack=stack)
 
