@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from collections.abc import Iterable
 from typing import Any
 
@@ -42,6 +43,8 @@ async def arun_agent(spec: AgentSpec | str | os.PathLike[str], input: Any, *,
         result = await agent.run(input)
     finally:
         await agent.memory.close()
+        if agent.checkpoints is not None:
+            agent.checkpoints.close()
     if raise_on_error and not result.ok:
         raise RunFailed(result)
     return result
@@ -55,11 +58,20 @@ def run_agent(spec: AgentSpec | str | os.PathLike[str], input: Any, **kw: Any) -
 def prepare_resume(run_id: str, *, db: str | os.PathLike[str] = ".runner/runs.db",
                    force: bool = False, **agent_options: Any) -> tuple[Agent, dict[str, Any]]:
     """The agent and last committed state of an unfinished run. The spec is reloaded with
-    the run's own --set values; if it changed since, resuming needs `force`."""
+    the run's own --set values; if it changed since, resuming needs `force`. A run still
+    running in a live process on this machine is not resumed (two processes would repeat
+    each other's steps) unless `force` says that process is something else."""
+    if not os.path.exists(db):
+        raise SpecError(f"no run {run_id!r}: {db} does not exist (see `runner runs`)")
     store = CheckpointStore(db, secrets=env_secrets())
     state = store.load(run_id)
     if state["status"] == "finished":
         raise SpecError(f"run {state['run_id']} already finished; nothing to resume")
+    owner = state.get("owner") or {}
+    if (state["status"] == "running" and not force and owner.get("host") == socket.gethostname()
+            and owner.get("pid") != os.getpid() and _alive(owner.get("pid"))):
+        raise SpecError(f"run {state['run_id']} is still running in process {owner['pid']}; "
+                        f"stop it first (resume with --force if that process is not this run)")
     spec = load_spec(state["spec_path"], state["overrides"])
     if spec.source.digest != state["spec_digest"] and not force:
         raise SpecError(f"{state['spec_path']} changed since run {state['run_id']} started; "
@@ -77,6 +89,25 @@ async def aresume_run(run_id: str, **kw: Any) -> RunResult:
         return await agent.restore(state).execute()
     finally:
         await agent.memory.close()
+        if agent.checkpoints is not None:
+            agent.checkpoints.close()
+
+
+def _alive(pid: Any) -> bool:
+    """Whether a process with this id exists and has not exited (a zombie has)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True
 
 
 def resume_run(run_id: str, **kw: Any) -> RunResult:

@@ -70,10 +70,13 @@ class CheckpointStore:
 
     def load(self, run_id: str) -> dict[str, Any]:
         """The last committed state of a run (a unique prefix of its id is enough)."""
-        try:
-            rows = self._conn().execute(
-                "SELECT state FROM runs WHERE run_id LIKE ? || '%' LIMIT 2",
-                (run_id,)).fetchall()
+        if not run_id:
+            raise SpecError("give a run id (see `runner runs`)")
+        try:  # the id, else a prefix compared literally (LIKE takes `_` and `%` as wildcards)
+            db = self._conn()
+            rows = db.execute("SELECT state FROM runs WHERE run_id = ?", (run_id,)).fetchall() \
+                or db.execute("SELECT state FROM runs WHERE substr(run_id, 1, ?) = ? LIMIT 2",
+                              (len(run_id), run_id)).fetchall()
         except sqlite3.Error as exc:
             raise CheckpointError(f"checkpoint database {self.path}: {exc}") from None
         if not rows:

@@ -102,7 +102,7 @@ def run(spec: str, input: str | None, inputs: tuple[str, ...], sets: tuple[str, 
         result = _drive(agent, lambda: agent.start(value))
     except RunnerError as exc:
         _fail(exc, debug, secrets)
-    _report(result, as_json, debug, secrets)
+    _report(result, as_json, debug, secrets, _resume_hint(agent, result))
 
 
 @cli.command()
@@ -128,7 +128,8 @@ def resume(run_id: str, db: str, force: bool, yes: bool, as_json: bool, quiet: b
         result = _drive(agent, lambda: agent.restore(state))
     except RunnerError as exc:
         _fail(exc, debug, secrets)
-    _report(result, as_json, debug, agent.spec.source.secrets | secrets)
+    _report(result, as_json, debug, agent.spec.source.secrets | secrets,
+            _resume_hint(agent, result))
 
 
 @cli.command()
@@ -196,7 +197,20 @@ def _drive(agent: Any, start: Any) -> Any:
     return asyncio.run(main())
 
 
-def _report(result: Any, as_json: bool, debug: bool, secrets: set[str]) -> None:
+RESUMABLE_STATUSES = ("interrupted", "checkpoint_error", "model_timeout", "model_rate_limited")
+
+
+def _resume_hint(agent: Any, result: Any) -> str | None:
+    """The command that continues a run that stopped for a reason a resume can get past."""
+    store = agent.checkpoints
+    if store is None or result.status not in RESUMABLE_STATUSES:
+        return None
+    db = "" if str(store.path) == ".runner/runs.db" else f" --db {store.path}"
+    return f"resume with: runner resume {result.run_id}{db}"
+
+
+def _report(result: Any, as_json: bool, debug: bool, secrets: set[str],
+            hint: str | None = None) -> None:
     """Print the answer (or the JSON result) and exit with the run's code."""
     from .redact import redact_text, redact_value
 
@@ -214,6 +228,8 @@ def _report(result: Any, as_json: bool, debug: bool, secrets: set[str]) -> None:
             traceback.print_exception(result.exception)
         if not as_json:
             click.echo(redact_text(f"{result.status}: {result.error}", secrets), err=True)
+        if hint:
+            click.echo(hint, err=True)
         raise SystemExit(exit_code_for(result.exception) if result.exception else EXIT_FAILED)
 
 

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import Any
 
 from . import events as ev
 from .budget import Budget, Clock
 from .chain import run_chain
-from .checkpoints import CheckpointStore
+from .checkpoints import CheckpointError, CheckpointStore
 from .errors import (Interrupted, LimitExceeded, LoopDetected, MaxIterations, MaxParseErrors,
                      OutputError, RunnerError, ToolError)
 from .models import Completion, Message, Usage, build_model
@@ -31,6 +33,7 @@ UNKNOWN_OUTCOME = ("the run was interrupted while {tool} was running, and {tool}
                    "before calling it again.")
 
 Approver = Callable[[str, dict[str, Any]], Awaitable[bool]]
+_STEP_FIELDS = tuple(f.name for f in fields(Step))
 
 
 class Agent:
@@ -76,6 +79,9 @@ class Agent:
         run.messages, run.calls = state["messages"], state["calls"]
         run.parse_errors, run.repeats = state["parse_errors"], state["repeats"]
         run.approvals, run.resumed = state["approvals"], True
+        # calls that had started when the run stopped (None: an older checkpoint, where every
+        # pending call of a tool marked idempotent: false counts as started)
+        run.unknown = set(state["in_flight"]) if "in_flight" in state else None
         spent = state["run_usage"]
         budget.adopt(run, Usage(spent["prompt_tokens"], spent["completion_tokens"]),
                      spent["cost_usd"])
@@ -105,6 +111,9 @@ class Run:
         self.repeats: dict[str, int] = {}
         self.approvals: dict[str, bool] = {}
         self.resumed = False
+        self.in_flight: set[int] = set()
+        """Steps whose tool, marked idempotent: false, has started and not ended."""
+        self.unknown: set[int] | None = set()
         self._stop: int | None = None
         self._in_model_call = False
         self._task: asyncio.Task[Any] | None = None
@@ -123,10 +132,13 @@ class Run:
                 "agent": self.spec.name, "spec_path": str(src.path), "spec_digest": src.digest,
                 "overrides": src.overrides, "session": self.agent.session, "input": r.input,
                 "status": r.status, "answer": r.answer, "error": r.error,
-                "steps": [asdict(s) for s in r.steps], "messages": self.messages,
+                # shallow copies (dataclasses.asdict deep-copies: most of a checkpoint's cost)
+                "steps": [{k: getattr(s, k) for k in _STEP_FIELDS} for s in r.steps],
+                "messages": self.messages,
                 "calls": self.calls, "parse_errors": self.parse_errors, "repeats": self.repeats,
-                "approvals": self.approvals, "budget": self.budget.spent(),
-                "run_usage": {**asdict(usage), "cost_usd": cost}}
+                "approvals": self.approvals, "in_flight": sorted(self.in_flight),
+                "budget": self.budget.spent(), "run_usage": {**asdict(usage), "cost_usd": cost},
+                "owner": {"host": socket.gethostname(), "pid": os.getpid()}}
 
     def checkpoint(self) -> None:
         """Commit the state (after every step, and before a tool that must not run twice)."""
@@ -167,6 +179,9 @@ class Run:
         self.emit(ev.RunStarted(self.run_id, len(r.steps), spec.name, spec.model.id, r.input,
                                 self.parent, self.resumed))
         try:
+            # committed before anything runs: a location that cannot be written fails the run
+            # now, not after its first tool call, and `runner runs` shows the run at once
+            self.checkpoint()
             history = await self.agent.memory.load(self.agent.session, spec.memory.window)
             if spec.kind == "chain":
                 await run_chain(self)
@@ -211,7 +226,13 @@ class Run:
             if self.calls >= limits.max_iterations:
                 raise MaxIterations(self.calls, limits.max_iterations)
             self.calls += 1
-            ok = await step(self.messages, history)
+            before = len(r.steps)
+            try:
+                ok = await step(self.messages, history)
+            except BaseException:
+                if len(r.steps) == before:  # the model call failed or was abandoned: no step
+                    self.calls -= 1
+                raise
             self.parse_errors = 0 if ok else self.parse_errors + 1
             if r.status == "running":
                 self.checkpoint()
@@ -219,15 +240,18 @@ class Run:
                 raise MaxParseErrors(self.parse_errors, limits.max_parse_errors)
 
     async def _settle_pending(self) -> None:
-        """After a resume: finish the tool calls that were in flight when the run stopped."""
+        """After a resume: finish the tool calls that were in flight when the run stopped, and
+        answer every native tool call of the last turn (providers reject one left open)."""
         pending = [s for s in self.result.steps if s.action and s.observation is None]
         await asyncio.gather(*(self._observe(Action(s.action, s.input, s.call_id), s, [],
                                              resumed=True) for s in pending if s.action))
-        for s in pending:
-            if s.call_id:
+        answered = {m.get("tool_call_id") for m in self.messages if m.get("role") == "tool"}
+        late = [s for s in self.result.steps if s.call_id and s.call_id not in answered]
+        if self.messages:
+            for s in late:
                 self.messages.append({"role": "tool", "tool_call_id": s.call_id,
                                       "content": s.observation or ""})
-        if pending:
+        if pending or late:
             self.checkpoint()
 
     def _fail(self, exc: BaseException) -> None:
@@ -330,9 +354,6 @@ class Run:
             return True
         for a, s in zip(parsed.actions, steps):
             s.action, s.input = a.tool, a.input
-        tools = self.agent.tools
-        if any(a.tool in tools and not tools[a.tool].idempotent for a in parsed.actions):
-            self.checkpoint()  # in flight: a resume must not run it a second time
         await asyncio.gather(*(self._observe(a, s, parsed.warnings)
                                for a, s in zip(parsed.actions, steps)))
         return True
@@ -366,19 +387,27 @@ class Run:
 
             return (f"unknown tool {action.tool!r}{did_you_mean(action.tool, tools)}; tools are: "
                     f"{', '.join(tools) or '(none)'}", True)
-        if resumed and not t.idempotent:
+        if resumed and not t.idempotent and (self.unknown is None or step.index in self.unknown):
             return UNKNOWN_OUTCOME.format(tool=t.name), True
         try:
             args = parse_arguments(t, action.input)
-            refusal = self._repeated(t, args, step) or await self._approve(t, args, step)
+            # a call re-run after a resume was already counted by loop detection
+            refusal = (None if resumed else self._repeated(t, args, step)) or \
+                await self._approve(t, args, step)
             if refusal:
                 return refusal, True
             self.budget.charge_tool_call()
             ctx = ToolContext(self.run_id, self.spec.source.root, self.agent.depth,
                               {"budget": self.budget, "run": self})
             timeout = self.budget.clip(t.timeout_s or self.spec.loop.tool_timeout_s)
-            out = await run_tool(t, args, ctx, timeout)
-        except LimitExceeded:
+            if not t.idempotent and self.agent.checkpoints is not None:
+                self.in_flight.add(step.index)  # committed first: a resume will not re-run it
+                self.checkpoint()
+            try:
+                out = await run_tool(t, args, ctx, timeout)
+            finally:
+                self.in_flight.discard(step.index)
+        except (LimitExceeded, CheckpointError):
             raise
         except ToolError as exc:
             return f"tool {t.name} failed: {exc}", True
