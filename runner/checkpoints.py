@@ -55,18 +55,23 @@ class CheckpointStore:
         from .redact import redact_text
 
         text = json.dumps(state, ensure_ascii=False, default=str)
-        if self.secrets:
-            text = redact_text(text, self.secrets)
+        agent = state["agent"]
+        if self.secrets:  # each secret as it stands in JSON too (a quote or \ is escaped)
+            text = redact_text(text, self._masks())
+            agent = redact_text(agent, self.secrets)
         now = time.time()
         try:
             self._conn().execute(
                 "INSERT INTO runs(run_id, parent, agent, status, steps, created, updated, state) "
                 "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(run_id) DO UPDATE SET status=excluded.status, "
                 "steps=excluded.steps, updated=excluded.updated, state=excluded.state",
-                (state["run_id"], state.get("parent_run_id"), state["agent"], state["status"],
+                (state["run_id"], state.get("parent_run_id"), agent, state["status"],
                  len(state["steps"]), now, now, text))
         except sqlite3.Error as exc:
             raise CheckpointError(f"checkpoint database {self.path}: {exc}") from None
+
+    def _masks(self) -> set[str]:
+        return self.secrets | {json.dumps(s, ensure_ascii=False)[1:-1] for s in self.secrets}
 
     def load(self, run_id: str) -> dict[str, Any]:
         """The last committed state of a run (a unique prefix of its id is enough)."""

@@ -227,7 +227,9 @@ def _report(result: Any, as_json: bool, debug: bool, secrets: set[str],
 
             traceback.print_exception(result.exception)
         if not as_json:
-            click.echo(redact_text(f"{result.status}: {result.error}", secrets), err=True)
+            error = result.error or ""
+            line = error if error.startswith(result.status) else f"{result.status}: {error}"
+            click.echo(redact_text(line, secrets), err=True)
         if hint:
             click.echo(hint, err=True)
         raise SystemExit(exit_code_for(result.exception) if result.exception else EXIT_FAILED)

@@ -20,6 +20,7 @@ from .errors import (Interrupted, LimitExceeded, LoopDetected, MaxIterations, Ma
                      OutputError, RunnerError, ToolError)
 from .models import Completion, Message, Usage, build_model
 from .parsing import Action, Parsed, parse_text, parse_tool_calls
+from .redact import redact_text
 from .result import RunResult, Step, as_text
 from .retry import complete_with_retries
 from .spec import AgentSpec
@@ -50,11 +51,12 @@ class Agent:
 
         self.spec, self.depth, self.sinks = spec, depth, list(sinks or [])
         self.clock, self.approver = clock or Clock(), approver
+        self.secrets = spec.source.secrets | env_secrets()
+        """Values masked wherever this agent's runs are stored."""
         if checkpoints is True:
             checkpoints = depth == 0 and spec.checkpoint.enabled
             if checkpoints:
-                checkpoints = CheckpointStore(spec.checkpoint.path,
-                                              secrets=spec.source.secrets | env_secrets())
+                checkpoints = CheckpointStore(spec.checkpoint.path, secrets=self.secrets)
         self.checkpoints = checkpoints or None
         self.session = session or spec.memory.session
         self.models = [build_model(spec.model)] + [build_model(spec.model, f)
@@ -108,6 +110,7 @@ class Run:
         self.messages: list[Message] = []
         """The native tool-calling conversation (empty in text ReAct)."""
         self.calls = self.parse_errors = 0
+        self._partial: str | None = None
         self.repeats: dict[str, int] = {}
         self.approvals: dict[str, bool] = {}
         self.resumed = False
@@ -189,8 +192,9 @@ class Run:
                 await self._loop(history)
             if r.status == "finished":
                 await self.agent.memory.append(self.agent.session, [
-                    {"role": "user", "content": as_text(r.input)},
-                    {"role": "assistant", "content": as_text(r.answer)}])
+                    {"role": "user", "content": redact_text(as_text(r.input), self.agent.secrets)},
+                    {"role": "assistant",
+                     "content": redact_text(as_text(r.answer), self.agent.secrets)}])
         except asyncio.CancelledError:
             if self._stop is None:
                 self._fail(Interrupted(2))
@@ -262,8 +266,10 @@ class Run:
             r.status = "interrupted"
         r.error = str(exc) or type(exc).__name__
         r.incomplete = True
-        # the best partial answer: the latest thought, else the latest good observation
-        r.answer = next((s.thought for s in reversed(r.steps) if s.thought), None) or next(
+        # the best partial answer: an answer given too late, the latest thought, else the
+        # latest good observation
+        r.answer = self._partial or next(
+            (s.thought for s in reversed(r.steps) if s.thought), None) or next(
             (s.observation for s in reversed(r.steps) if s.observation and not s.error), None)
 
     async def call_model(self, messages: list[Message], tools: Any = None,
@@ -277,8 +283,14 @@ class Run:
                     self.run_id, len(self.result.steps), f"retrying in {w:.1f}s: {e}")))
         finally:
             self._in_model_call = False
-        self.budget.charge(self, reply)
         self.result.messages = [*messages, {"role": "assistant", "content": reply.text}]
+        try:
+            self.budget.charge(self, reply)
+        except LimitExceeded:  # the reply that crossed the budget was paid for: keep its answer
+            final = parse_text(reply.text, reply.finish_reason).finish
+            self._partial = (reply.text.strip() if tools and not reply.tool_calls
+                             else final.answer.strip() if final else None)
+            raise
         self.emit(ev.ModelCalled(self.run_id, len(self.result.steps) + 1, reply.model,
                                  reply.latency_s, reply.usage.prompt_tokens,
                                  reply.usage.completion_tokens, reply.cost_usd,

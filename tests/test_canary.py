@@ -209,20 +209,7 @@ LIMITS_AND_OTHERS = [
 
 CASES = SPEC_ERRORS + MODEL_ERRORS + TOOL_CASES + LIMITS_AND_OTHERS
 
-XFAIL = {
-    "tool-returns-the-secret-and-the-model-repeats-it":
-        "runner/loop.py Run.execute appends the final answer to memory unredacted "
-        "(runner/memory.py SQLiteMemory stores it as is): the canary lands in .runner/memory.db",
-    "tool-returns-the-secret-json":
-        "runner/loop.py Run.execute appends the final answer to memory unredacted: the canary "
-        "lands in .runner/memory.db",
-    "agent-named-by-the-secret":
-        "runner/checkpoints.py CheckpointStore.save redacts the state JSON but writes "
-        "state['agent'] to the `agent` column unredacted (and `runner runs` prints it)",
-    "tool-returns-a-password-that-json-escapes":
-        "runner/checkpoints.py CheckpointStore.save redacts after json.dumps, so a secret that "
-        "JSON escapes (a quote, a backslash) is not found and is stored",
-}
+XFAIL: dict[str, str] = {}
 
 
 def project(tmp_path: Path, server: ScriptedOpenAIServer, case: Case) -> tuple[Path, dict[str, str]]:

@@ -181,10 +181,6 @@ def test_token_budget_checked_before_the_next_call(
     assert result.answer == "one look"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runner/loop.py Run.call_model: budget.charge() raises before the paid-for reply is "
-    "recorded, so the reply that crossed the budget is missing from result.messages and its "
-    "final answer is not kept as the partial answer"))
 def test_the_reply_that_crossed_the_budget_stays_in_the_transcript(
         tmp_path: Path, server: ScriptedOpenAIServer) -> None:
     server.script(reply("Thought: look\nAction: lim_echo[one]", 40, 10),
