@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ._sqlite import open_wal
 from .errors import RunnerError, SpecError
 
 __all__ = ["CheckpointStore", "CheckpointError"]
@@ -36,15 +37,10 @@ class CheckpointStore:
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                db = sqlite3.connect(self.path, timeout=self.busy_timeout_s,
-                                     isolation_level=None, check_same_thread=False)
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")  # durable across a crash of the process
-                db.execute("CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, "
-                           "parent TEXT, agent TEXT NOT NULL, status TEXT NOT NULL, "
-                           "steps INTEGER NOT NULL, created REAL NOT NULL, updated REAL NOT NULL, "
-                           "state TEXT NOT NULL)")
+                db = open_wal(self.path, self.busy_timeout_s, [
+                    "CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, parent TEXT, "
+                    "agent TEXT NOT NULL, status TEXT NOT NULL, steps INTEGER NOT NULL, "
+                    "created REAL NOT NULL, updated REAL NOT NULL, state TEXT NOT NULL)"])
             except (sqlite3.Error, OSError) as exc:
                 raise CheckpointError(f"checkpoint database {self.path}: {exc}") from None
             self._db = db

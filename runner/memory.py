@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from ._sqlite import open_wal
 from .errors import RunnerError
 
 __all__ = ["Memory", "BufferMemory", "SQLiteMemory", "NoMemory", "SQLiteOptions"]
@@ -83,15 +84,10 @@ class SQLiteMemory:
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                db = sqlite3.connect(self.path, timeout=self.busy_timeout_s,
-                                     check_same_thread=False, isolation_level=None)
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")
-                db.execute("CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY, "
-                           "session TEXT NOT NULL, role TEXT NOT NULL, content TEXT NOT NULL, "
-                           "created REAL NOT NULL)")
-                db.execute("CREATE INDEX IF NOT EXISTS messages_session ON messages(session, id)")
+                db = open_wal(self.path, self.busy_timeout_s, [
+                    "CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY, session TEXT "
+                    "NOT NULL, role TEXT NOT NULL, content TEXT NOT NULL, created REAL NOT NULL)",
+                    "CREATE INDEX IF NOT EXISTS messages_session ON messages(session, id)"])
             except (sqlite3.Error, OSError) as exc:
                 raise RunnerError(f"memory database {self.path}: {exc}") from None
             self._db = db
