@@ -259,9 +259,9 @@ def _terminal_approver() -> Any:
 
 
 def _exit_now(code: int) -> None:
-    from .tools import kill_process_groups
-
-    kill_process_groups()
+    tools = sys.modules.get("runner.tools")  # not imported: no tool started a process
+    if tools is not None:
+        tools.kill_process_groups()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

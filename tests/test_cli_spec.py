@@ -344,3 +344,26 @@ def test_light_commands_never_import_litellm(args: list[str]) -> None:
     assert "Traceback" not in proc.stderr, proc.stderr
     assert (proc.stdout + proc.stderr).count("\n") > 1, "the command printed nothing"
     assert proc.stderr.splitlines()[-1] == "LITELLM_IMPORTED=False"
+
+
+_MAIN_PROBE = """
+import os, sys
+real_exit = os._exit
+def probe(code):
+    heavy = [m for m in ("litellm", "pydantic", "jinja2", "runner.tools", "runner.spec")
+             if m in sys.modules]
+    print("HEAVY=" + ",".join(heavy), file=sys.stderr)
+    real_exit(code)
+os._exit = probe
+sys.argv = ["runner", "--help"]
+from runner.cli import main
+main()
+"""
+
+
+def test_help_through_the_entry_point_imports_nothing_heavy() -> None:
+    """`runner --help` (the console script's main(), exit path included) stays fast."""
+    proc = subprocess.run([sys.executable, "-c", _MAIN_PROBE], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and "Usage:" in proc.stdout, proc.stderr
+    assert proc.stderr.splitlines()[-1] == "HEAVY="
