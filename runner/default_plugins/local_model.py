@@ -152,9 +152,9 @@ class LocalModel(LiteLLMModel):
 
     def __init__(self, spec: ModelSpec, model_id: str) -> None:
         global _handler
-        super().__init__(spec, model_id)
         # llama.cpp loads the weights without the GIL: overlap that with importing LiteLLM
         threading.Thread(target=_preload, args=(model_id, spec.options), daemon=True).start()
+        super().__init__(spec, model_id)
         if _handler is None:
             litellm = import_litellm()
             _handler = _make_handler()
