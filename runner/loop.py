@@ -120,6 +120,8 @@ class Run:
         self._stop: int | None = None
         self._in_model_call = False
         self._task: asyncio.Task[Any] | None = None
+        self._owner = {"host": socket.gethostname(), "pid": os.getpid()}
+        """Who runs it (a resume refuses while this process lives); once, not per commit."""
 
     def request_stop(self, signum: int) -> None:
         """Stop at the next step boundary (a model call in flight is abandoned at once)."""
@@ -141,7 +143,7 @@ class Run:
                 "calls": self.calls, "parse_errors": self.parse_errors, "repeats": self.repeats,
                 "approvals": self.approvals, "in_flight": sorted(self.in_flight),
                 "budget": self.budget.spent(), "run_usage": {**asdict(usage), "cost_usd": cost},
-                "owner": {"host": socket.gethostname(), "pid": os.getpid()}}
+                "owner": self._owner}
 
     def checkpoint(self) -> None:
         """Commit the state (after every step, and before a tool that must not run twice)."""

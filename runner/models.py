@@ -34,12 +34,11 @@ import json
 import os
 import time
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .errors import (ModelAuthError, ModelError, ModelProviderError, ModelRateLimited,
-                     ModelTimeout, SpecError)
+                     ModelTimeout)
 from .spec import ModelSpec
 
 __all__ = ["Model", "Completion", "ToolCall", "Usage", "LiteLLMModel", "DirectTransport",

@@ -51,7 +51,8 @@ class Tool:
     args: type[BaseModel]
     fn: Callable[..., Any]
     timeout_s: float | None = None
-    takes_context: bool = False
+    context_param: str | None = None
+    """The parameter that receives the ToolContext (hidden from the model), if any."""
     confirm: bool = False
     """Side effects worth a person's yes: asked before each call (see loop.approve)."""
     idempotent: bool = True
@@ -106,18 +107,18 @@ def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None,
     def wrap(f: Callable[..., Any]) -> Tool:
         hints = get_type_hints(f, include_extras=True)
         fields: dict[str, Any] = {}
-        takes_context = False
+        context_param = None
         for pname, param in inspect.signature(f).parameters.items():
             ann = hints.get(pname, str)
             if ann is ToolContext:
-                takes_context = True
+                context_param = pname
                 continue
             default = ... if param.default is inspect.Parameter.empty else param.default
             fields[pname] = (_described(ann), default)
         model = create_model(f"{f.__name__}_args", __config__=ConfigDict(extra="forbid"), **fields)
         doc = inspect.getdoc(f) or ""
         return Tool(name or f.__name__, description or doc.split("\n\n")[0].replace("\n", " "),
-                    model, f, timeout_s, takes_context, confirm, idempotent)
+                    model, f, timeout_s, context_param, confirm, idempotent)
 
     return wrap(fn) if fn is not None else wrap
 
@@ -264,8 +265,8 @@ async def _call(t: Tool, kwargs: dict[str, Any]) -> Any:
 async def run_tool(t: Tool, args: BaseModel, ctx: ToolContext, timeout_s: float) -> Any:
     """Call the tool under a deadline; sync tools run in a worker thread."""
     kwargs = dict(args)
-    if t.takes_context:
-        kwargs[next(n for n, h in get_type_hints(t.fn).items() if h is ToolContext)] = ctx
+    if t.context_param:
+        kwargs[t.context_param] = ctx
     try:
         return await asyncio.wait_for(_call(t, kwargs), timeout_s)
     except asyncio.TimeoutError:

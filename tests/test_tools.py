@@ -172,7 +172,7 @@ def test_the_signature_becomes_the_schema() -> None:
 
 
 def test_a_tool_context_parameter_is_hidden_from_the_schema() -> None:
-    assert where.takes_context
+    assert where.context_param == "ctx"
     assert "ctx" not in where.schema()["function"]["parameters"].get("properties", {})
 
     @tool
