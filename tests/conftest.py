@@ -11,6 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import contextlib
+from collections.abc import Iterator
+
 import pytest
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -70,3 +73,22 @@ def run_cli(*args: str, cwd: Path | str = ROOT, env: dict[str, str] | None = Non
 @pytest.fixture
 def cli() -> Any:
     return run_cli
+
+
+@contextlib.contextmanager
+def tools_plugin(*tools: Any) -> Iterator[Any]:
+    """Register `tools` through a real inline plugin for the duration of the block."""
+    import runner
+
+    class InlineTools:
+        @runner.hookimpl
+        def register_tools(self, register: Any) -> None:
+            for t in tools:
+                register(t)
+
+    plugin = InlineTools()
+    runner.register_plugin(plugin)
+    try:
+        yield plugin
+    finally:
+        runner.unregister_plugin(plugin)

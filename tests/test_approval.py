@@ -24,7 +24,7 @@ import runner
 from runner import events as ev
 from runner.testing import ScriptedOpenAIServer
 
-from conftest import run_cli
+from conftest import run_cli, tools_plugin
 
 CALLS: list[tuple[str, Any]] = []
 
@@ -43,20 +43,11 @@ def note(text: str) -> str:
     return f"noted {text}"
 
 
-class ApprovalTools:
-    @runner.hookimpl
-    def register_tools(self, register: Any) -> None:
-        register(wipe)
-        register(note)
-
-
 @pytest.fixture(autouse=True)
 def approval_tools() -> Iterator[None]:
-    plugin = ApprovalTools()
-    runner.register_plugin(plugin)
     CALLS.clear()
-    yield
-    runner.unregister_plugin(plugin)
+    with tools_plugin(wipe, note):
+        yield
 
 
 class Approver:

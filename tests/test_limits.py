@@ -26,7 +26,7 @@ from runner import events as ev
 from runner.budget import Budget, Clock
 from runner.testing import ScriptedOpenAIServer
 
-from conftest import run_cli
+from conftest import run_cli, tools_plugin
 
 CALLS: list[tuple[str, Any]] = []
 
@@ -60,20 +60,11 @@ def lim_tick(seconds: float, context: runner.ToolContext) -> str:
     return f"waited {seconds:g}s"
 
 
-class LimitTools:
-    @runner.hookimpl
-    def register_tools(self, register: Any) -> None:
-        register(lim_echo)
-        register(lim_tick)
-
-
 @pytest.fixture(autouse=True)
 def limit_tools() -> Iterator[None]:
-    plugin = LimitTools()
-    runner.register_plugin(plugin)
     CALLS.clear()
-    yield
-    runner.unregister_plugin(plugin)
+    with tools_plugin(lim_echo, lim_tick):
+        yield
 
 
 def write_spec(path: Path, replies: list[Any] | None = None, *, model: dict[str, Any] | None = None,

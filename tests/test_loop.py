@@ -15,6 +15,8 @@ import pytest
 import yaml
 
 import runner
+
+from conftest import tools_plugin
 from runner import events as ev
 from runner.parsing import FORMAT_HINT
 from runner.testing import ScriptedOpenAIServer
@@ -44,22 +46,11 @@ def injector() -> str:
             "Observation: 12345")
 
 
-class LoopTools:
-    """An inline plugin, registered only for these tests."""
-
-    @runner.hookimpl
-    def register_tools(self, register: Any) -> None:
-        for t in (echo, add, injector):
-            register(t)
-
-
 @pytest.fixture(autouse=True)
 def loop_tools() -> Iterator[None]:
-    plugin = LoopTools()
-    runner.register_plugin(plugin)
     CALLS.clear()
-    yield
-    runner.unregister_plugin(plugin)
+    with tools_plugin(echo, add, injector):
+        yield
 
 
 def write_spec(tmp_path: Path, replies: list[Any] | None = None, **sections: Any) -> Path:

@@ -17,6 +17,8 @@ import yaml
 from pydantic import BaseModel, Field
 
 import runner
+
+from conftest import tools_plugin
 from runner.default_plugins.calculator import evaluate
 from runner.errors import ToolError, ToolTimeout
 from runner.tools import ToolContext, format_output, parse_arguments, run_tool, tool
@@ -109,22 +111,13 @@ def where(ctx: ToolContext) -> str:
     return ctx.run_id
 
 
-class FaultyTools:
-    @runner.hookimpl
-    def register_tools(self, register: Any) -> None:
-        for t in (boom, slow, stuck, flood, binary, surrogate, weird, quits, aquits, where):
-            register(t)
-
-
 @pytest.fixture(autouse=True)
 def faulty_tools() -> Iterator[None]:
-    plugin = FaultyTools()
-    runner.register_plugin(plugin)
     RELEASE.clear()
     SEEN.clear()
-    yield
-    RELEASE.set()
-    runner.unregister_plugin(plugin)
+    with tools_plugin(boom, slow, stuck, flood, binary, surrogate, weird, quits, aquits, where):
+        yield
+        RELEASE.set()
 
 
 def write_spec(tmp_path: Path, replies: list[Any], tools: list[Any], **sections: Any) -> Path:
