@@ -177,14 +177,11 @@ def main() -> None:
         worker(args)
         return
 
-    server = subprocess.Popen([sys.executable, "-m", "runner.testing", "--port", "0",
-                               "--tool-calls", str(args.tool_calls)], cwd=ROOT,
-                              stdout=subprocess.PIPE, text=True)
-    assert server.stdout is not None
-    url = server.stdout.readline().strip()
+    sys.path.insert(0, str(Path(__file__).parent))
+    from step_overhead import start_server
+
+    server, url = start_server(args.tool_calls)
     try:
-        if not url.startswith("http"):
-            raise SystemExit(f"the scripted server did not start: {url!r}")
         with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
             env = {**os.environ, "OPENAI_API_KEY": "none", "LITELLM_LOCAL_MODEL_COST_MAP": "True",
                    "LITELLM_MODE": "PRODUCTION"}
