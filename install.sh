@@ -7,14 +7,23 @@ set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
 
-# llama-cpp-python compiles C++; install a toolchain from Debian if there is none.
+# From Debian: a C++ toolchain (llama-cpp-python compiles C++) and Chromium (the tests open
+# `runner trace view`'s page in it headless). Installed only when missing.
+APT=()
 if ! command -v g++ >/dev/null 2>&1 || ! command -v make >/dev/null 2>&1; then
+  APT+=(build-essential)
+fi
+if ! command -v chromium >/dev/null 2>&1 && [ "${RUNNER_SKIP_BROWSER:-}" != 1 ]; then
+  APT+=(chromium)
+fi
+if [ ${#APT[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1; then
     SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
     $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq build-essential
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${APT[@]}"
   else
-    echo "install.sh: a C++ compiler (g++) and make are needed to build llama-cpp-python" >&2
+    echo "install.sh: needs ${APT[*]} (a C++ compiler to build llama-cpp-python; Chromium for the" \
+         "trace viewer's tests); install them, or set RUNNER_SKIP_BROWSER=1 to skip Chromium" >&2
     exit 1
   fi
 fi

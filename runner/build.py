@@ -12,7 +12,7 @@ from .prompts import PromptTemplate
 from .spec import AgentSpec, ToolRef
 from .tools import Tool, renamed
 
-__all__ = ["BuildContext", "build_tools", "build_template", "build_memory"]
+__all__ = ["BuildContext", "build_tools", "build_template", "build_memory", "build_observers"]
 
 
 class BuildContext:
@@ -82,3 +82,21 @@ def build_memory(spec: AgentSpec) -> Any:
     options_model = reg.extra.get("options")
     options = options_model.model_validate(spec.memory.model_extra or {}) if options_model else None
     return reg.value(spec.memory, options)
+
+
+def build_observers(spec: AgentSpec, secrets: set[str]) -> list[Any]:
+    """The sinks a top-level run gets from its spec: the trace file, OpenTelemetry export."""
+    from .redact import Redactor
+
+    sinks: list[Any] = []
+    if spec.trace.enabled:
+        from .traces import TraceWriter
+
+        sinks.append(TraceWriter(spec.trace, secrets))
+    from .otel import otel_sink
+
+    exporter = otel_sink(spec.trace.otlp, Redactor(secrets, spec.trace.redact_keys,
+                                                   spec.trace.redact_patterns))
+    if exporter is not None:
+        sinks.append(exporter)
+    return sinks

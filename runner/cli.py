@@ -72,20 +72,27 @@ yes_option = click.option("--yes", "-y", is_flag=True,
 @set_option
 @model_option
 @click.option("--session", "-s", help="Continue this conversation (memory kept in .runner/).")
+@click.option("--record", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Save every model exchange of the run to FILE (JSON lines).")
+@click.option("--replay", type=click.Path(dir_okay=False, exists=True), metavar="FILE",
+              help="Answer from the exchanges recorded in FILE instead of calling the model.")
 @yes_option
 @json_option
 @quiet_option
 @debug_option
 def run(spec: str, input: str | None, inputs: tuple[str, ...], sets: tuple[str, ...],
-        model: str | None, session: str | None, yes: bool, as_json: bool, quiet: bool,
-        debug: bool) -> None:
+        model: str | None, session: str | None, record: str | None, replay: str | None,
+        yes: bool, as_json: bool, quiet: bool, debug: bool) -> None:
     """Run SPEC on INPUT; the answer goes to stdout, the steps to stderr.
 
     Each step is checkpointed in .runner/runs.db: Ctrl-C (or SIGTERM) stops at the next step
-    boundary, and `runner resume RUN_ID` continues the run."""
+    boundary, and `runner resume RUN_ID` continues the run. Each run's trace goes to
+    .runner/traces/ (see `runner trace`)."""
     from .api import make_agent
     from .redact import env_secrets
 
+    if record and replay:
+        raise click.UsageError("--record and --replay cannot be used together")
     loaded = _load(spec, (*sets, *(["loop.approve=always"] if yes else [])), model, debug)
     secrets = loaded.source.secrets | env_secrets()
     value: Any = input
@@ -96,13 +103,29 @@ def run(spec: str, input: str | None, inputs: tuple[str, ...], sets: tuple[str, 
         if sys.stdin.isatty():
             raise click.UsageError("give the INPUT (or --input NAME=VALUE, or pipe it on stdin)")
         value = sys.stdin.read()
+    tap = None
     try:
+        tap = _tap(loaded, secrets, record, replay)
         agent = make_agent(loaded, session=session, sinks=[_printer(quiet or as_json, secrets)],
-                           approver=_terminal_approver())
+                           approver=_terminal_approver(), tap=tap)
         result = _drive(agent, lambda: agent.start(value))
     except RunnerError as exc:
         _fail(exc, debug, secrets)
+    finally:
+        if tap is not None:
+            tap.close()
     _report(result, as_json, debug, secrets, _resume_hint(agent, result))
+
+
+def _tap(spec: Any, secrets: set[str], record: str | None, replay: str | None) -> Any:
+    """The recorder or replayer that stands between the run and its models, if asked for."""
+    if not (record or replay):
+        return None
+    from .recording import Recorder, Replayer
+    from .redact import Redactor
+
+    redactor = Redactor(secrets, spec.trace.redact_keys, spec.trace.redact_patterns)
+    return Recorder(record, redactor) if record else Replayer(replay, redactor)
 
 
 @cli.command()
@@ -162,10 +185,16 @@ def runs(db: str, limit: int, as_json: bool) -> None:
 
 
 def _printer(quiet: bool, secrets: set[str]) -> Any:
+    """Steps on stderr: live (a spinner on each call) on a terminal, plain lines otherwise."""
     from .events import StderrPrinter
     from .redact import redact_text
 
-    return StderrPrinter(quiet=quiet, redact=lambda t: redact_text(t, secrets))
+    redact = lambda t: redact_text(t, secrets)  # noqa: E731
+    if not quiet and sys.stderr.isatty() and os.environ.get("TERM") != "dumb":
+        from .live import LivePrinter
+
+        return LivePrinter(redact=redact)
+    return StderrPrinter(quiet=quiet, redact=redact)
 
 
 def _drive(agent: Any, start: Any) -> Any:
@@ -262,6 +291,9 @@ def _exit_now(code: int) -> None:
     tools = sys.modules.get("runner.tools")  # not imported: no tool started a process
     if tools is not None:
         tools.kill_process_groups()
+    otel = sys.modules.get("runner.otel")  # spans still buffered go out before we exit
+    if otel is not None:
+        otel.flush()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
@@ -385,6 +417,112 @@ def plugins(as_json: bool) -> None:
             if row[kind]:
                 label = {"models": "model providers", "memory": "memory backends"}.get(kind, kind)
                 click.echo(f"  {label}: {', '.join(row[kind])}")
+
+
+TRACE_DIR = ".runner/traces"
+trace_dir_option = click.option("--dir", "folder", default=TRACE_DIR, show_default=True,
+                                help="Folder of the trace files (the spec's trace.path).")
+
+
+@cli.group()
+def trace() -> None:
+    """Read the traces runs leave in .runner/traces/: list, show, view."""
+
+
+@trace.command("list")
+@trace_dir_option
+@click.option("--limit", "-n", default=20, show_default=True, help="How many runs.")
+@json_option
+def trace_list(folder: str, limit: int, as_json: bool) -> None:
+    """Recent runs, newest first: status, agent, steps, tokens, cost, duration."""
+    import time
+
+    from .traces import list_traces
+
+    rows = list_traces(folder, limit)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, ensure_ascii=False, default=str))
+        return
+    if not rows:
+        click.echo(f"no traces in {folder}", err=True)
+        return
+    click.echo(f"{'RUN':<14}{'AGENT':<16}{'STATUS':<18}{'STEPS':>5}{'TOKENS':>9}{'COST $':>10}"
+               f"{'TIME':>9}  STARTED")
+    for r in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["started"] or 0))
+        cost = "-" if r["cost_usd"] is None else f"{r['cost_usd']:.4f}"
+        took = "-" if r["duration_s"] is None else f"{r['duration_s']:.2f}s"
+        click.echo(f"{r['run_id']:<14}{str(r['agent'])[:15]:<16}{str(r['status'])[:17]:<18}"
+                   f"{_dash(r['steps']):>5}{_dash(r['tokens']):>9}{cost:>10}{took:>9}  {when}")
+
+
+def _dash(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _load_trace(folder: str, run_id: str) -> tuple[Any, dict[str, Any]]:
+    from .traces import build_tree, find_trace, read_trace
+
+    try:
+        path = find_trace(folder, run_id)
+        return path, build_tree(read_trace(path))
+    except RunnerError as exc:
+        _fail(exc, False)
+    except ValueError as exc:
+        _fail(RunnerError(f"{run_id}: not a readable trace: {exc}"), False)
+
+
+@trace.command("show")
+@click.argument("run_id")
+@trace_dir_option
+@click.option("--full", is_flag=True, help="Show whole prompts, replies and tool outputs.")
+def trace_show(run_id: str, folder: str, full: bool) -> None:
+    """RUN_ID as a timeline on the terminal, sub-agents and retries nested (a prefix of the
+    id is enough)."""
+    from .trace_show import print_run
+
+    _, tree = _load_trace(folder, run_id)
+    print_run(tree, full=full)
+
+
+@trace.command("view")
+@click.argument("run_id")
+@trace_dir_option
+@click.option("--output", "-o", type=click.Path(dir_okay=False),
+              help="Where to write the page (default: next to the trace, RUN_ID.html).")
+def trace_view(run_id: str, folder: str, output: str | None) -> None:
+    """Write RUN_ID as one self-contained HTML page (no network) and print its path: a
+    timeline of model and tool calls to scale, each step expandable to the exact prompt
+    and raw reply."""
+    from pathlib import Path
+
+    from .trace_html import render_page
+
+    path, tree = _load_trace(folder, run_id)
+    out = Path(output) if output else path.with_suffix(".html")
+    out.write_text(render_page(tree), encoding="utf-8")
+    click.echo(str(out))
+
+
+@cli.command("test")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--record", is_flag=True,
+              help="Run on the live model and (re)write each test file's recording.")
+@click.option("--live", is_flag=True, help="Run on the live model; ignore recordings.")
+@set_option
+@model_option
+@click.option("--verbose", "-v", is_flag=True, help="Show each case's steps.")
+def test_command(paths: tuple[str, ...], record: bool, live: bool, sets: tuple[str, ...],
+                 model: str | None, verbose: bool) -> None:
+    """Run the YAML agent tests under PATHS (*.test.yaml): each case's input, and what is
+    expected of the answer, the tools called, the steps and the status. Prints
+    `N passed, N failed`; exits 1 if any failed, 2 on a bad test file."""
+    from .agent_tests import run_tests
+
+    if record and live:
+        raise click.UsageError("--record already runs live; give one of them")
+    raise SystemExit(run_tests(paths, record=record, live=live,
+                               overrides=_overrides(sets, model), verbose=verbose))
 
 
 def main() -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, ClassVar, TextIO
 
-__all__ = ["Event", "RunStarted", "ModelCalled", "Thought", "ActionTaken", "Observed",
-           "FinalAnswer", "Warned", "RunEnded", "StderrPrinter"]
+__all__ = ["Event", "RunStarted", "ModelStarted", "ModelCalled", "Retried", "Thought",
+           "ActionTaken", "Observed", "MemoryRead", "MemoryWritten", "FinalAnswer", "Warned",
+           "RunEnded", "StderrPrinter"]
 
 
 @dataclass
@@ -21,7 +22,8 @@ class Event:
     t: float = field(default_factory=time.time, kw_only=True)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, **asdict(self)}
+        """The event as JSON-ready data; values are shared, not copied."""
+        return {"kind": self.kind, **{f.name: getattr(self, f.name) for f in fields(self)}}
 
 
 @dataclass
@@ -32,10 +34,24 @@ class RunStarted(Event):
     input: Any
     parent_run_id: str | None = None
     resumed: bool = False
+    settings: dict[str, Any] = field(default_factory=dict)
+    """What shapes the model's requests: temperature, max_tokens, loop style, limits, budget."""
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    """The JSON schemas of the agent's tools, as the model sees them."""
+
+
+@dataclass
+class ModelStarted(Event):
+    """A model call begins (its retries and fallbacks included)."""
+
+    kind: ClassVar[str] = "model_started"
+    model: str
 
 
 @dataclass
 class ModelCalled(Event):
+    """A model call ended with a reply: the exact request and the raw reply."""
+
     kind: ClassVar[str] = "model_called"
     model: str
     latency_s: float
@@ -45,6 +61,22 @@ class ModelCalled(Event):
     finish_reason: str | None
     attempts: int
     text: str = ""
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    """The messages sent, exactly as rendered."""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    """Native tool calls in the reply: id, name and the raw arguments string."""
+    stop: list[str] | None = None
+
+
+@dataclass
+class Retried(Event):
+    """A model call failed and will be tried again after `wait_s`."""
+
+    kind: ClassVar[str] = "retry"
+    model: str
+    attempt: int
+    error: str
+    wait_s: float
 
 
 @dataclass
@@ -71,6 +103,20 @@ class Observed(Event):
 
 
 @dataclass
+class MemoryRead(Event):
+    kind: ClassVar[str] = "memory_read"
+    session: str
+    messages: int
+
+
+@dataclass
+class MemoryWritten(Event):
+    kind: ClassVar[str] = "memory_written"
+    session: str
+    messages: int
+
+
+@dataclass
 class FinalAnswer(Event):
     kind: ClassVar[str] = "final_answer"
     answer: Any
@@ -89,6 +135,12 @@ class RunEnded(Event):
     answer: Any
     error: str | None
     duration_s: float
+    steps: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None
+    budget: dict[str, Any] = field(default_factory=dict)
+    """What the run's budget has spent (shared with sub-agents): tokens, cost, tool calls, time."""
 
 
 class StderrPrinter:
@@ -124,6 +176,8 @@ class StderrPrinter:
             return f"Observation{' (error)' if ev.error else ''}: {text}"
         if isinstance(ev, Warned):
             return f"warning: {ev.message}"
+        if isinstance(ev, Retried):
+            return f"warning: retrying in {ev.wait_s:.1f}s: {ev.error}"
         if isinstance(ev, RunEnded):
             return f"■ {ev.status} in {ev.duration_s:.2f}s"  # the error follows, once
         return None

@@ -18,7 +18,7 @@ from .chain import run_chain
 from .checkpoints import CheckpointError, CheckpointStore
 from .errors import (Interrupted, LimitExceeded, LoopDetected, MaxIterations, MaxParseErrors,
                      OutputError, RunnerError, ToolError)
-from .models import Completion, Message, Usage, build_model
+from .models import Completion, Message, Model, ModelTap, Usage, build_model
 from .parsing import Action, Parsed, parse_text, parse_tool_calls
 from .redact import redact_text
 from .result import RunResult, Step, as_text
@@ -43,24 +43,30 @@ class Agent:
     def __init__(self, spec: AgentSpec, *, session: str | None = None, memory: Any = None,
                  depth: int = 0, sinks: list[Callable[[ev.Event], None]] | None = None,
                  clock: Clock | None = None, approver: Approver | None = None,
-                 checkpoints: CheckpointStore | bool = True) -> None:
+                 checkpoints: CheckpointStore | bool = True, tap: ModelTap | None = None) -> None:
         """`approver(tool, args)` answers for tools marked `confirm` when loop.approve is `ask`;
-        `checkpoints`: a store, True for the spec's (top-level agents only), or False."""
-        from .build import build_memory, build_template, build_tools
+        `checkpoints`: a store, True for the spec's (top-level agents only), or False;
+        `tap` stands between the agent (and its sub-agents) and their models: record, replay."""
+        from .build import build_memory, build_observers, build_template, build_tools
         from .redact import env_secrets
 
         self.spec, self.depth, self.sinks = spec, depth, list(sinks or [])
-        self.clock, self.approver = clock or Clock(), approver
+        self.clock, self.approver, self.tap = clock or Clock(), approver, tap
         self.secrets = spec.source.secrets | env_secrets()
         """Values masked wherever this agent's runs are stored."""
+        if depth == 0:  # sub-agents share their parent's sinks: one trace per top-level run
+            self.sinks.extend(build_observers(spec, self.secrets))
         if checkpoints is True:
             checkpoints = depth == 0 and spec.checkpoint.enabled
             if checkpoints:
                 checkpoints = CheckpointStore(spec.checkpoint.path, secrets=self.secrets)
         self.checkpoints = checkpoints or None
         self.session = session or spec.memory.session
-        self.models = [build_model(spec.model)] + [build_model(spec.model, f)
-                                                   for f in spec.model.fallbacks]
+        def build() -> list[Model]:
+            return [build_model(spec.model)] + [build_model(spec.model, f)
+                                                for f in spec.model.fallbacks]
+
+        self.models = tap.models(spec.name, build) if tap is not None else build()
         self.tools = build_tools(spec, self)
         self.tool_schemas = [t.schema() for t in self.tools.values()]
         self.tool_views = [{"name": t.name, "description": t.description,
@@ -91,6 +97,15 @@ class Agent:
 
     async def run(self, input: Any, **kw: Any) -> RunResult:
         return await self.start(input, **kw).execute()
+
+    def settings(self) -> dict[str, Any]:
+        """What shapes this agent's model requests, for traces."""
+        spec = self.spec
+        return {"temperature": spec.model.temperature, "max_tokens": spec.model.max_tokens,
+                "style": "tools" if self.native_tools() else "react",
+                "max_iterations": spec.loop.max_iterations,
+                "budget": spec.budget.model_dump(exclude_none=True), "depth": self.depth,
+                "spec": str(spec.source.path)}
 
     def native_tools(self) -> bool:
         style = self.spec.loop.style
@@ -182,12 +197,14 @@ class Run:
         r, spec = self.result, self.spec
         r.status = "running"
         self.emit(ev.RunStarted(self.run_id, len(r.steps), spec.name, spec.model.id, r.input,
-                                self.parent, self.resumed))
+                                self.parent, self.resumed, self.agent.settings(),
+                                self.agent.tool_schemas))
         try:
             # committed before anything runs: a location that cannot be written fails the run
             # now, not after its first tool call, and `runner runs` shows the run at once
             self.checkpoint()
             history = await self.agent.memory.load(self.agent.session, spec.memory.window)
+            self.emit(ev.MemoryRead(self.run_id, len(r.steps), self.agent.session, len(history)))
             if spec.kind == "chain":
                 await run_chain(self)
             else:
@@ -197,6 +214,7 @@ class Run:
                     {"role": "user", "content": redact_text(as_text(r.input), self.agent.secrets)},
                     {"role": "assistant",
                      "content": redact_text(as_text(r.answer), self.agent.secrets)}])
+                self.emit(ev.MemoryWritten(self.run_id, len(r.steps), self.agent.session, 2))
         except asyncio.CancelledError:
             if self._stop is None:
                 self._fail(Interrupted(2))
@@ -216,7 +234,8 @@ class Run:
                 self._fail(exc)
                 r.answer = answer
             self.emit(ev.RunEnded(self.run_id, len(r.steps), r.status, r.answer, r.error,
-                                  r.duration_s))
+                                  r.duration_s, len(r.steps), r.usage.prompt_tokens,
+                                  r.usage.completion_tokens, r.cost_usd, self.budget.spent()))
         return r
 
     async def _loop(self, history: list[Message]) -> None:
@@ -275,14 +294,16 @@ class Run:
             (s.observation for s in reversed(r.steps) if s.observation and not s.error), None)
 
     async def call_model(self, messages: list[Message], tools: Any = None,
-                    stop: list[str] | None = None) -> Completion:
+                         stop: list[str] | None = None) -> Completion:
         self.budget.check_before_call()
+        step = len(self.result.steps) + 1
+        self.emit(ev.ModelStarted(self.run_id, step, self.spec.model.id))
         self._in_model_call = True
         try:
             reply = await complete_with_retries(
                 self.agent.models, self.spec.model, messages, self.budget, tools=tools,
-                stop=stop, on_retry=lambda e, w: self.emit(ev.Warned(
-                    self.run_id, len(self.result.steps), f"retrying in {w:.1f}s: {e}")))
+                stop=stop, on_retry=lambda m, e, w, n: self.emit(ev.Retried(
+                    self.run_id, step, m.id, n, str(e), w)))
         finally:
             self._in_model_call = False
         self.result.messages = [*messages, {"role": "assistant", "content": reply.text}]
@@ -293,10 +314,11 @@ class Run:
             self._partial = (reply.text.strip() if tools and not reply.tool_calls
                              else final.answer.strip() if final else None)
             raise
-        self.emit(ev.ModelCalled(self.run_id, len(self.result.steps) + 1, reply.model,
-                                 reply.latency_s, reply.usage.prompt_tokens,
-                                 reply.usage.completion_tokens, reply.cost_usd,
-                                 reply.finish_reason, reply.attempts, reply.text))
+        self.emit(ev.ModelCalled(
+            self.run_id, step, reply.model, reply.latency_s, reply.usage.prompt_tokens,
+            reply.usage.completion_tokens, reply.cost_usd, reply.finish_reason, reply.attempts,
+            reply.text, list(messages), [{"id": c.id, "name": c.name, "arguments": c.arguments}
+                                         for c in reply.tool_calls], stop))
         return reply
 
     def _prompt(self, history: list[Message], **extra: Any) -> str:

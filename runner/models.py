@@ -35,6 +35,7 @@ import os
 import time
 import weakref
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from .errors import (ModelAuthError, ModelError, ModelProviderError, ModelRateLimited,
@@ -77,6 +78,14 @@ class Completion:
     model: str = ""
     latency_s: float = 0.0
     attempts: int = 1
+
+
+class ModelTap(Protocol):
+    """Stands between agents and their models (`--record`, `--replay`)."""
+
+    def models(self, agent: str, build: Callable[[], list[Model]]) -> list[Model]:
+        """The models agent `agent` calls; `build()` makes the spec's own (not called when
+        replaying, so no model is loaded and no key is needed)."""
 
 
 class Model(Protocol):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterable
@@ -40,3 +41,40 @@ def redact_value(value: Any, secrets: Iterable[str]) -> Any:
     if isinstance(value, str):
         return redact_text(value, secrets)
     return value
+
+
+class Redactor:
+    """Masks secrets, configured field names and patterns in anything a run stores (traces,
+    recordings): `text()` for strings, `value()` for JSON-like data."""
+
+    def __init__(self, secrets: Iterable[str] = (), keys: Iterable[str] = (),
+                 patterns: Iterable[str] = ()) -> None:
+        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self.keys = {k.lower() for k in keys}
+        joined = "|".join(f"(?:{p})" for p in patterns)
+        self.pattern = re.compile(joined) if joined else None
+
+    def text(self, text: str) -> str:
+        for s in self.secrets:
+            if s in text:
+                text = text.replace(s, MASK)
+        return self.pattern.sub(MASK, text) if self.pattern is not None else text
+
+    def _masked_key(self, key: Any) -> bool:
+        return isinstance(key, str) and (key.lower() in self.keys or bool(_SECRET_KEYS.search(key)))
+
+    def value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            if self.keys and value.lstrip()[:1] in ("{", "["):  # a tool's JSON text
+                try:
+                    parsed = json.loads(value)
+                except ValueError:
+                    return self.text(value)
+                return self.text(json.dumps(self.value(parsed), ensure_ascii=False))
+            return self.text(value)
+        if isinstance(value, dict):
+            return {k: MASK if v and self._masked_key(k) else self.value(v)
+                    for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.value(v) for v in value]
+        return value

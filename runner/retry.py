@@ -51,10 +51,11 @@ async def _attempt(model: Model, messages: list[Message], tools: Any, stop: Any,
 async def complete_with_retries(models: list[Model], spec: ModelSpec, messages: list[Message],
                                 budget: Budget, *, tools: list[dict[str, Any]] | None = None,
                                 stop: list[str] | None = None,
-                                on_retry: Callable[[ModelError, float], None] | None = None
+                                on_retry: Callable[[Model, ModelError, float, int], None] | None = None
                                 ) -> Completion:
     """Call the first model, retrying retryable failures, then each fallback in turn. A wait
-    that would pass the run's deadline is not taken: the next fallback is tried instead."""
+    that would pass the run's deadline is not taken: the next fallback is tried instead.
+    `on_retry(model, error, wait_s, attempt)` hears of each retry before its wait."""
     last: ModelError | None = None
     attempts = 0
     for model in models:
@@ -77,7 +78,7 @@ async def complete_with_retries(models: list[Model], spec: ModelSpec, messages: 
                                 f"run's wall-clock budget, {max(0.0, left):.1f}s left)",)
                     break
                 if on_retry is not None:
-                    on_retry(exc, wait)
+                    on_retry(model, exc, wait, attempts)
                 await budget.clock.sleep(wait)
         if isinstance(last, ModelAuthError) and spec.api_key_env:
             break  # the fallbacks would send the same rejected key

@@ -15,7 +15,8 @@ from inspect import isclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr,
+                      ValidationError)
 
 from . import _yaml
 from ._yaml import Mark, format_path
@@ -135,6 +136,47 @@ class CheckpointSpec(_Strict):
     """SQLite file, relative to the current directory."""
 
 
+def _regex(pattern: str) -> str:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
+    return pattern
+
+
+class OtlpSpec(_Strict):
+    """OpenTelemetry export of spans (run, step, model call, tool call) over OTLP/HTTP."""
+
+    endpoint: str | None = None
+    """Collector base URL (`http://host:4318`; `/v1/traces` is added) or a full URL ending in
+    `/v1/traces`. Unset: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`,
+    and no export when neither is set."""
+    headers: dict[str, str] = {}
+    """Extra HTTP headers, e.g. `{authorization: "Bearer ${OTLP_TOKEN}"}` (also
+    `OTEL_EXPORTER_OTLP_HEADERS`)."""
+    service_name: str | None = None
+    """`service.name` of the spans (also `OTEL_SERVICE_NAME`); default `yaml-agent-runner`."""
+    capture_content: bool = False
+    """Also export prompts, replies and tool inputs/outputs (redacted) as span attributes."""
+
+
+class TraceSpec(_Strict):
+    """What each run records: its events as JSON lines, flushed as they happen."""
+
+    enabled: bool = True
+    """Write a trace of every run (`runner trace list|show|view` read them)."""
+    path: str = ".runner/traces"
+    """Folder of the trace files (one `RUN_ID.jsonl` per run), relative to the current
+    directory."""
+    redact_keys: list[Annotated[str, Field(min_length=1)]] = []
+    """Field names whose values are masked wherever they appear (tool inputs, outputs parsed
+    as JSON, ...), matched case-insensitively; secrets are always masked."""
+    redact_patterns: list[Annotated[str, Field(min_length=1), AfterValidator(_regex)]] = []
+    """Regular expressions masked in every text of the trace, e.g. `\\b\\d{16}\\b`."""
+    otlp: OtlpSpec = OtlpSpec()
+    """Optional OpenTelemetry export."""
+
+
 class OutputSpec(_Strict):
     """A structured final answer."""
 
@@ -187,8 +229,11 @@ class AgentSpec(_Strict):
     tools: list[ToolEntry] = []
     """Tools by name (`- calculator`) or with options (`- search: {path: kb/}`); `- agent: x.yaml` uses another agent."""
     memory: MemorySpec = MemorySpec()
-    checkpoint: CheckpointSpec = CheckpointSpec()
     """Conversation memory kept across runs of one session."""
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    """Where each run's state is committed, so `runner resume` can continue it."""
+    trace: TraceSpec = TraceSpec()
+    """What each run records in `.runner/traces/`, and optional OpenTelemetry export."""
     inputs: dict[str, InputSpec | None] = {}
     """Named inputs of a chain; an agent takes the user's question as `input`."""
     output: OutputSpec | None = None

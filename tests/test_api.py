@@ -69,8 +69,9 @@ def test_events_stream_while_the_run_is_in_progress(gate: _Gate, tmp_path: Path)
         return kinds, run.result
 
     kinds, result = asyncio.run(go())
-    assert kinds == ["run_started", "model_called", "thought", "action", "observation",
-                     "model_called", "final_answer", "run_ended"]
+    assert kinds == ["run_started", "memory_read", "model_started", "model_called", "thought",
+                     "action", "observation", "model_started", "model_called", "final_answer",
+                     "memory_written", "run_ended"]
     assert result.status == "finished" and result.steps[0].observation == "opened door"
 
 

@@ -93,7 +93,8 @@ class Harness:
         return called
 
     def warnings(self) -> list[str]:
-        return [e.message for e in self.events if isinstance(e, ev.Warned)]
+        return [f"retrying in {e.wait_s:.1f}s: {e.error}" if isinstance(e, ev.Retried)
+                else e.message for e in self.events if isinstance(e, (ev.Warned, ev.Retried))]
 
 
 @pytest.fixture
