@@ -446,13 +446,13 @@ def trace_list(folder: str, limit: int, as_json: bool) -> None:
     if not rows:
         click.echo(f"no traces in {folder}", err=True)
         return
-    click.echo(f"{'RUN':<14}{'AGENT':<16}{'STATUS':<18}{'STEPS':>5}{'TOKENS':>9}{'COST $':>10}"
+    click.echo(f"{'RUN':<14}{'AGENT':<16}{'STATUS':<22}{'STEPS':>5}{'TOKENS':>9}{'COST $':>10}"
                f"{'TIME':>9}  STARTED")
     for r in rows:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["started"] or 0))
         cost = "-" if r["cost_usd"] is None else f"{r['cost_usd']:.4f}"
         took = "-" if r["duration_s"] is None else f"{r['duration_s']:.2f}s"
-        click.echo(f"{r['run_id']:<14}{str(r['agent'])[:15]:<16}{str(r['status'])[:17]:<18}"
+        click.echo(f"{r['run_id']:<14}{str(r['agent'])[:15]:<16}{str(r['status'])[:21]:<22}"
                    f"{_dash(r['steps']):>5}{_dash(r['tokens']):>9}{cost:>10}{took:>9}  {when}")
 
 
