@@ -42,10 +42,13 @@ class RunStarted(Event):
 
 @dataclass
 class ModelStarted(Event):
-    """A model call begins (its retries and fallbacks included)."""
+    """A model call begins (its retries and fallbacks included), with the exact request, so
+    a call that never answers is on record too."""
 
     kind: ClassVar[str] = "model_started"
     model: str
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    """The messages sent, exactly as rendered."""
 
 
 @dataclass
@@ -62,7 +65,7 @@ class ModelCalled(Event):
     attempts: int
     text: str = ""
     messages: list[dict[str, Any]] = field(default_factory=list)
-    """The messages sent, exactly as rendered."""
+    """The messages sent (the same as its ModelStarted's; traces store them there)."""
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     """Native tool calls in the reply: id, name and the raw arguments string."""
     stop: list[str] | None = None

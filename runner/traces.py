@@ -2,8 +2,8 @@
 flushed as it happens (a crash keeps everything before it), redacted before it is written.
 
 A sub-agent's events go to its top-level run's file, each line carrying its own `run_id`.
-A model call's messages are stored as a delta against the same run's previous call
-(`messages_delta`: how many messages are unchanged, how many characters of the next one,
+A model call's messages are stored with its `model_started` (so a call that never answers
+is on record too), as a delta against the same run's previous call (`messages_delta`: how many messages are unchanged, how many characters of the next one,
 then the rest), so a trace grows with the conversation rather than with its square;
 `read_trace` restores the full `messages` of every call.
 """
@@ -36,8 +36,9 @@ class TraceWriter:
         """Open file of each top-level run."""
         self._root: dict[str, str] = {}
         """run id -> its top-level run's id (sub-agents share their parent's file)."""
-        self._sent: dict[str, list[Message]] = {}
-        """The redacted messages of each run's previous model call, for the delta."""
+        self._sent: dict[str, tuple[list[Message], list[Message]]] = {}
+        """Each run's previous model call: its messages (shallow copies, to compare with) and
+        the same redacted, for the delta."""
         self._broken: str | None = None
 
     def __call__(self, event: ev.Event) -> None:
@@ -61,14 +62,16 @@ class TraceWriter:
             if root == run_id:
                 self._open(run_id)
         data = event.to_dict()
-        if isinstance(event, ev.ModelCalled):
+        if isinstance(event, ev.ModelStarted):
             del data["messages"]
             data["messages_delta"] = self._delta(run_id, event.messages)
+        elif isinstance(event, ev.ModelCalled):
+            del data["messages"]  # stored with its model_started
         data = self.redactor.value(data)
         f = self._files.get(self._root.get(run_id, run_id))
         if f is None:  # an event of a run this writer did not see start
             return
-        f.write(json.dumps(data, ensure_ascii=False, default=str) + "\n")
+        f.write(_encode(data) + "\n")
         f.flush()
         if isinstance(event, ev.RunEnded):
             self._sent.pop(run_id, None)
@@ -82,11 +85,18 @@ class TraceWriter:
         self._files[run_id] = os.fdopen(fd, "a", encoding="utf-8")
 
     def _delta(self, run_id: str, messages: list[Message]) -> dict[str, Any]:
-        """The messages as a delta against this run's previous call (both redacted)."""
-        now = [self._redacted(m) for m in messages]
-        before = self._sent.get(run_id, [])
-        self._sent[run_id] = now
-        same = 0
+        """The messages as a delta against this run's previous call (both redacted).
+
+        Only the messages that changed are redacted again: a conversation's earlier messages
+        come back unchanged in every call, and redacting them all made tracing cost grow with
+        the conversation's length at every step."""
+        seen, before = self._sent.get(run_id, ([], []))
+        kept, n = 0, min(len(messages), len(seen))
+        while kept < n and messages[kept] == seen[kept]:
+            kept += 1
+        now = before[:kept] + [self._redacted(m) for m in messages[kept:]]
+        self._sent[run_id] = (seen[:kept] + [dict(m) for m in messages[kept:]], now)
+        same = kept  # messages that differ only where redaction masks them count as unchanged
         while same < min(len(now), len(before)) and now[same] == before[same]:
             same += 1
         new, prefix = now[same:], 0
@@ -108,6 +118,10 @@ class TraceWriter:
         self._files.clear()
 
 
+_encode = json.JSONEncoder(ensure_ascii=False, default=str).encode
+"""json.dumps(..., ensure_ascii=False, default=str) without building an encoder per event."""
+
+
 def common_prefix(a: str, b: str) -> int:
     """Length of the longest common prefix (a binary search over C-level comparisons)."""
     n = min(len(a), len(b))
@@ -127,8 +141,8 @@ def common_prefix(a: str, b: str) -> int:
 
 
 def read_trace(path: str | Path) -> list[dict[str, Any]]:
-    """A trace's events, with every model call's full `messages` restored. A last line cut
-    short by a crash is skipped."""
+    """A trace's events, with every model call's full `messages` restored (on its
+    model_started). A last line cut short by a crash is skipped."""
     events: list[dict[str, Any]] = []
     sent: dict[str, list[Message]] = {}
     with open(path, encoding="utf-8", errors="replace") as f:
@@ -234,7 +248,8 @@ def build_tree(events: list[dict[str, Any]]) -> dict[str, Any]:
     A run: `run_id, agent, model, input, settings, tools, start, end, status, answer, error,
     duration_s, prompt_tokens, completion_tokens, cost_usd, budget, items`. Its `items`, in
     order, are `{"type": "step", ...}` (one model call and what came of it: `start, end,
-    model: {start, end, latency_s, messages, text, tool_calls, tokens, cost, ...},
+    model: {start, end (None: never answered), latency_s, messages, text, tool_calls, tokens,
+    cost, ...},
     retries, thought, tools: [{tool, input, call_id, start, end, duration_s, output, error,
     run: <sub-run or None>}], answer, failure, warnings`), `{"type": "memory", ...}` and
     `{"type": "warning", ...}`. A sub-agent's run nests in the tool call that started it.
@@ -272,7 +287,7 @@ def build_tree(events: list[dict[str, Any]]) -> dict[str, Any]:
             step = current[rid] = _new_step(e.get("step"), start)
             run["items"].append(step)
             if kind == "model_started":
-                step["model"]["model"] = e.get("model")
+                step["model"].update(model=e.get("model"), messages=e.get("messages", []))
                 continue
         if kind == "model_called":
             m = step["model"]
@@ -281,7 +296,9 @@ def build_tree(events: list[dict[str, Any]]) -> dict[str, Any]:
                      completion_tokens=e.get("completion_tokens"), cost_usd=e.get("cost_usd"),
                      finish_reason=e.get("finish_reason"), attempts=e.get("attempts"),
                      text=e.get("text", ""), tool_calls=e.get("tool_calls", []),
-                     messages=e.get("messages", []), stop=e.get("stop"))
+                     stop=e.get("stop"))
+            if "messages" in e:  # an older trace: the messages came with the reply
+                m["messages"] = e["messages"]
             step["end"] = max(step["end"], t)
         elif kind == "retry" and step is not None:
             step["retries"].append({"t": t, "model": e.get("model"), "attempt": e.get("attempt"),

@@ -50,10 +50,12 @@ def test_a_run_writes_its_events_and_the_exact_messages_the_model_got(server, tm
         "observation", "model_started", "model_called", "thought", "final_answer",
         "memory_written", "run_ended"]
     calls = [e for e in events if e["kind"] == "model_called"]
+    sent = [e["messages"] for e in events if e["kind"] == "model_started"]
     # what the trace says was sent is what the server received, message for message
-    assert [c["messages"] for c in calls] == [r["messages"] for r in server.requests]
+    assert sent == [r["messages"] for r in server.requests]
     assert calls[0]["text"] == "Thought: multiply\nAction: calculator[17*23]"
     assert (calls[1]["prompt_tokens"], calls[1]["completion_tokens"]) == (130, 5)
+    assert "messages" not in calls[0]  # stored once, with the call's start
     assert calls[0]["stop"] == ["\nObservation:", "\nQuestion:"]
     action, obs = events[5], events[6]
     assert (action["tool"], action["input"], obs["text"], obs["error"]) == \
@@ -67,9 +69,8 @@ def test_a_run_writes_its_events_and_the_exact_messages_the_model_got(server, tm
         "calculator"
     # the second prompt is stored as the characters it adds to the first
     raw = [json.loads(line) for line in path.read_text().splitlines()]
-    delta = [e for e in raw if e["kind"] == "model_called"][1]["messages_delta"]
-    assert delta["prefix"] > 500 and len(json.dumps(delta)) < len(
-        json.dumps(calls[1]["messages"])) / 2
+    delta = [e for e in raw if e["kind"] == "model_started"][1]["messages_delta"]
+    assert delta["prefix"] > 500 and len(json.dumps(delta)) < len(json.dumps(sent[1])) / 2
 
 
 def test_native_tool_calls_store_only_the_new_messages(server, tmp_path: Path) -> None:
@@ -79,14 +80,16 @@ def test_native_tool_calls_store_only_the_new_messages(server, tmp_path: Path) -
     proc = run_cli("run", CALC, "q", *_wire(server, tmp_path, "loop.style=tools"))
     assert proc.returncode == 0, proc.stderr
     path = _only_trace(tmp_path)
-    calls = [e for e in read_trace(path) if e["kind"] == "model_called"]
+    events = read_trace(path)
+    calls = [e for e in events if e["kind"] == "model_called"]
     # as the runner sent them (LiteLLM leaves out an assistant turn's `content: null`)
-    assert [[{k: v for k, v in m.items() if v is not None} for m in c["messages"]]
-            for c in calls] == [r["messages"] for r in server.requests]
+    assert [[{k: v for k, v in m.items() if v is not None} for m in e["messages"]]
+            for e in events if e["kind"] == "model_started"] == \
+        [r["messages"] for r in server.requests]
     assert calls[0]["tool_calls"][0]["name"] == "calculator"
     assert json.loads(calls[0]["tool_calls"][0]["arguments"]) == {"expression": "2+3"}
     raw = [json.loads(line) for line in path.read_text().splitlines()]
-    deltas = [e["messages_delta"] for e in raw if e["kind"] == "model_called"]
+    deltas = [e["messages_delta"] for e in raw if e["kind"] == "model_started"]
     # the third call repeats the first four messages: only the assistant turn and the tool
     # answer are new
     assert deltas[2]["same"] == 4 and len(deltas[2]["new"]) == 2
@@ -129,8 +132,7 @@ def test_redact_keys_mask_tool_inputs_and_json_outputs(server, tmp_path: Path) -
     obs = next(e for e in events if e["kind"] == "observation")
     assert action["input"] == {"ssn": "***"}
     assert json.loads(obs["text"]) == {"name": "Ann", "ssn": "***"}
-    call = next(e for e in events if e["kind"] == "model_called")
-    assert "123-45-6789" not in json.dumps(call)  # nor in the raw tool-call arguments
+    assert "123-45-6789" not in json.dumps(events)  # nor in the raw tool-call arguments
 
 
 def test_traces_can_be_turned_off_or_moved(server, tmp_path: Path) -> None:
@@ -167,6 +169,8 @@ def test_a_killed_run_keeps_every_event_before_the_kill(server, tmp_path: Path) 
     events = read_trace(_only_trace(tmp_path))
     kinds = [e["kind"] for e in events]
     assert kinds[-1] == "model_started" and "run_ended" not in kinds
+    # the call that never answered is on record with its prompt
+    assert "Observation: 42" in events[-1]["messages"][-1]["content"]
     assert next(e for e in events if e["kind"] == "observation")["text"] == "42"
     (row,) = list_traces(tmp_path)
     assert row["status"] == "unfinished" and row["steps"] is None
@@ -235,6 +239,7 @@ def test_a_failed_run_keeps_its_error_and_partial_steps(server, tmp_path: Path) 
     steps = [i for i in tree["items"] if i["type"] == "step"]
     assert steps[0]["tools"][0]["error"] is True
     assert steps[1]["model"]["end"] is None  # the call that failed: started, never answered
+    assert "Observation:" in steps[1]["model"]["messages"][-1]["content"]
 
 
 def test_trace_list_shows_recent_runs(server, tmp_path: Path) -> None:
