@@ -105,6 +105,7 @@ class Agent:
                 "style": "tools" if self.native_tools() else "react",
                 "max_iterations": spec.loop.max_iterations,
                 "budget": spec.budget.model_dump(exclude_none=True), "depth": self.depth,
+                "memory": spec.memory.backend,
                 "spec": str(spec.source.path)}
 
     def native_tools(self) -> bool:

@@ -1,19 +1,493 @@
-"""OpenTelemetry export of a run's spans (placeholder until the exporter lands)."""
+"""OpenTelemetry export of a run's spans over OTLP/HTTP, after the GenAI semantic conventions.
+
+One run gives a trace: `invoke_agent {agent}` holds a `step {n}` per loop iteration, each
+holding its `chat {model}` call and its `execute_tool {tool}` calls; a sub-agent's
+`invoke_agent` nests under the `execute_tool` span that called it. Spans are built from the
+run's events as they arrive, with the events' own times, and sent by a batch processor in
+the background; a collector that is down never slows or fails a run. Prompts, replies and
+tool inputs/outputs are exported only when asked (`capture_content`), and redacted first.
+
+The OpenTelemetry SDK is imported only when export is configured, and the global tracer
+provider is left alone: an application's own OpenTelemetry setup is not touched.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from .redact import Redactor
 from .spec import OtlpSpec
 
 __all__ = ["otel_sink", "flush"]
 
+DEFAULT_SERVICE = "yaml-agent-runner"
+EXPORT_TIMEOUT_S = 10.0
+"""Per export request, retries included (the SDK's own default is also 10 s)."""
+TRACES_PATH = "/v1/traces"
+CONTENT_ON = {"true", "span_only", "span_and_event"}
+"""Values of OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT that turn content capture on."""
+
+# LiteLLM provider prefixes whose gen_ai.provider.name differs from the prefix (the
+# conventions' well-known values MUST be used where one applies)
+_PROVIDERS = {"azure": "azure.ai.openai", "azure_ai": "azure.ai.inference",
+              "bedrock": "aws.bedrock", "vertex_ai": "gcp.vertex_ai", "gemini": "gcp.gemini",
+              "mistral": "mistral_ai", "xai": "x_ai", "watsonx": "ibm.watsonx.ai",
+              "moonshot": "moonshot_ai"}
+
+_pipelines: dict[tuple[Any, ...], _Pipeline] = {}
+_lock = threading.Lock()
+_warned = threading.Event()
+"""Set once a warning about the export has been shown: a process shows one at most."""
+_atexit_registered = False
+
 
 def otel_sink(spec: OtlpSpec, redactor: Redactor) -> Any:
     """An event sink exporting spans over OTLP, or None when no endpoint is configured."""
-    return None
+    endpoint = _endpoint(spec)
+    if endpoint is None or _disabled():
+        return None
+    _check_protocol()
+    service = spec.service_name or os.environ.get("OTEL_SERVICE_NAME") or None
+    # every OTEL_* variable shapes the exporter or the resource: a change makes a new pipeline
+    key = (endpoint, tuple(sorted(spec.headers.items())), service,
+           tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("OTEL_"))))
+    with _lock:
+        pipeline = _pipelines.get(key)
+        if pipeline is None:
+            pipeline = _pipelines[key] = _Pipeline(endpoint, dict(spec.headers), service)
+    env_content = os.environ.get("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "")
+    content = spec.capture_content or env_content.strip().lower() in CONTENT_ON
+    return SpanSink(pipeline.tracer, redactor, content)
 
 
 def flush(timeout_s: float = 5.0) -> None:
-    """Send the spans still buffered (the CLI calls this before it exits)."""
+    """Send the spans still buffered (the CLI calls this before it exits), for `timeout_s` at
+    most; gives up at once on a collector that cannot be reached."""
+    with _lock:
+        pipelines = list(_pipelines.values())
+    deadline = time.monotonic() + timeout_s
+    waits = [p.start_flush() for p in pipelines]
+    for done in waits:
+        done.wait(max(0.0, deadline - time.monotonic()))
+
+
+def _endpoint(spec: OtlpSpec) -> str | None:
+    """The traces URL: the spec's, else the standard variables' (OTEL_..._TRACES_ENDPOINT is
+    used as it is, the generic one gets /v1/traces), else None."""
+    if spec.endpoint:
+        url = spec.endpoint.rstrip("/")
+        return url if url.endswith(TRACES_PATH) else url + TRACES_PATH
+    if url := os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip():
+        return url
+    if url := os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip():
+        return url.rstrip("/") + TRACES_PATH
+    return None
+
+
+def _disabled() -> bool:
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return True
+    exporters = os.environ.get("OTEL_TRACES_EXPORTER", "").lower().split(",")
+    return "none" in (e.strip() for e in exporters)
+
+
+def _check_protocol() -> None:
+    from .errors import SpecError
+
+    for var in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        value = os.environ.get(var, "").strip()
+        if value:  # the traces-specific variable wins over the generic one
+            if value.lower() != "http/protobuf":
+                raise SpecError(f"{var}={value} is not supported: spans are exported with OTLP "
+                                f"over http/protobuf only (set {var}=http/protobuf or unset it)",
+                                key="trace.otlp")
+            return
+
+
+def _warn_once(message: str) -> None:
+    if not _warned.is_set():
+        _warned.set()
+        sys.stderr.write(f"warning: {message}\n")
+        sys.stderr.flush()
+
+
+class _QuietSdkLogs(logging.Handler):
+    """Stands in for logging's last-resort handler on the `opentelemetry` loggers, which
+    would print a line per failed batch and per retry: one warning at most, and none when
+    the application has configured logging (its handlers then get every record)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not logging.getLogger().handlers:
+            _warn_once(f"OpenTelemetry: {record.getMessage()[:300]}")
+
+
+class _Pipeline:
+    """A tracer provider, batch processor and OTLP/HTTP exporter for one configuration."""
+
+    def __init__(self, endpoint: str, headers: dict[str, str], service: str | None) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        sdk_log = logging.getLogger("opentelemetry")
+        if not any(isinstance(h, _QuietSdkLogs) for h in sdk_log.handlers):
+            sdk_log.addHandler(_QuietSdkLogs())
+        resource = Resource.create()  # OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME
+        unnamed = str(resource.attributes.get("service.name", "")).startswith("unknown_service")
+        if service or unnamed:
+            resource = resource.merge(Resource({"service.name": service or DEFAULT_SERVICE}))
+        self.endpoint = endpoint
+        self.settled = threading.Event()
+        """Set when a flush is done, or when the collector proves unreachable."""
+        timeout = None if (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
+                           or os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT")) else EXPORT_TIMEOUT_S
+        exporter = OTLPSpanExporter(endpoint=endpoint, headers=headers or None, timeout=timeout,
+                                    session=self._session())
+        # not the global provider; flushed by flush() (the CLI ends with os._exit)
+        self.provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+        self.provider.add_span_processor(BatchSpanProcessor(exporter))
+        try:
+            runner_version = version("yaml-agent-runner")
+        except PackageNotFoundError:
+            runner_version = None
+        self.tracer = self.provider.get_tracer("yaml-agent-runner", runner_version)
+        global _atexit_registered
+        if not _atexit_registered:
+            import atexit
+
+            atexit.register(flush)
+            _atexit_registered = True
+
+    def _session(self) -> Any:
+        """A requests session that notices an unreachable collector, or None to let the SDK
+        build its own (a credential provider plugin is configured)."""
+        if os.environ.get("OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER") or \
+                os.environ.get("OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER"):
+            return None
+        import requests
+
+        pipeline = self
+
+        class Session(requests.Session):
+            failures = 0
+
+            def request(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+                try:
+                    response = super().request(*args, **kwargs)
+                except requests.ConnectionError as exc:
+                    # the SDK retries a connection error once at once (a stale pooled
+                    # connection); two in a row mean nobody is listening
+                    self.failures += 1
+                    if self.failures >= 2:  # said before a flush stops waiting on it
+                        _warn_once(f"spans not exported: cannot reach the OTLP endpoint "
+                                   f"{pipeline.endpoint} ({type(exc).__name__})")
+                        pipeline.settled.set()
+                    raise
+                self.failures = 0
+                if response.status_code >= 400:
+                    _warn_once(f"spans not exported: the OTLP endpoint {pipeline.endpoint} "
+                               f"answered {response.status_code} {response.reason}")
+                return response
+
+        return Session()
+
+    def start_flush(self) -> threading.Event:
+        """Export what is buffered, in a helper thread: the SDK's force_flush ignores its
+        timeout and keeps retrying an unreachable collector for up to EXPORT_TIMEOUT_S."""
+        self.settled.clear()
+
+        def run() -> None:
+            try:
+                self.provider.force_flush()
+            finally:
+                self.settled.set()
+
+        threading.Thread(target=run, name="runner-otel-flush", daemon=True).start()
+        return self.settled
+
+
+# --- from events to spans --------------------------------------------------------------------
+
+
+def _ns(t: float) -> int:
+    return int(t * 1e9)
+
+
+def _model(model_id: str) -> tuple[str, str]:
+    """(gen_ai.provider.name, model name as requested) from a LiteLLM model id."""
+    prefix, sep, name = model_id.partition("/")
+    if not sep:
+        return "_OTHER", model_id
+    return _PROVIDERS.get(prefix, prefix), name
+
+
+def _attrs(values: dict[str, Any]) -> dict[str, Any]:
+    """Span attributes without the unknown values (OpenTelemetry rejects None)."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _decoded(value: Any) -> Any:
+    """A JSON text as the object it holds (the conventions want arguments as objects)."""
+    if isinstance(value, str) and value.lstrip()[:1] in ("{", "["):
+        try:
+            return json.loads(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _chat_message(message: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI-style message as a GenAI-conventions message (role + typed parts)."""
+    role, content = message.get("role", "user"), message.get("content")
+    parts: list[dict[str, Any]] = []
+    if role == "tool":
+        parts.append({"type": "tool_call_response", "id": message.get("tool_call_id"),
+                      "response": content})
+    elif isinstance(content, str) and content:
+        parts.append({"type": "text", "content": content})
+    elif isinstance(content, list):
+        for item in content:
+            if isinstance(item, dict) and item.get("type") == "text":
+                parts.append({"type": "text", "content": item.get("text", "")})
+            elif isinstance(item, dict):
+                parts.append({**item, "type": str(item.get("type", "unknown"))})
+    for call in message.get("tool_calls") or []:
+        fn = call.get("function") or {}
+        parts.append({"type": "tool_call", "id": call.get("id"), "name": fn.get("name"),
+                      "arguments": _decoded(fn.get("arguments"))})
+    return {"role": role, "parts": parts}
+
+
+@dataclass
+class _RunSpans:
+    """The open spans of one run."""
+
+    span: Any
+    ctx: Any
+    tool_descriptions: dict[str, str | None]
+    settings: dict[str, Any]
+    step: Any = None
+    step_ctx: Any = None
+    chat: Any = None
+    tools: dict[tuple[int, str], Any] = field(default_factory=dict)
+    called: set[int] = field(default_factory=set)
+    """Ids of tool spans a sub-agent run already nests under."""
+
+    def parent(self) -> Any:
+        return self.step_ctx if self.step_ctx is not None else self.ctx
+
+
+class SpanSink:
+    """Turns a run's events (and its sub-agents') into spans as they arrive."""
+
+    def __init__(self, tracer: Any, redactor: Redactor, content: bool) -> None:
+        from opentelemetry import trace
+
+        self.tracer, self.redactor, self.content = tracer, redactor, content
+        self.trace = trace
+        self.runs: dict[str, _RunSpans] = {}
+        self._handlers: dict[str, Callable[[Any], None]] = {
+            "run_started": self._run_started, "model_started": self._model_started,
+            "retry": self._retried, "model_called": self._model_called,
+            "action": self._action, "observation": self._observed,
+            "warning": self._warned, "memory_read": self._memory,
+            "memory_written": self._memory, "run_ended": self._run_ended}
+
+    def __call__(self, event: Any) -> None:
+        handler = self._handlers.get(event.kind)
+        if handler is None:
+            return
+        try:
+            handler(event)
+        except Exception as exc:  # telemetry must never end a run
+            _warn_once(f"OpenTelemetry export skipped a {event.kind} event: "
+                       f"{type(exc).__name__}: {exc}")
+
+    def _start(self, name: str, ctx: Any, t: float, attributes: dict[str, Any],
+               client: bool = False) -> Any:
+        kind = self.trace.SpanKind.CLIENT if client else self.trace.SpanKind.INTERNAL
+        return self.tracer.start_span(name, context=ctx, kind=kind,
+                                      attributes=_attrs(attributes), start_time=_ns(t))
+
+    def _fail(self, span: Any, error_type: str, description: str | None = None) -> None:
+        span.set_attribute("error.type", error_type)
+        span.set_status(self.trace.Status(self.trace.StatusCode.ERROR, description))
+
+    def _content(self, value: Any) -> str:
+        """Content as an attribute value: redacted, then JSON unless it is text."""
+        value = self.redactor.value(value)
+        return value if isinstance(value, str) else _json(value)
+
+    # --- one handler per event kind ---
+
+    def _run_started(self, e: Any) -> None:
+        ctx = None  # a top-level run joins the caller's current trace, if it has one
+        parent = self.runs.get(e.parent_run_id) if e.parent_run_id else None
+        if parent is not None:  # under the parent's call of this sub-agent, if it is open
+            tool = next((s for (_, name), s in parent.tools.items()
+                         if name == e.agent and id(s) not in parent.called), None)
+            if tool is not None:
+                parent.called.add(id(tool))
+            ctx = self.trace.set_span_in_context(tool if tool is not None else parent.span)
+        provider, model = _model(e.model)
+        attributes = {"gen_ai.operation.name": "invoke_agent", "gen_ai.provider.name": provider,
+                      "gen_ai.agent.name": e.agent, "gen_ai.request.model": model,
+                      "runner.run_id": e.run_id, "runner.parent_run_id": e.parent_run_id,
+                      "runner.resumed": e.resumed or None}
+        if self.content:
+            text = e.input if isinstance(e.input, str) else _json(e.input)
+            attributes["gen_ai.input.messages"] = self._content(
+                [{"role": "user", "parts": [{"type": "text", "content": text}]}])
+            if e.tools:
+                attributes["gen_ai.tool.definitions"] = self._content(e.tools)
+        span = self._start(f"invoke_agent {e.agent}", ctx, e.t, attributes)
+        descriptions = {t["function"]["name"]: t["function"].get("description")
+                        for t in e.tools if isinstance(t.get("function"), dict)}
+        self.runs[e.run_id] = _RunSpans(span, self.trace.set_span_in_context(span), descriptions,
+                                        e.settings)
+
+    def _model_started(self, e: Any) -> None:
+        run = self.runs.get(e.run_id)
+        if run is None:
+            return
+        self._end_step(run, e.t, "_OTHER")
+        run.step = self._start(f"step {e.step}", run.ctx, e.t, {"runner.step": e.step})
+        run.step_ctx = self.trace.set_span_in_context(run.step)
+        provider, model = _model(e.model)
+        run.chat = self._start(f"chat {model}", run.step_ctx, e.t, {
+            "gen_ai.operation.name": "chat", "gen_ai.provider.name": provider,
+            "gen_ai.request.model": model,
+            "gen_ai.request.temperature": run.settings.get("temperature"),
+            "gen_ai.request.max_tokens": run.settings.get("max_tokens")}, client=True)
+
+    def _retried(self, e: Any) -> None:
+        run = self.runs.get(e.run_id)
+        if run is not None and run.chat is not None:
+            run.chat.add_event("retry", {
+                "runner.attempt": e.attempt, "runner.wait_s": e.wait_s, "runner.model": e.model,
+                "runner.error": self.redactor.text(e.error)[:500]}, timestamp=_ns(e.t))
+
+    def _model_called(self, e: Any) -> None:
+        run = self.runs.get(e.run_id)
+        if run is None or run.chat is None:
+            return
+        chat, run.chat = run.chat, None
+        chat.set_attributes(_attrs({
+            "gen_ai.response.model": _model(e.model)[1],
+            "gen_ai.usage.input_tokens": e.prompt_tokens,
+            "gen_ai.usage.output_tokens": e.completion_tokens,
+            "gen_ai.response.finish_reasons": [e.finish_reason] if e.finish_reason else None,
+            "gen_ai.request.stop_sequences": list(e.stop) if e.stop else None,
+            "runner.attempts": e.attempts, "runner.cost_usd": e.cost_usd}))
+        if self.content:
+            parts: list[dict[str, Any]] = [{"type": "text", "content": e.text}] if e.text else []
+            parts += [{"type": "tool_call", "id": c.get("id"), "name": c.get("name"),
+                       "arguments": _decoded(c.get("arguments"))} for c in e.tool_calls]
+            chat.set_attributes({
+                "gen_ai.input.messages": self._content([_chat_message(m) for m in e.messages]),
+                "gen_ai.output.messages": self._content([{
+                    "role": "assistant", "parts": parts,
+                    "finish_reason": e.finish_reason or "unknown"}])})
+        chat.end(end_time=_ns(e.t))
+
+    def _action(self, e: Any) -> None:
+        run = self.runs.get(e.run_id)
+        if run is None:
+            return
+        attributes = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": e.tool,
+                      "gen_ai.tool.type": "function", "gen_ai.tool.call.id": e.call_id,
+                      "gen_ai.tool.description": run.tool_descriptions.get(e.tool) or None}
+        if self.content:
+            attributes["gen_ai.tool.call.arguments"] = self._content(_decoded(e.input))
+        run.tools[(e.step, e.tool)] = self._start(f"execute_tool {e.tool}", run.parent(), e.t,
+                                                  attributes)
+
+    def _observed(self, e: Any) -> None:
+        run = self.runs.get(e.run_id)
+        if run is None:
+            return
+        if e.tool is None:  # a reply that could not be parsed or checked: no tool ran
+            if run.step is not None:
+                run.step.add_event("parse_error", _attrs({
+                    "runner.message": self.redactor.text(e.text)[:500] if self.content else None}),
+                    timestamp=_ns(e.t))
+            return
+        span = run.tools.pop((e.step, e.tool), None)
+        if span is None:
+            return
+        run.called.discard(id(span))
+        if e.error:  # the error text may quote the tool's input: content
+            text = self.redactor.text(e.text)[:500] if self.content else None
+            self._fail(span, "tool_error", text)
+        elif self.content:
+            span.set_attribute("gen_ai.tool.call.result", self._content(e.text))
+        span.end(end_time=_ns(e.t))
+
+    def _warned(self, e: Any) -> None:
+        run = self.runs.get(e.run_id)
+        if run is not None:
+            span = run.step if run.step is not None else run.span
+            span.add_event("warning", {"runner.message": self.redactor.text(e.message)[:500]},
+                           timestamp=_ns(e.t))
+
+    def _memory(self, e: Any) -> None:
+        run = self.runs.get(e.run_id)
+        if run is not None:
+            # a session is a conversation only when a memory backend keeps it (the settings
+            # name the backend once the loop reports it)
+            if e.kind == "memory_read" and run.settings.get("memory", "none") != "none":
+                run.span.set_attribute("gen_ai.conversation.id", e.session)
+            run.span.add_event(e.kind, {"runner.memory.session": e.session,
+                                        "runner.memory.messages": e.messages},
+                               timestamp=_ns(e.t))
+
+    def _end_step(self, run: _RunSpans, t: float, error_type: str) -> None:
+        """End the current step and whatever in it is still open (a failed call or tool)."""
+        if run.chat is not None:
+            self._fail(run.chat, error_type, "the model call ended without a reply")
+            run.chat.end(end_time=_ns(t))
+            run.chat = None
+        for span in run.tools.values():
+            self._fail(span, error_type, "the run ended while the tool was running")
+            span.end(end_time=_ns(t))
+        run.tools.clear()
+        if run.step is not None:
+            run.step.end(end_time=_ns(t))
+            run.step = run.step_ctx = None
+
+    def _run_ended(self, e: Any) -> None:
+        run = self.runs.pop(e.run_id, None)
+        if run is None:
+            return
+        failed = e.status != "finished"
+        self._end_step(run, e.t, e.status if failed else "_OTHER")
+        span = run.span
+        span.set_attributes(_attrs({
+            "runner.status": e.status, "runner.steps": e.steps,
+            "gen_ai.usage.input_tokens": e.prompt_tokens,
+            "gen_ai.usage.output_tokens": e.completion_tokens, "runner.cost_usd": e.cost_usd}))
+        if self.content and e.answer is not None:
+            text = e.answer if isinstance(e.answer, str) else _json(e.answer)
+            span.set_attribute("gen_ai.output.messages", self._content([{
+                "role": "assistant", "parts": [{"type": "text", "content": text}],
+                "finish_reason": "stop"}]))
+        if failed:
+            self._fail(span, e.status, self.redactor.text(e.error)[:500] if e.error else None)
+        span.end(end_time=_ns(e.t))
