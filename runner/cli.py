@@ -291,6 +291,9 @@ def _exit_now(code: int) -> None:
     tools = sys.modules.get("runner.tools")  # not imported: no tool started a process
     if tools is not None:
         tools.kill_process_groups()
+    live = sys.modules.get("runner.live")  # a spinner on the terminal: clear its line
+    if live is not None:
+        live.restore_terminal()
     otel = sys.modules.get("runner.otel")  # spans still buffered go out before we exit
     if otel is not None:
         otel.flush()

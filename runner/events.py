@@ -23,7 +23,13 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         """The event as JSON-ready data; values are shared, not copied."""
-        return {"kind": self.kind, **{f.name: getattr(self, f.name) for f in fields(self)}}
+        names = _FIELDS.get(type(self))
+        if names is None:
+            names = _FIELDS[type(self)] = tuple(f.name for f in fields(self))
+        return {"kind": self.kind, **{n: getattr(self, n) for n in names}}
+
+
+_FIELDS: dict[type, tuple[str, ...]] = {}
 
 
 @dataclass

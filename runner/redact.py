@@ -43,6 +43,9 @@ def redact_value(value: Any, secrets: Iterable[str]) -> Any:
     return value
 
 
+_SCALARS = frozenset({int, float, bool, type(None)})
+
+
 class Redactor:
     """Masks secrets, configured field names and patterns in anything a run stores (traces,
     recordings): `text()` for strings, `value()` for JSON-like data."""
@@ -53,6 +56,8 @@ class Redactor:
         self.keys = {k.lower() for k in keys}
         joined = "|".join(f"(?:{p})" for p in patterns)
         self.pattern = re.compile(joined) if joined else None
+        self._masked: dict[str, bool] = {}
+        """Key -> whether its values are masked: the same few keys come back in every event."""
 
     def text(self, text: str) -> str:
         for s in self.secrets:
@@ -61,9 +66,18 @@ class Redactor:
         return self.pattern.sub(MASK, text) if self.pattern is not None else text
 
     def _masked_key(self, key: Any) -> bool:
-        return isinstance(key, str) and (key.lower() in self.keys or bool(_SECRET_KEYS.search(key)))
+        if not isinstance(key, str):
+            return False
+        masked = self._masked.get(key)
+        if masked is None:
+            if len(self._masked) >= 4096:  # keys from tool data can be unbounded
+                self._masked.clear()
+            masked = self._masked[key] = key.lower() in self.keys or bool(_SECRET_KEYS.search(key))
+        return masked
 
     def value(self, value: Any) -> Any:
+        if type(value) in _SCALARS:  # most leaves of an event: nothing to mask
+            return value
         if isinstance(value, str):
             if self.keys and value.lstrip()[:1] in ("{", "["):  # a tool's JSON text
                 try:

@@ -1,0 +1,249 @@
+"""The live view of a run on a terminal: each step's lines as they happen (the plain printer's
+text), and one transient spinner line with the elapsed time of the model call or tool call
+in progress, redrawn by a background thread so the event loop never waits on it.
+
+Anything else written to `sys.stderr` meanwhile (an approval prompt, the Ctrl-C notice, a
+library's warning) goes through a proxy that clears the spinner line first; a prompt left
+waiting on its line holds the spinner back until the run moves on."""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from . import events as ev
+from .events import StderrPrinter
+
+__all__ = ["LivePrinter", "restore_terminal"]
+
+FRAMES = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+TICK_S = 0.08
+GRACE_S = 0.1
+"""A call that ends sooner never shows a spinner, so fast steps do not flicker."""
+CLEAR_LINE = "\r\x1b[2K"
+INDENT = "  "
+
+_printers: weakref.WeakSet[LivePrinter] = weakref.WeakSet()
+
+
+def restore_terminal() -> None:
+    """Clear any spinner line and stop redrawing (for exits that skip the run's end)."""
+    for printer in list(_printers):
+        printer.close()
+
+
+atexit.register(restore_terminal)
+
+
+@dataclass
+class _Busy:
+    """A model or tool call in progress: what the spinner line says about it."""
+
+    label: str
+    started: float
+    depth: int
+    order: int
+
+
+class LivePrinter:
+    """An event sink for a terminal: the plain printer's lines, plus a spinner on the call
+    in progress. Writes to `stream` (stderr); `redact` masks every line and label."""
+
+    def __init__(self, redact: Callable[[str], str], stream: TextIO | None = None,
+                 color: bool | None = None) -> None:
+        self.redact = redact
+        self.stream = stream or sys.stderr
+        self.color = ("NO_COLOR" not in os.environ) if color is None else color
+        self._lock = threading.RLock()
+        self._depth: dict[str, int] = {}
+        """run id -> how deep it nests (sub-agents are indented)."""
+        self._busy: dict[tuple[str, str, int], _Busy] = {}
+        self._order = itertools.count()
+        self._top: str | None = None
+        self._drawn = False
+        """The spinner line is on the terminal and the cursor is at its end."""
+        self._held = False
+        """Someone else's unfinished line (a prompt) is on the terminal: do not draw."""
+        self._dead = False
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+        self._proxy: _StderrProxy | None = None
+
+    # -- events ----------------------------------------------------------------------
+
+    def __call__(self, event: ev.Event) -> None:
+        with self._lock:
+            self._held = False  # the run moved on: a prompt it was waiting for was answered
+            ended = self._handle(event)
+        if ended:  # outside the lock: close() waits for the spinner thread
+            self.close()
+
+    def _handle(self, event: ev.Event) -> bool:
+        """Show the event; True when the top-level run ended."""
+        rid = event.run_id
+        if isinstance(event, ev.RunStarted):
+            parent = event.parent_run_id
+            self._depth[rid] = 0 if parent is None else self._depth.get(parent, 0) + 1
+            if self._top is None:
+                self._start(rid)
+        depth = self._depth.get(rid, 0)
+        if isinstance(event, ev.ModelStarted):
+            self._begin((rid, "model", 0), f"model {event.model}", depth)
+        elif isinstance(event, ev.ModelCalled):
+            self._busy.pop((rid, "model", 0), None)
+        elif isinstance(event, ev.ActionTaken):
+            self._begin((rid, "tool", event.step), f"{event.tool}[{event.input}]", depth)
+        elif isinstance(event, ev.Observed) and event.tool is not None:
+            self._busy.pop((rid, "tool", event.step), None)
+        elif isinstance(event, ev.RunEnded):
+            for key in [k for k in self._busy if k[0] == rid]:
+                del self._busy[key]
+        line = StderrPrinter.format(event)
+        if line:
+            self._line(INDENT * depth + self.redact(line), _style(event))
+        if isinstance(event, ev.RunEnded):
+            self._depth.pop(rid, None)
+            return rid == self._top
+        if not self._drawn:
+            self._draw()
+        return False
+
+    def _start(self, run_id: str) -> None:
+        """A top-level run begins: take over stderr, start the spinner thread."""
+        self._top, self._dead = run_id, False
+        _printers.add(self)
+        if self.stream is sys.stderr and not isinstance(sys.stderr, _StderrProxy):
+            self._proxy = sys.stderr = _StderrProxy(self, self.stream)
+        self._stop.clear()
+        self._ticker = threading.Thread(target=self._tick, name="runner-live", daemon=True)
+        self._ticker.start()
+
+    def close(self) -> None:
+        """Clear the spinner line, give stderr back, stop the spinner thread."""
+        with self._lock:
+            self._busy.clear()
+            self._clear()
+            self._stop.set()
+            if self._proxy is not None and sys.stderr is self._proxy:
+                sys.stderr = self.stream
+            self._proxy, self._top = None, None
+            self._flush()
+        _printers.discard(self)
+        ticker, self._ticker = self._ticker, None
+        if ticker is not None and ticker is not threading.current_thread():
+            ticker.join(timeout=1.0)
+
+    # -- drawing (always under the lock) ----------------------------------------------
+
+    def _begin(self, key: tuple[str, str, int], label: str, depth: int) -> None:
+        self._busy[key] = _Busy(self.redact(label), time.monotonic(), depth, next(self._order))
+
+    def _line(self, text: str, style: str) -> None:
+        """A permanent line: above the spinner, which is redrawn under it."""
+        self._clear()
+        if self.color and style:
+            text = f"\x1b[{style}m{text}\x1b[0m"
+        self._write(text + "\n")
+        self._flush()
+
+    def _draw(self) -> None:
+        if self._held or self._dead:
+            return
+        now = time.monotonic()
+        due = [b for b in self._busy.values() if now - b.started >= GRACE_S]
+        if not due:
+            self._clear()
+            self._flush()
+            return
+        busy = max(due, key=lambda b: b.order)
+        others = sum(1 for b in self._busy.values() if b.depth == busy.depth) - 1
+        frame = FRAMES[int(now / TICK_S) % len(FRAMES)]
+        tail = f" … {now - busy.started:.1f}s" + (f" (+{others} more)" if others > 0 else "")
+        head = INDENT * busy.depth + frame + " "
+        room = self._width() - 1 - len(head) - len(tail)
+        label = busy.label.replace("\n", " ")
+        if len(label) > room:
+            label = label[:max(0, room - 1)] + "…"
+        if self.color:
+            text = f"{head[:-2]}\x1b[36m{frame}\x1b[0m {label}\x1b[2m{tail}\x1b[0m"
+        else:
+            text = head + label + tail
+        self._write(CLEAR_LINE + text)
+        self._flush()
+        self._drawn = True
+
+    def _clear(self) -> None:
+        if self._drawn:
+            self._drawn = False
+            self._write(CLEAR_LINE)
+
+    def _tick(self) -> None:
+        while not self._stop.wait(TICK_S):
+            with self._lock:
+                if self._busy and not self._stop.is_set():
+                    self._draw()
+
+    def _width(self) -> int:
+        if os.environ.get("COLUMNS", "").isdigit():
+            return int(os.environ["COLUMNS"])
+        try:
+            return os.get_terminal_size(self.stream.fileno()).columns or 80
+        except (OSError, ValueError, AttributeError):
+            return 80
+
+    def _write(self, text: str) -> None:
+        if self._dead:
+            return
+        try:
+            self.stream.write(text)
+        except (OSError, ValueError):  # the terminal went away: stop drawing, never fail a run
+            self._dead = True
+
+    def _flush(self) -> None:
+        try:
+            self.stream.flush()
+        except (OSError, ValueError):
+            self._dead = True
+
+
+class _StderrProxy:
+    """`sys.stderr` while a run is shown live: clears the spinner line before other text."""
+
+    def __init__(self, printer: LivePrinter, real: TextIO) -> None:
+        self._printer, self._real = printer, real
+
+    def write(self, text: Any) -> int:
+        printer = self._printer
+        if not isinstance(text, str) or not text or printer._top is None:
+            return self._real.write(text)
+        with printer._lock:
+            printer._clear()
+            n = self._real.write(text)
+            printer._held = not text.endswith("\n")  # a prompt waits on its line
+            return n
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+def _style(event: ev.Event) -> str:
+    """The SGR style of a permanent line."""
+    if isinstance(event, ev.RunStarted):
+        return "1"
+    if isinstance(event, ev.ModelCalled):
+        return "2"
+    if isinstance(event, (ev.Warned, ev.Retried)):
+        return "33"
+    if isinstance(event, ev.Observed) and event.error:
+        return "31"
+    if isinstance(event, ev.RunEnded):
+        return "32" if event.status == "finished" else "31"
+    return ""
