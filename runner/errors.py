@@ -3,12 +3,14 @@
     RunnerError                     root of everything the runner raises on purpose
     ├── SpecError                   a spec, template or command line is wrong (exit 2)
     │   ├── TemplateError           a Jinja2 template failed to load, compile or render
-    │   └── PluginError             a plugin failed to load or clashes with another
+    │   ├── PluginError             a plugin failed to load or clashes with another
+    │   └── RecordingError          a recording file (--replay) is missing or malformed
     ├── ModelError                  the model call failed after the runner's retries (exit 1)
     │   ├── ModelTimeout            no answer within model.timeout_s
     │   ├── ModelAuthError          401/403: names the variable that holds the key, never the key
     │   ├── ModelRateLimited        429 after every retry
-    │   └── ModelProviderError      a bad request, an unknown model or a malformed reply
+    │   ├── ModelProviderError      a bad request, an unknown model or a malformed reply
+    │   └── ReplayMismatch          --replay: no recorded exchange matches the request
     ├── ToolError                   a tool failed; the loop turns it into an observation
     │   └── ToolTimeout             the tool ran past its timeout_s
     ├── OutputError                 a final answer does not fit output.schema (exit 1)
@@ -31,10 +33,10 @@ if TYPE_CHECKING:
     from .result import RunResult
 
 __all__ = [
-    "RunnerError", "SpecError", "SpecErrors", "TemplateError", "PluginError", "ModelError",
-    "ModelTimeout", "ModelAuthError", "ModelRateLimited", "ModelProviderError", "ToolError", "ToolTimeout",
-    "OutputError", "LimitExceeded", "MaxIterations", "MaxParseErrors", "LoopDetected",
-    "Interrupted", "RunFailed",
+    "RunnerError", "SpecError", "SpecErrors", "TemplateError", "PluginError", "RecordingError",
+    "ModelError", "ModelTimeout", "ModelAuthError", "ModelRateLimited", "ModelProviderError",
+    "ReplayMismatch", "ToolError", "ToolTimeout", "OutputError", "LimitExceeded",
+    "MaxIterations", "MaxParseErrors", "LoopDetected", "Interrupted", "RunFailed",
     "EXIT_OK", "EXIT_FAILED", "EXIT_SPEC", "EXIT_LIMIT", "EXIT_INTERRUPTED", "exit_code_for",
 ]
 
@@ -93,6 +95,12 @@ class PluginError(SpecError):
     status = "plugin_error"
 
 
+class RecordingError(SpecError):
+    """A recording file cannot be read: `path:line: reason`."""
+
+    status = "recording_error"
+
+
 class ModelError(RunnerError):
     """The model call failed after the runner's retries."""
 
@@ -124,6 +132,13 @@ class ModelProviderError(ModelError):
     def __init__(self, message: str, retryable: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
+
+
+class ReplayMismatch(ModelError):
+    """A replayed run sent a request the recording does not hold; the message says where it
+    differs from the closest recorded one. Never retried: a retry would send the same."""
+
+    status = "replay_mismatch"
 
 
 class ToolError(RunnerError):

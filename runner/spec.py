@@ -597,10 +597,16 @@ def _load(src: SpecSource, overrides: Iterable[str], check: bool,
     return spec
 
 
+def is_test_file(path: Path) -> bool:
+    """Whether a file holds agent tests (`*.test.yaml`, `*.test.yml`) rather than a spec."""
+    return path.name.endswith((".test.yaml", ".test.yml"))
+
+
 def validate_paths(paths: Iterable[str | os.PathLike[str]]) -> tuple[int, list[SpecError]]:
     """Validate every spec file under `paths`; return how many were read and the problems.
 
-    In a folder, files and folders whose names start with a dot are skipped.
+    Agent test files (`*.test.yaml`) are checked as test files, with the spec they test. In a
+    folder, files and folders whose names start with a dot are skipped.
     """
     files: list[Path] = []
     for p in map(Path, paths):
@@ -611,15 +617,20 @@ def validate_paths(paths: Iterable[str | os.PathLike[str]]) -> tuple[int, list[S
                                             for part in q.relative_to(p).parts)))
         else:
             files.append(p)
-    problems: list[SpecError] = []
+    problems: dict[str, SpecError] = {}  # a spec's problem found again through its test file
     for f in files:
         try:
-            load_spec(f)
+            if is_test_file(f):
+                from .agent_tests import load_test_file
+
+                load_test_file(f)
+            else:
+                load_spec(f)
         except SpecErrors as exc:
-            problems.extend(exc.errors)
+            problems.update((e.render(), e) for e in exc.errors)
         except SpecError as exc:
-            problems.append(exc)
-    return len(files), problems
+            problems[exc.render()] = exc
+    return len(files), list(problems.values())
 
 
 def json_schema() -> dict[str, Any]:
