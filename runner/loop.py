@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import socket
 import time
@@ -13,26 +12,22 @@ from dataclasses import asdict, fields
 from typing import Any
 
 from . import events as ev
+from .acting import observe
 from .budget import Budget, Clock
 from .chain import run_chain
-from .checkpoints import CheckpointError, CheckpointStore
-from .errors import (Interrupted, LimitExceeded, LoopDetected, MaxIterations, MaxParseErrors,
-                     OutputError, RunnerError, ToolError)
+from .checkpoints import CheckpointStore
+from .errors import (Interrupted, LimitExceeded, MaxIterations, MaxParseErrors,
+                     OutputError, RunnerError)
 from .models import Completion, Message, Model, ModelTap, Usage, build_model
 from .parsing import Action, Parsed, parse_text, parse_tool_calls
 from .redact import redact_text
 from .result import RunResult, Step, as_text
 from .retry import complete_with_retries
 from .spec import AgentSpec
-from .tools import Tool, ToolContext, format_output, parse_arguments, run_tool
 
 __all__ = ["Agent", "Run", "RunResult", "Step"]
 
 STOP = ["\nObservation:", "\nQuestion:"]
-UNKNOWN_OUTCOME = ("the run was interrupted while {tool} was running, and {tool} is not safe to "
-                   "repeat, so it was not run again: its outcome is unknown. Check its effect "
-                   "before calling it again.")
-
 Approver = Callable[[str, dict[str, Any]], Awaitable[bool]]
 _STEP_FIELDS = tuple(f.name for f in fields(Step))
 
@@ -269,7 +264,7 @@ class Run:
         """After a resume: finish the tool calls that were in flight when the run stopped, and
         answer every native tool call of the last turn (providers reject one left open)."""
         pending = [s for s in self.result.steps if s.action and s.observation is None]
-        await asyncio.gather(*(self._observe(Action(s.action, s.input, s.call_id), s, [],
+        await asyncio.gather(*(observe(self, Action(s.action, s.input, s.call_id), s, [],
                                              resumed=True) for s in pending if s.action))
         answered = {m.get("tool_call_id") for m in self.messages if m.get("role") == "tool"}
         late = [s for s in self.result.steps if s.call_id and s.call_id not in answered]
@@ -391,7 +386,7 @@ class Run:
             return True
         for a, s in zip(parsed.actions, steps):
             s.action, s.input = a.tool, a.input
-        await asyncio.gather(*(self._observe(a, s, parsed.warnings)
+        await asyncio.gather(*(observe(self, a, s, parsed.warnings)
                                for a, s in zip(parsed.actions, steps)))
         return True
 
@@ -402,87 +397,3 @@ class Run:
         from .output import parse_structured
 
         return parse_structured(text, self.spec.output.json_schema)
-
-    async def _observe(self, action: Action, step: Step, warnings: list[str],
-                       resumed: bool = False) -> None:
-        step.action, step.input = action.tool, action.input
-        self.emit(ev.ActionTaken(self.run_id, step.index, action.tool, action.input,
-                                 action.call_id))
-        started = time.monotonic()
-        text, step.error = await self._invoke(action, step, resumed)
-        if warnings:
-            text += "\n(" + " ".join(warnings) + ")"
-        step.observation, step.tool_s = text, time.monotonic() - started
-        self.emit(ev.Observed(self.run_id, step.index, action.tool, text, step.error, step.tool_s))
-
-    async def _invoke(self, action: Action, step: Step, resumed: bool) -> tuple[str, bool]:
-        """Run one tool call; every failure becomes advice for the model."""
-        tools = self.agent.tools
-        t = tools.get(action.tool)
-        if t is None:
-            from .spec import did_you_mean
-
-            return (f"unknown tool {action.tool!r}{did_you_mean(action.tool, tools)}; tools are: "
-                    f"{', '.join(tools) or '(none)'}", True)
-        if resumed and not t.idempotent and (self.unknown is None or step.index in self.unknown):
-            return UNKNOWN_OUTCOME.format(tool=t.name), True
-        try:
-            args = parse_arguments(t, action.input)
-            # a call re-run after a resume was already counted by loop detection
-            refusal = (None if resumed else self._repeated(t, args, step)) or \
-                await self._approve(t, args, step)
-            if refusal:
-                return refusal, True
-            self.budget.charge_tool_call()
-            ctx = ToolContext(self.run_id, self.spec.source.root, self.agent.depth,
-                              {"budget": self.budget, "run": self})
-            timeout = self.budget.clip(t.timeout_s or self.spec.loop.tool_timeout_s)
-            if not t.idempotent and self.agent.checkpoints is not None:
-                self.in_flight.add(step.index)  # committed first: a resume will not re-run it
-                self.checkpoint()
-            try:
-                out = await run_tool(t, args, ctx, timeout)
-            finally:
-                self.in_flight.discard(step.index)
-        except (LimitExceeded, CheckpointError):
-            raise
-        except ToolError as exc:
-            return f"tool {t.name} failed: {exc}", True
-        except Exception as exc:
-            return f"tool {t.name} failed: {type(exc).__name__}: {exc}", True
-        return format_output(out, self.agent.tool_max_chars.get(t.name, self.spec.loop.
-                                                                  max_observation_chars)), False
-
-    def _repeated(self, t: Tool, args: Any, step: Step) -> str | None:
-        """Loop detection: the model is told once, then the run ends (loop_detected)."""
-        key = f"{t.name}:{json.dumps(dict(args), sort_keys=True, default=str)}"
-        count = self.repeats[key] = self.repeats.get(key, 0) + 1
-        limit = self.spec.loop.max_repeats
-        if count > limit:
-            raise LoopDetected(count, limit)
-        if count < limit:
-            return None
-        message = (f"{t.name} has been called with this same input {count} times; it was not "
-                   f"run again. Change the input, use another tool, or give the final answer.")
-        self.emit(ev.Warned(self.run_id, step.index, message))
-        return message
-
-    async def _approve(self, t: Tool, args: Any, step: Step) -> str | None:
-        """For tools marked confirm: the person's decision (kept in the checkpoint)."""
-        if not t.confirm:
-            return None
-        key = f"{step.index}:{t.name}"
-        mode = self.spec.loop.approve
-        if key not in self.approvals:
-            if mode != "ask":
-                self.approvals[key] = mode == "always"
-            elif self.agent.approver is None:
-                return (f"{t.name} needs a person's approval and this run is not interactive, so "
-                        f"it was not run (allow it with --yes or loop.approve: always)")
-            else:
-                self.approvals[key] = bool(await self.agent.approver(t.name, dict(args)))
-                self.checkpoint()
-        if self.approvals[key]:
-            return None
-        return f"running {t.name} was declined" + (" by the spec (loop.approve: never)"
-                                                  if mode == "never" else " by the person")

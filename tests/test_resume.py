@@ -45,7 +45,7 @@ from runner import events as ev
 from runner.api import make_agent
 from runner.checkpoints import CheckpointError, CheckpointStore
 from runner.errors import SpecError
-from runner.loop import UNKNOWN_OUTCOME
+from runner.acting import UNKNOWN_OUTCOME
 from runner.testing import ScriptedOpenAIServer, tool_call_responder
 from runner.tools import ToolContext
 
