@@ -31,7 +31,8 @@ from . import _yaml
 from .errors import (EXIT_FAILED, EXIT_OK, EXIT_SPEC, ReplayMismatch, RunnerError, SpecError,
                      SpecErrors)
 from .result import RunResult, as_text
-from .spec import AgentSpec, SpecSource, _pydantic_errors, is_test_file, load_spec
+from .spec import (AgentSpec, SpecSource, _pydantic_errors, is_test_file, load_spec,
+                   valid_regex)
 
 __all__ = ["AgentTests", "Case", "Expect", "AnswerCheck", "ToolsCheck", "StepsCheck",
            "LoadedTests", "load_test_file", "find_test_files", "check", "run_tests"]
@@ -53,14 +54,6 @@ def _texts(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
-def _regex(pattern: str) -> str:
-    try:
-        re.compile(pattern)
-    except re.error as exc:
-        raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
-    return pattern
-
-
 def _override(item: str) -> str:
     key, sep, _ = item.partition("=")
     if not sep or not key:
@@ -78,7 +71,7 @@ class AnswerCheck(_Strict):
     """A text (or a list of texts) the answer must contain, case as given."""
     not_contains: Annotated[list[str], BeforeValidator(_texts)] = []
     """A text (or a list of texts) the answer must not contain."""
-    matches: Annotated[str, AfterValidator(_regex)] | None = None
+    matches: Annotated[str, AfterValidator(valid_regex)] | None = None
     """A regular expression found somewhere in the answer (`(?i)` ignores case, `^...$`
     anchors it to the whole answer)."""
 

@@ -136,7 +136,8 @@ class CheckpointSpec(_Strict):
     """SQLite file, relative to the current directory."""
 
 
-def _regex(pattern: str) -> str:
+def valid_regex(pattern: str) -> str:
+    """A pydantic validator: the pattern compiles as a Python regular expression."""
     try:
         re.compile(pattern)
     except re.error as exc:
@@ -171,7 +172,7 @@ class TraceSpec(_Strict):
     redact_keys: list[Annotated[str, Field(min_length=1)]] = []
     """Field names whose values are masked wherever they appear (tool inputs, outputs parsed
     as JSON, ...), matched case-insensitively; secrets are always masked."""
-    redact_patterns: list[Annotated[str, Field(min_length=1), AfterValidator(_regex)]] = []
+    redact_patterns: list[Annotated[str, Field(min_length=1), AfterValidator(valid_regex)]] = []
     """Regular expressions masked in every text of the trace, e.g. `\\b\\d{16}\\b`."""
     otlp: OtlpSpec = OtlpSpec()
     """Optional OpenTelemetry export."""

@@ -92,3 +92,19 @@ def tools_plugin(*tools: Any) -> Iterator[Any]:
         yield plugin
     finally:
         runner.unregister_plugin(plugin)
+
+
+def sub_agent_project(folder: Path, server: ScriptedOpenAIServer, boss_extra: str = "") -> Path:
+    """A project where agent `boss` hands a task to sub-agent `writer` (both on the scripted
+    server, which is scripted for one delegation); returns boss.yaml."""
+    (folder / "pyproject.toml").write_text("")
+    (folder / "writer.yaml").write_text(
+        "version: 1\nname: writer\ndescription: Writes one sentence.\nmemory: {backend: none}\n"
+        f"loop: {{style: react}}\nmodel: {{id: openai/scripted, api_base: '{server.url}'}}\n")
+    (folder / "boss.yaml").write_text(
+        "version: 1\nname: boss\nmemory: {backend: none}\nloop: {style: react}\n"
+        "tools:\n  - agent: writer.yaml\n" + boss_extra)
+    server.script("Thought: delegate\nAction: writer[a line about cats]",
+                  "Final Answer: Cats nap in the sun.",
+                  "Final Answer: The writer says: Cats nap in the sun.")
+    return folder / "boss.yaml"

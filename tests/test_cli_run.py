@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, sub_agent_project
 
 CALC = str(ROOT / "agents" / "calculator.yaml")
 
@@ -179,18 +179,9 @@ memory: {backend: none}
 
 
 def test_sub_agent_as_a_tool(server, tmp_path: Path) -> None:
-    (tmp_path / "pyproject.toml").write_text("")
     # --set applies to the spec named on the command line; a sub-agent is its own spec
-    (tmp_path / "writer.yaml").write_text(
-        "version: 1\nname: writer\ndescription: Writes one sentence.\nmemory: {backend: none}\n"
-        f"loop: {{style: react}}\nmodel: {{id: openai/scripted, api_base: '{server.url}'}}\n")
-    (tmp_path / "boss.yaml").write_text(
-        "version: 1\nname: boss\nmemory: {backend: none}\nloop: {style: react}\n"
-        "tools:\n  - agent: writer.yaml\n")
-    server.script("Thought: delegate\nAction: writer[a line about cats]",
-                  "Final Answer: Cats nap in the sun.",
-                  "Final Answer: The writer says: Cats nap in the sun.")
-    proc = run_cli("run", str(tmp_path / "boss.yaml"), "cats", "--json", *_wire(server))
+    boss = sub_agent_project(tmp_path, server)
+    proc = run_cli("run", str(boss), "cats", "--json", *_wire(server))
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["steps"][0]["observation"] == "Cats nap in the sun."

@@ -17,7 +17,7 @@ import pytest
 
 import runner
 import runner.otel
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, sub_agent_project
 from otlp_receiver import OtlpReceiver, ReceivedSpan
 from runner.errors import SpecError
 from runner.redact import Redactor
@@ -277,17 +277,8 @@ def test_retries_are_events_of_the_model_call(server: Any, rx: OtlpReceiver, api
 
 def test_sub_agent_run_nests_under_the_tool_call(server: Any, rx: OtlpReceiver,
                                                  tmp_path: Path) -> None:
-    (tmp_path / "pyproject.toml").write_text("")
-    (tmp_path / "writer.yaml").write_text(
-        "version: 1\nname: writer\ndescription: Writes one sentence.\nmemory: {backend: none}\n"
-        f"loop: {{style: react}}\nmodel: {{id: openai/scripted, api_base: '{server.url}'}}\n")
-    (tmp_path / "boss.yaml").write_text(
-        "version: 1\nname: boss\nmemory: {backend: none}\nloop: {style: react}\n"
-        f"tools:\n  - agent: writer.yaml\ntrace: {{otlp: {{endpoint: '{rx.url}'}}}}\n")
-    server.script("Thought: delegate\nAction: writer[a line about cats]",
-                  "Final Answer: Cats nap in the sun.",
-                  "Final Answer: The writer says: Cats nap in the sun.")
-    proc = _cli("run", str(tmp_path / "boss.yaml"), "cats", *_wire(server), cwd=tmp_path)
+    boss = sub_agent_project(tmp_path, server, f"trace: {{otlp: {{endpoint: '{rx.url}'}}}}\n")
+    proc = _cli("run", str(boss), "cats", *_wire(server), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     spans = rx.spans
     assert len(spans) == 9  # boss: run, 2 steps, 2 chats, 1 tool; writer: run, step, chat

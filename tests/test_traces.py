@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, sub_agent_project
 from runner.traces import (_expand, build_tree, common_prefix, list_traces, read_trace,
                            summarize)
 
@@ -188,18 +188,8 @@ def test_a_cut_last_line_is_skipped(tmp_path: Path) -> None:
 
 def test_a_sub_agent_writes_into_its_parents_trace_and_nests_in_the_tree(server, tmp_path: Path
                                                                         ) -> None:
-    (tmp_path / "pyproject.toml").write_text("")
-    (tmp_path / "writer.yaml").write_text(
-        "version: 1\nname: writer\ndescription: Writes one sentence.\nmemory: {backend: none}\n"
-        f"loop: {{style: react}}\nmodel: {{id: openai/scripted, api_base: '{server.url}'}}\n")
-    (tmp_path / "boss.yaml").write_text(
-        "version: 1\nname: boss\nmemory: {backend: none}\nloop: {style: react}\n"
-        "tools:\n  - agent: writer.yaml\n")
-    server.script("Thought: delegate\nAction: writer[a line about cats]",
-                  "Final Answer: Cats nap in the sun.",
-                  "Final Answer: The writer says: Cats nap in the sun.")
-    proc = run_cli("run", str(tmp_path / "boss.yaml"), "cats", "--json",
-                   *_wire(server, tmp_path / "t"))
+    boss = sub_agent_project(tmp_path, server)
+    proc = run_cli("run", str(boss), "cats", "--json", *_wire(server, tmp_path / "t"))
     assert proc.returncode == 0, proc.stderr
     path = _only_trace(tmp_path / "t")  # one file for the whole run
     events = read_trace(path)
