@@ -16,8 +16,8 @@ from .acting import observe
 from .budget import Budget, Clock
 from .chain import run_chain
 from .checkpoints import CheckpointStore
-from .errors import (Interrupted, LimitExceeded, MaxIterations, MaxParseErrors,
-                     OutputError, RunnerError)
+from .errors import (Interrupted, LimitExceeded, MaxIterations, MaxParseErrors, OutputError,
+                     RunnerError)
 from .models import Completion, Message, Model, ModelTap, Usage, build_model
 from .parsing import Action, Parsed, parse_text, parse_tool_calls
 from .redact import redact_text
@@ -57,6 +57,7 @@ class Agent:
                 checkpoints = CheckpointStore(spec.checkpoint.path, secrets=self.secrets)
         self.checkpoints = checkpoints or None
         self.session = session or spec.memory.session
+
         def build() -> list[Model]:
             return [build_model(spec.model)] + [build_model(spec.model, f)
                                                 for f in spec.model.fallbacks]
@@ -100,8 +101,7 @@ class Agent:
                 "style": "tools" if self.native_tools() else "react",
                 "max_iterations": spec.loop.max_iterations,
                 "budget": spec.budget.model_dump(exclude_none=True), "depth": self.depth,
-                "memory": spec.memory.backend,
-                "spec": str(spec.source.path)}
+                "memory": spec.memory.backend, "spec": str(spec.source.path)}
 
     def native_tools(self) -> bool:
         style = self.spec.loop.style
