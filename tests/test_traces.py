@@ -279,3 +279,27 @@ def test_common_prefix() -> None:
     assert common_prefix("abc", "abc") == 3
     assert common_prefix("", "abc") == 0
     assert common_prefix("x" * 10000 + "a", "x" * 10000 + "b") == 10000
+
+
+def test_a_resumed_run_continues_its_trace(server, tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    server.script("Thought: multiply\nAction: calculator[6*7]", {"status": 503, "body": "down"})
+    proc = run_cli("run", CALC, "q", *_wire(server, tmp_path / "t", "model.retries=0",
+                                            f"checkpoint.path={db}"))
+    assert proc.returncode == 1, proc.stderr
+    path = _only_trace(tmp_path / "t")
+    server.script("Thought: done\nFinal Answer: 42")
+    proc = run_cli("resume", path.stem, "--db", str(db))
+    assert proc.returncode == 0 and proc.stdout == "42\n", proc.stderr
+    assert _only_trace(tmp_path / "t") == path  # the same file, appended to
+    events = read_trace(path)
+    starts = [e for e in events if e["kind"] == "run_started"]
+    assert [s["resumed"] for s in starts] == [False, True]
+    tree = build_tree(events)
+    assert tree["status"] == "finished" and tree["answer"] == "42" and tree["resumes"] == 1
+    kinds = [i["type"] for i in tree["items"]]
+    assert kinds.index("resumed") > kinds.index("step")
+    steps = [i for i in tree["items"] if i["type"] == "step"]
+    # the first run's failed call, then the resumed run's call, which carries the observation
+    assert steps[1]["model"]["end"] is None and steps[2]["answer"] == "42"
+    assert "Observation: 42" in steps[2]["model"]["messages"][-1]["content"]
