@@ -62,7 +62,7 @@ class Agent:
             return [build_model(spec.model)] + [build_model(spec.model, f)
                                                 for f in spec.model.fallbacks]
 
-        self.models = tap.models(spec.name, build) if tap is not None else build()
+        self.models = tap.models(spec.name, build, spec.model) if tap is not None else build()
         self.tools = build_tools(spec, self)
         self.tool_schemas = [t.schema() for t in self.tools.values()]
         self.tool_views = [{"name": t.name, "description": t.description,

@@ -83,9 +83,10 @@ class Completion:
 class ModelTap(Protocol):
     """Stands between agents and their models (`--record`, `--replay`)."""
 
-    def models(self, agent: str, build: Callable[[], list[Model]]) -> list[Model]:
-        """The models agent `agent` calls; `build()` makes the spec's own (not called when
-        replaying, so no model is loaded and no key is needed)."""
+    def models(self, agent: str, build: Callable[[], list[Model]], spec: ModelSpec
+               ) -> list[Model]:
+        """The models agent `agent` calls, as `spec` configures them; `build()` makes the
+        spec's own (not called when replaying, so no model is loaded and no key is needed)."""
 
 
 class Model(Protocol):

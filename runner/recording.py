@@ -4,7 +4,8 @@ A recording is JSON lines, written and flushed as the run goes (a crashed run ke
 had), every request and reply redacted first, so no secret is ever stored:
 
     {"kind": "recording", "version": 1, "created": "2025-01-31T12:00:00+00:00"}
-    {"kind": "agent", "agent": "calculator", "model": "local/gemma-3-270m", "supports_tools": false}
+    {"kind": "agent", "agent": "calculator", "model": "local/gemma-3-270m", "supports_tools": false,
+     "settings": {"id": "local/gemma-3-270m", "temperature": 0.0, "max_tokens": 96}}
     {"kind": "exchange", "agent": "calculator",
      "request": {"messages": [...], "tools": [...] | null, "stop": [...] | null},
      "reply": {"text": "...", "tool_calls": [{"id", "name", "arguments"}], "finish_reason": "stop",
@@ -12,7 +13,9 @@ had), every request and reply redacted first, so no secret is ever stored:
                "model": "local/gemma-3-270m"}}
 
 An `agent` line comes once per agent name, when its models are first built; only successful
-exchanges are kept (a failed attempt that the retry layer repeated is not).
+exchanges are kept (a failed attempt that the retry layer repeated is not). A replay whose
+spec asks for another model, temperature or max_tokens than the recording's fails at its first
+call: the recorded replies were another model's.
 
 Replay never builds a model (no weights loaded, no key, no network). A request is answered by
 content: agent name plus the canonical JSON of the redacted request. So one file can hold
@@ -34,6 +37,7 @@ from typing import IO, Any
 from .errors import RecordingError, ReplayMismatch
 from .models import Completion, Message, Model, ToolCall, Usage
 from .redact import Redactor
+from .spec import ModelSpec
 
 __all__ = ["Recorder", "Replayer", "VERSION"]
 
@@ -77,12 +81,14 @@ class Recorder:
         self._write({"kind": "recording", "version": VERSION,
                      "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
 
-    def models(self, agent: str, build: Callable[[], list[Model]]) -> list[Model]:
+    def models(self, agent: str, build: Callable[[], list[Model]], spec: ModelSpec
+               ) -> list[Model]:
         models = build()
         if agent not in self._agents:
             self._agents.add(agent)
             self._write({"kind": "agent", "agent": agent, "model": models[0].id,
-                         "supports_tools": bool(models[0].supports_tools())})
+                         "supports_tools": bool(models[0].supports_tools()),
+                         "settings": _settings(spec, self.redactor)})
         return [_Recording(m, agent, self) for m in models]
 
     def exchange(self, agent: str, request: dict[str, Any], reply: Completion) -> None:
@@ -153,10 +159,14 @@ class Replayer:
         self._by_key: dict[tuple[str, str], list[_Exchange]] = {}
         self._used: dict[tuple[str, str], int] = {}
         self._calls: dict[str, int] = {}
+        self._settings: dict[str, dict[str, Any]] = {}
+        """Agent name -> the model settings of the spec being replayed."""
         self._failed: str | None = None
         self._read()
 
-    def models(self, agent: str, build: Callable[[], list[Model]]) -> list[Model]:
+    def models(self, agent: str, build: Callable[[], list[Model]], spec: ModelSpec
+               ) -> list[Model]:
+        self._settings[agent] = _settings(spec, self.redactor)
         return [_Replay(agent, self)]
 
     def restart(self) -> None:
@@ -178,6 +188,12 @@ class Replayer:
             # be reported instead of the cause
             raise ReplayMismatch(self._failed)
         call = self._calls[agent] = self._calls.get(agent, 0) + 1
+        changed = _changed_settings(self.agents.get(agent, {}).get("settings"),
+                                    self._settings.get(agent))
+        if changed:  # the replies were another model's: they cannot stand for this one
+            self._failed = (f"agent {agent!r} was recorded in {self.shown} with {changed}. "
+                            f"If the change is intended, record again (--record)")
+            raise ReplayMismatch(self._failed)
         request = _request(messages, tools, stop, self.redactor)
         key = (agent, _canonical(request))
         found = self._by_key.get(key)
@@ -297,6 +313,32 @@ class _Replay:
 
 
 # --------------------------------------------------------------------------- differences
+
+SETTINGS = ("id", "temperature", "max_tokens")
+"""The model settings a recording is made with: replies recorded under others do not count.
+(`options` are not compared: they also carry a plugin's own settings, such as the fake
+model's script.)"""
+
+
+def _settings(spec: ModelSpec, redactor: Redactor) -> dict[str, Any]:
+    return redactor.value(spec.model_dump(include=set(SETTINGS), mode="json"))
+
+
+def _changed_settings(recorded: dict[str, Any] | None, now: dict[str, Any] | None) -> str:
+    """'model X, temperature 0.0; this run has model Y, ...' for the settings that differ
+    ('' when none do, or when the recording predates settings)."""
+    if recorded is None or now is None:
+        return ""
+    keys = [k for k in SETTINGS if recorded.get(k) != now.get(k)]
+    if not keys:
+        return ""
+
+    def listed(values: dict[str, Any]) -> str:
+        return ", ".join(f"{'model' if k == 'id' else k} {json.dumps(values.get(k))}"
+                         for k in keys)
+
+    return f"{listed(recorded)}; this run has {listed(now)}"
+
 
 def describe_difference(recorded: dict[str, Any], now: dict[str, Any]) -> str:
     """Where request `now` differs from `recorded`, short and readable."""

@@ -138,15 +138,16 @@ def test_record_then_replay(server, tmp_path: Path) -> None:
     kinds = [json.loads(line)["kind"] for line in rec.read_text().splitlines()]
     assert kinds == ["recording", "agent", "exchange", "exchange", "exchange", "exchange"]
 
-    server.reset()  # replay: the spec's own model (openai/gpt-4o, no key) is never called
-    proc = run_cli("test", str(folder), cwd=tmp_path, env={"OPENAI_API_KEY": ""})
+    server.reset()  # replay: the recorded model, with no key and nothing listening, is not called
+    nowhere = ["--set", "model.id=openai/scripted", "--set", "model.api_base=http://127.0.0.1:9/v1"]
+    proc = run_cli("test", str(folder), *nowhere, cwd=tmp_path, env={"OPENAI_API_KEY": ""})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.splitlines()[-1] == "2 passed, 0 failed"
     assert server.requests == [] and proc.stderr == ""
 
     # a changed prompt: each case fails with where its request differs
     proc = run_cli("test", str(folder), "--set", "prompt.instructions=Use a calculator.",
-                   cwd=tmp_path)
+                   *nowhere, cwd=tmp_path)
     assert proc.returncode == 1
     first = proc.stdout.splitlines()[0]
     assert first.startswith(
@@ -157,6 +158,12 @@ def test_record_then_replay(server, tmp_path: Path) -> None:
     assert "now 'Use a calculator." in first
     assert "line 5" in proc.stdout.splitlines()[1]  # the adds case's own request
     assert proc.stdout.splitlines()[-1] == "0 passed, 2 failed"
+
+    # another model: the recorded replies cannot stand for it, whatever the prompt
+    proc = run_cli("test", str(folder), "-m", "openai/gpt-4o", cwd=tmp_path)
+    assert proc.returncode == 1 and proc.stdout.splitlines()[-1] == "0 passed, 2 failed"
+    assert ("replay_mismatch: agent 'calc' was recorded in agents/tests/recordings/calc.jsonl "
+            'with model "openai/scripted"; this run has model "openai/gpt-4o"') in proc.stdout
 
     # --record rewrites the recording from scratch
     server.script("Thought: multiply\nAction: calculator[6*7]", "Final Answer: 42",

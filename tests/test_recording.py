@@ -20,8 +20,8 @@ from runner.errors import RecordingError, ReplayMismatch
 from runner.recording import Recorder, Replayer, describe_difference
 from runner.redact import Redactor
 
-NOWHERE = ["--set", "model.id=openai/gpt-4o", "--set", "model.api_base=http://127.0.0.1:9/v1"]
-"""A model that cannot answer: no key for it, nothing listening on port 9."""
+NOWHERE = ["--set", "model.id=openai/scripted", "--set", "model.api_base=http://127.0.0.1:9/v1"]
+"""The recorded model where it cannot answer: no key for it, nothing listening on port 9."""
 
 
 def _wire(server: Any) -> list[str]:
@@ -162,7 +162,7 @@ def test_a_sub_agent_mismatch_is_what_the_run_reports(server, tmp_path: Path) ->
                    cwd=tmp_path).returncode == 0
     helper = tmp_path / "helper.yaml"
     helper.write_text(helper.read_text() + "prompt: {instructions: Be exact.}\n")
-    proc = _without_key("run", str(boss), "q", "--replay", str(rec), cwd=tmp_path)
+    proc = _without_key("run", str(boss), "q", "--replay", str(rec), *NOWHERE, cwd=tmp_path)
     assert proc.returncode == 1
     # not the boss's next request, which differs only because the helper failed
     assert "call 1 of agent 'helper' is not in the recording" in proc.stderr
@@ -190,7 +190,8 @@ def test_secrets_never_reach_the_recording(server, tmp_path: Path) -> None:
     assert "My key is ***" in text and "account ***" in text and "done with ***" in text
     # the same run replays: the live request is masked the same way before matching
     server.reset()
-    proc = run_cli("run", str(boss), question, "--replay", str(rec), cwd=tmp_path, env=env)
+    proc = run_cli("run", str(boss), question, "--replay", str(rec), *NOWHERE, cwd=tmp_path,
+                   env=env)
     assert proc.returncode == 0, proc.stderr
     # (the masked reply is what replays: `***` then reads as markdown bold, which the parser drops)
     assert proc.stdout.startswith("done with") and server.requests == []
@@ -269,8 +270,11 @@ def test_replay_answers_supports_tools_as_recorded(tmp_path: Path) -> None:
     recorder = Recorder(rec, Redactor())
     assert _run(runner.Agent(spec, tap=recorder, checkpoints=False), "2+2?").answer == "It is 4."
     recorder.close()
-    assert _lines(rec)[1] == {"kind": "agent", "agent": "solo", "model": "fake/script",
-                              "supports_tools": True}
+    agent = _lines(rec)[1]
+    assert {k: agent[k] for k in ("kind", "agent", "model", "supports_tools")} == \
+        {"kind": "agent", "agent": "solo", "model": "fake/script", "supports_tools": True}
+    assert agent["settings"] == {"id": "fake/script", "temperature": spec.model.temperature,
+                                 "max_tokens": spec.model.max_tokens}
 
     spec.model.options["native_tools"] = False  # never asked: replay builds no model
     result = _run(runner.Agent(spec, tap=Replayer(rec, Redactor()), checkpoints=False), "2+2?")
@@ -346,3 +350,24 @@ def test_a_long_prompt_shows_only_the_neighbourhood_of_the_change() -> None:
     assert text == ("message 1 (user) differs at character 1205: recorded '...o intro intro "
                     "intro intro Use the calculator for sums. outro ou...', now '...o intro "
                     "intro intro intro Use a calculator for sums. outro ou...'")
+
+
+def test_a_replay_with_other_model_settings_is_a_mismatch(server, tmp_path: Path) -> None:
+    boss = _write_agents(tmp_path, server, "react")
+    _script(server, "react")
+    rec = tmp_path / "rec.jsonl"
+    assert run_cli("run", str(boss), "q", "--record", str(rec), *_wire(server),
+                   cwd=tmp_path).returncode == 0
+    (line,) = [l for l in _lines(rec) if l["kind"] == "agent" and l["agent"] == "boss"]
+    assert line["settings"]["id"] == "openai/scripted" and line["settings"]["temperature"] == 0
+    server.reset()
+    for change, said in ((["-m", "openai/gpt-4o"], 'model "openai/scripted"; this run has '
+                                                   'model "openai/gpt-4o"'),
+                         (["--set", "model.temperature=0.7"], "temperature 0.0; this run has "
+                                                              "temperature 0.7")):
+        proc = _without_key("run", str(boss), "q", "--replay", str(rec), *NOWHERE, *change,
+                            cwd=tmp_path)
+        assert proc.returncode == 1 and not server.requests
+        assert f"replay_mismatch: agent 'boss' was recorded in rec.jsonl with {said}" in \
+            proc.stderr, proc.stderr
+        assert "record again (--record)" in proc.stderr
