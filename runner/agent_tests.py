@@ -16,11 +16,10 @@ on the live model. The format is documented in docs/testing.md:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -422,9 +421,9 @@ async def _run_case(s: _Suite, case: Case, verbose: bool) -> list[str]:
         s.tap.restart()
     sinks = [StderrPrinter(redact=lambda text: redact_text(text, s.secrets))] if verbose else []
     try:
-        with _own_buffers():
-            agent = Agent(s.loaded.spec, memory=BufferMemory({}), checkpoints=False, tap=s.tap,
-                          sinks=sinks)
+        # every agent of the case, sub-agents included, starts an empty in-process memory
+        agent = Agent(s.loaded.spec, memory_factory=lambda _: BufferMemory({}),
+                      checkpoints=False, tap=s.tap, sinks=sinks)
         try:
             result = await agent.run(case.input)
         finally:
@@ -432,20 +431,6 @@ async def _run_case(s: _Suite, case: Case, verbose: bool) -> list[str]:
     except RunnerError as exc:
         return [f"error: {exc}"]
     return check(case.expect, result)
-
-
-@contextlib.contextmanager
-def _own_buffers() -> Iterator[None]:
-    """Sub-agents built meanwhile get a `buffer` memory of their own: BufferMemory shares one
-    store per process, so case 2's sub-agent would otherwise see case 1's conversation."""
-    from .memory import BufferMemory
-
-    saved = BufferMemory._shared
-    BufferMemory._shared = {}
-    try:
-        yield
-    finally:
-        BufferMemory._shared = saved
 
 
 def _note(text: str) -> None:

@@ -38,15 +38,19 @@ class Agent:
     def __init__(self, spec: AgentSpec, *, session: str | None = None, memory: Any = None,
                  depth: int = 0, sinks: list[Callable[[ev.Event], None]] | None = None,
                  clock: Clock | None = None, approver: Approver | None = None,
-                 checkpoints: CheckpointStore | bool = True, tap: ModelTap | None = None) -> None:
+                 checkpoints: CheckpointStore | bool = True, tap: ModelTap | None = None,
+                 memory_factory: Callable[[AgentSpec], Any] | None = None) -> None:
         """`approver(tool, args)` answers for tools marked `confirm` when loop.approve is `ask`;
         `checkpoints`: a store, True for the spec's (top-level agents only), or False;
-        `tap` stands between the agent (and its sub-agents) and their models: record, replay."""
+        `tap` stands between the agent (and its sub-agents) and their models: record, replay;
+        `memory_factory(spec)` makes the memory of this agent (unless `memory` is given) and
+        of its sub-agents, instead of their specs' backends."""
         from .build import build_memory, build_observers, build_template, build_tools
         from .redact import env_secrets
 
         self.spec, self.depth, self.sinks = spec, depth, list(sinks or [])
         self.clock, self.approver, self.tap = clock or Clock(), approver, tap
+        self.memory_factory = memory_factory
         self.secrets = spec.source.secrets | env_secrets()
         """Values masked wherever this agent's runs are stored."""
         if depth == 0:  # sub-agents share their parent's sinks: one trace per top-level run
@@ -68,7 +72,7 @@ class Agent:
         self.tool_views = [{"name": t.name, "description": t.description,
                             "input_hint": t.input_hint()} for t in self.tools.values()]
         self.template = build_template(spec)
-        self.memory = memory if memory is not None else build_memory(spec)
+        self.memory = memory if memory is not None else (memory_factory or build_memory)(spec)
 
     def start(self, input: Any, *, budget: Budget | None = None,
               parent_run_id: str | None = None) -> Run:

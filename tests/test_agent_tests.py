@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,6 @@ import pytest
 from conftest import ROOT, run_cli
 from runner.agent_tests import Expect, check, load_test_file, run_tests
 from runner.errors import SpecError
-from runner.memory import BufferMemory
 from runner.result import RunResult, Step
 
 SUMMARY = re.compile(r"^(\d+) passed, (\d+) failed$")
@@ -64,16 +65,21 @@ def _script_two(server: Any, second_answer: str = "4") -> None:
 # --------------------------------------------------------------------------- the shipped example
 
 def test_the_shipped_example_replays_without_a_model(tmp_path: Path) -> None:
-    # the spec's model becomes one that cannot answer: the recording must answer everything
-    proc = run_cli("test", str(ROOT / "agents" / "tests"), "--set",
-                   "model.api_base=http://127.0.0.1:9/v1", cwd=tmp_path,
-                   env={"RUNNER_MODEL": "openai/gpt-4o"})
+    # -X importtime names every module the process imports: the recording must answer
+    # everything, so neither llama.cpp (the spec's embedded model) nor LiteLLM is loaded
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "runner", "test",
+                           str(ROOT / "agents" / "tests")], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     passed = SUMMARY.match(lines[-1])
     assert passed and passed.group(2) == "0", proc.stdout
     assert int(passed.group(1)) == len([l for l in lines if l.startswith("PASS ")]) >= 2
-    assert proc.stderr == ""
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "runner.recording" in imported  # the listing works
+    assert not {m for m in imported if m.split(".")[0] in ("llama_cpp", "litellm")}
+    assert not [line for line in proc.stderr.splitlines() if not line.startswith("import time:")]
 
 
 @pytest.mark.embedded
@@ -182,15 +188,15 @@ def test_cases_do_not_share_a_conversation(server, scripted: list[str], tmp_path
     folder = _project(tmp_path, "agent: ../calc.yaml\ncases:\n"
                                 "  - {name: one, input: remember apples}\n"
                                 "  - {name: two, input: what did I say?}\n", agent)
+    # a sub-agent whose spec keeps its memory in a database: a test neither reads nor writes it
     (tmp_path / "agents" / "helper.yaml").write_text(
         f"name: helper\nmodel: {{id: openai/scripted, api_base: '{server.url}'}}\n"
-        "memory: {backend: buffer}\nloop: {style: react}\n")
+        "memory: {backend: sqlite, path: helper.db}\nloop: {style: react}\n")
     for word in ("apples", "nothing"):
         server.script(f"Thought: ask\nAction: helper[{word}]", f"Final Answer: noted {word}",
                       f"Final Answer: {word}")
-    shared = BufferMemory._shared
     assert run_tests([folder], live=True, overrides=scripted) == 0
-    assert BufferMemory._shared is shared  # restored after the cases
+    assert not list(tmp_path.rglob("helper.db"))
     second_case = server.requests[3:]
     assert len(second_case) == 3
     for request in second_case:

@@ -25,7 +25,8 @@ def _build(options: AgentOptions, ctx: Any) -> Tool:
 
     sub = ctx.ref.subspec
     parent = ctx.agent
-    agent = Agent(sub, depth=parent.depth + 1, sinks=parent.sinks, tap=parent.tap)
+    agent = Agent(sub, depth=parent.depth + 1, sinks=parent.sinks, tap=parent.tap,
+                  memory_factory=parent.memory_factory)
 
     async def run(input: Annotated[str, Field(description="the task or question for this agent")],
                   context: ToolContext) -> str:
