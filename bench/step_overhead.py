@@ -245,38 +245,48 @@ def start_server(tool_calls: int) -> tuple[subprocess.Popen[str], str]:
     return proc, url
 
 
-def run_worker(args: argparse.Namespace, url: str, transport: str | None) -> dict[str, Any]:
-    env = {**os.environ, "OPENAI_API_KEY": "none", "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-           "LITELLM_MODE": "PRODUCTION"}
-    for k in ("RUNNER_TRANSPORT", "RUNNER_LITELLM_OPENAI_SDK",
-              "EXPERIMENTAL_OPENAI_BASE_LLM_HTTP_HANDLER"):
-        env.pop(k, None)
-    if transport is not None:
-        env.update(TRANSPORTS[transport])
-    cmd = [sys.executable, __file__, "--worker", "--url", url, "--runs", str(args.runs),
-           "--warmup", str(args.warmup), "--tool-calls", str(args.tool_calls),
-           "--styles", ",".join(args.styles)]
-    if transport is None:
-        cmd.append("--floor")
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+def bench_parser(doc: str, runs: int, warmup: int) -> argparse.ArgumentParser:
+    """The options every overhead benchmark takes (and the hidden ones of its worker)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=runs, help="measured runs per row (median)")
+    parser.add_argument("--warmup", type=int, default=warmup, help="unmeasured runs first (>= 1)")
+    parser.add_argument("--tool-calls", type=int, default=20,
+                        help="tool calls per conversation (steps = this + 1)")
+    parser.add_argument("--json", action="store_true", help="print the raw figures as JSON too")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    return parser
+
+
+def run_benchmark_worker(script: str, args: argparse.Namespace, url: str, extra: list[str],
+                         env: dict[str, str] | None = None, what: str = "worker"
+                         ) -> dict[str, Any]:
+    """Run `script --worker` against the server at `url` in a clean environment (no key, no
+    transport or OpenTelemetry settings from ours) and return the JSON it prints last."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_") and k not in (
+        "RUNNER_TRANSPORT", "RUNNER_LITELLM_OPENAI_SDK", "EXPERIMENTAL_OPENAI_BASE_LLM_HTTP_HANDLER")}
+    clean.update({"OPENAI_API_KEY": "none", "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                  "LITELLM_MODE": "PRODUCTION", **(env or {})})
+    cmd = [sys.executable, script, "--worker", "--url", url, "--runs", str(args.runs),
+           "--warmup", str(args.warmup), "--tool-calls", str(args.tool_calls), *extra]
+    out = subprocess.run(cmd, cwd=ROOT, env=clean, capture_output=True, text=True, timeout=1800)
     if out.returncode != 0:
-        raise SystemExit(f"worker ({transport or 'floor'}) failed:\n{out.stderr[-3000:]}")
+        raise SystemExit(f"{what} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def run_worker(args: argparse.Namespace, url: str, transport: str | None) -> dict[str, Any]:
+    extra = ["--styles", ",".join(args.styles), *([] if transport else ["--floor"])]
+    return run_benchmark_worker(__file__, args, url, extra, TRANSPORTS[transport] if transport
+                                else None, f"worker ({transport or 'floor'})")
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=7, help="measured runs per row (median)")
-    parser.add_argument("--warmup", type=int, default=2, help="unmeasured runs first (>= 1)")
-    parser.add_argument("--tool-calls", type=int, default=20,
-                        help="tool calls per conversation (steps = this + 1)")
+    parser = bench_parser(__doc__, runs=7, warmup=2)
     parser.add_argument("--styles", default="tools,react", help="tools, react, or both")
     parser.add_argument("--transports", default="direct,litellm",
                         help="comma-separated: direct, litellm, litellm-sdk")
-    parser.add_argument("--json", action="store_true", help="print the raw figures as JSON too")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--floor", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.styles = [s for s in args.styles.split(",") if s]
     args.warmup = max(1, args.warmup)

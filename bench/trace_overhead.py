@@ -33,7 +33,6 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -171,18 +170,14 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=11, help="measured runs per configuration")
-    parser.add_argument("--warmup", type=int, default=3, help="unmeasured runs first (>= 1)")
-    parser.add_argument("--tool-calls", type=int, default=20,
-                        help="tool calls per conversation (steps = this + 1)")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from step_overhead import bench_parser, run_benchmark_worker, start_server
+
+    parser = bench_parser(__doc__, runs=11, warmup=3)
     parser.add_argument("--styles", default="tools,react", help="tools, react, or both")
     parser.add_argument("--dir", help="where the trace files go (default: a temp dir)")
     parser.add_argument("--profile", action="store_true",
                         help="also profile the traced runs (cProfile) and show the trace writer")
-    parser.add_argument("--json", action="store_true", help="print the raw figures as JSON too")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.warmup = max(1, args.warmup)
     args.styles = [s for s in args.styles.split(",") if s]
@@ -190,27 +185,15 @@ def main() -> None:
         worker(args)
         return
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from step_overhead import start_server
-
     server, url = start_server(args.tool_calls)
     try:
         with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-            env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-                   "LITELLM_MODE": "PRODUCTION"}
-            for k in [k for k in env if k.startswith("OTEL_")] + ["RUNNER_TRANSPORT"]:
-                env.pop(k, None)
-            cmd = [sys.executable, __file__, "--worker", "--url", url, "--dir", tmp,
-                   "--runs", str(args.runs), "--warmup", str(args.warmup),
-                   "--tool-calls", str(args.tool_calls), "--styles", ",".join(args.styles)]
-            out = subprocess.run(cmd + (["--profile"] if args.profile else []), cwd=ROOT,
-                                 env=env, capture_output=True, text=True, timeout=1800)
+            extra = ["--dir", tmp, "--styles", ",".join(args.styles)]
+            res = run_benchmark_worker(__file__, args, url,
+                                       extra + (["--profile"] if args.profile else []))
     finally:
         server.terminate()
         server.wait(10)
-    if out.returncode != 0:
-        raise SystemExit(f"the worker failed:\n{out.stderr[-3000:]}")
-    res = json.loads(out.stdout.strip().splitlines()[-1])
 
     steps, rows, sizes = res["steps"], res["rows"], res["sizes"]
     print(f"{steps} steps per run ({args.tool_calls} calculator calls + final answer), median of "
