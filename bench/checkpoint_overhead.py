@@ -162,7 +162,7 @@ def worker(args: argparse.Namespace) -> None:
 
 def main() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
-    from step_overhead import bench_parser, run_benchmark_worker, start_server
+    from step_overhead import bench_parser, run_benchmark_worker, scripted_server
 
     parser = bench_parser(__doc__, runs=15, warmup=3)
     parser.add_argument("--dir", help="where the checkpoint database goes (default: a temp dir)")
@@ -172,13 +172,8 @@ def main() -> None:
         worker(args)
         return
 
-    server, url = start_server(args.tool_calls)
-    try:
-        with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-            res = run_benchmark_worker(__file__, args, url, ["--dir", tmp])
-    finally:
-        server.terminate()
-        server.wait(10)
+    with scripted_server(args.tool_calls) as url, tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        res = run_benchmark_worker(__file__, args, url, ["--dir", tmp])
 
     steps, rows, save = res["steps"], res["rows"], res["save"]
     n, commits = args.tool_calls, res["commits"]

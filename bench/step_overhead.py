@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -39,6 +40,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -233,16 +235,21 @@ def worker(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------- driver
 
 
-def start_server(tool_calls: int) -> tuple[subprocess.Popen[str], str]:
+@contextlib.contextmanager
+def scripted_server(tool_calls: int) -> Iterator[str]:
+    """The scripted server in its own process for the block; yields its base URL."""
     proc = subprocess.Popen([sys.executable, "-m", "runner.testing", "--port", "0",
                              "--tool-calls", str(tool_calls)], cwd=ROOT,
                             stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    url = proc.stdout.readline().strip()
-    if not url.startswith("http"):
-        proc.kill()
-        raise SystemExit(f"the scripted server did not start: {url!r}")
-    return proc, url
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        if not url.startswith("http"):
+            raise SystemExit(f"the scripted server did not start: {url!r}")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def bench_parser(doc: str, runs: int, warmup: int) -> argparse.ArgumentParser:
@@ -298,13 +305,9 @@ def main() -> None:
         if t not in TRANSPORTS:
             parser.error(f"unknown transport {t!r}; use {', '.join(TRANSPORTS)}")
 
-    server, url = start_server(args.tool_calls)
-    try:
+    with scripted_server(args.tool_calls) as url:
         results = {t: run_worker(args, url, t) for t in transports}
         floor = run_worker(args, url, None)
-    finally:
-        server.terminate()
-        server.wait(10)
 
     steps = args.tool_calls + 1
     print(f"{steps} steps per run ({args.tool_calls} native tool calls + final answer; ReAct: "

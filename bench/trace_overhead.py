@@ -171,7 +171,7 @@ def worker(args: argparse.Namespace) -> None:
 
 def main() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
-    from step_overhead import bench_parser, run_benchmark_worker, start_server
+    from step_overhead import bench_parser, run_benchmark_worker, scripted_server
 
     parser = bench_parser(__doc__, runs=11, warmup=3)
     parser.add_argument("--styles", default="tools,react", help="tools, react, or both")
@@ -185,15 +185,10 @@ def main() -> None:
         worker(args)
         return
 
-    server, url = start_server(args.tool_calls)
-    try:
-        with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-            extra = ["--dir", tmp, "--styles", ",".join(args.styles)]
-            res = run_benchmark_worker(__file__, args, url,
-                                       extra + (["--profile"] if args.profile else []))
-    finally:
-        server.terminate()
-        server.wait(10)
+    with scripted_server(args.tool_calls) as url, tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        extra = ["--dir", tmp, "--styles", ",".join(args.styles)]
+        res = run_benchmark_worker(__file__, args, url,
+                                   extra + (["--profile"] if args.profile else []))
 
     steps, rows, sizes = res["steps"], res["rows"], res["sizes"]
     print(f"{steps} steps per run ({args.tool_calls} calculator calls + final answer), median of "

@@ -29,6 +29,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from . import _yaml
 from .errors import (EXIT_FAILED, EXIT_OK, EXIT_SPEC, ReplayMismatch, RunnerError, SpecError,
                      SpecErrors)
+from .recording import shown_path
 from .result import RunResult, as_text
 from .spec import (AgentSpec, SpecSource, _pydantic_errors, is_test_file, load_spec,
                    valid_regex)
@@ -170,14 +171,6 @@ class LoadedTests:
     recording: Path
 
 
-def _shown(path: Path) -> str:
-    path = path.resolve()
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
 def _read_text(path: Path, shown: str) -> str:
     try:
         if not path.is_file():
@@ -197,7 +190,7 @@ def load_test_file(path: str | os.PathLike[str], overrides: Iterable[str] = ()) 
     """Read and check a test file and load its agent with the file's `set` then `overrides`;
     raise SpecError naming file, line and key."""
     path = Path(path)
-    shown = _shown(path)
+    shown = shown_path(path)
     marks: dict[tuple[Any, ...], _yaml.Mark] = {}
     data = _yaml.load(_read_text(path, shown), shown, marks)
     if not isinstance(data, dict):
@@ -216,7 +209,7 @@ def load_test_file(path: str | os.PathLike[str], overrides: Iterable[str] = ()) 
         seen[case.name] = i
     agent = path.parent / tests.agent
     if not agent.is_file():
-        raise src.error(("agent",), f"no such spec {tests.agent!r} (looked for {_shown(agent)})")
+        raise src.error(("agent",), f"no such spec {tests.agent!r} (looked for {shown_path(agent)})")
     spec = _load_agent(src, agent, tests.overrides, list(overrides))
     stem = path.name.removesuffix(".yml").removesuffix(".yaml").removesuffix(".test")
     recording = path.parent / (tests.recording or f"recordings/{stem}.jsonl")
@@ -373,14 +366,14 @@ def _suite(t: LoadedTests, record: bool, live: bool) -> _Suite:
 
     spec = t.spec
     secrets = spec.source.secrets | env_secrets()
-    redactor = Redactor(secrets, spec.trace.redact_keys, spec.trace.redact_patterns)
+    redactor = Redactor.for_trace(spec.trace, secrets)
     if record:
         return _Suite(t, Recorder(t.recording, redactor), secrets)
     if live:
         return _Suite(t, None, secrets)
     if t.recording.exists():
         return _Suite(t, Replayer(t.recording, redactor), secrets)
-    _note(f"{t.shown}: no recording at {_shown(t.recording)}, so its cases run on the live "
+    _note(f"{t.shown}: no recording at {shown_path(t.recording)}, so its cases run on the live "
           f"model ({spec.model.id}); `runner test {t.shown} --record` writes one")
     return _Suite(t, None, secrets)
 

@@ -95,8 +95,7 @@ def build_observers(spec: AgentSpec, secrets: set[str]) -> list[Any]:
         sinks.append(TraceWriter(spec.trace, secrets))
     from .otel import otel_sink
 
-    exporter = otel_sink(spec.trace.otlp, Redactor(secrets, spec.trace.redact_keys,
-                                                   spec.trace.redact_patterns))
+    exporter = otel_sink(spec.trace.otlp, Redactor.for_trace(spec.trace, secrets))
     if exporter is not None:
         sinks.append(exporter)
     return sinks

@@ -124,7 +124,7 @@ def _tap(spec: Any, secrets: set[str], record: str | None, replay: str | None) -
     from .recording import Recorder, Replayer
     from .redact import Redactor
 
-    redactor = Redactor(secrets, spec.trace.redact_keys, spec.trace.redact_patterns)
+    redactor = Redactor.for_trace(spec.trace, secrets)
     return Recorder(record, redactor) if record else Replayer(replay, redactor)
 
 

@@ -59,7 +59,7 @@ class ModelStarted(Event):
 
 @dataclass
 class ModelCalled(Event):
-    """A model call ended with a reply: the exact request and the raw reply."""
+    """A model call ended with a reply: the raw reply (its request is on its ModelStarted)."""
 
     kind: ClassVar[str] = "model_called"
     model: str
@@ -70,8 +70,6 @@ class ModelCalled(Event):
     finish_reason: str | None
     attempts: int
     text: str = ""
-    messages: list[dict[str, Any]] = field(default_factory=list)
-    """The messages sent (the same as its ModelStarted's; traces store them there)."""
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     """Native tool calls in the reply: id, name and the raw arguments string."""
     stop: list[str] | None = None

@@ -296,8 +296,8 @@ class Run:
     async def call_model(self, messages: list[Message], tools: Any = None,
                          stop: list[str] | None = None) -> Completion:
         self.budget.check_before_call()
-        step, sent = len(self.result.steps) + 1, list(messages)
-        self.emit(ev.ModelStarted(self.run_id, step, self.spec.model.id, sent))
+        step = len(self.result.steps) + 1
+        self.emit(ev.ModelStarted(self.run_id, step, self.spec.model.id, list(messages)))
         self._in_model_call = True
         try:
             reply = await complete_with_retries(
@@ -317,7 +317,7 @@ class Run:
         self.emit(ev.ModelCalled(
             self.run_id, step, reply.model, reply.latency_s, reply.usage.prompt_tokens,
             reply.usage.completion_tokens, reply.cost_usd, reply.finish_reason, reply.attempts,
-            reply.text, sent, [{"id": c.id, "name": c.name, "arguments": c.arguments}
+            reply.text, [{"id": c.id, "name": c.name, "arguments": c.arguments}
                                          for c in reply.tool_calls], stop))
         return reply
 

@@ -376,6 +376,9 @@ class SpanSink:
             "gen_ai.request.model": model,
             "gen_ai.request.temperature": run.settings.get("temperature"),
             "gen_ai.request.max_tokens": run.settings.get("max_tokens")}, client=True)
+        if self.content:  # on the start: a call that never answers still shows its input
+            run.chat.set_attribute("gen_ai.input.messages",
+                                   self._content([_chat_message(m) for m in e.messages]))
 
     def _retried(self, e: Any) -> None:
         run = self.runs.get(e.run_id)
@@ -400,11 +403,9 @@ class SpanSink:
             parts: list[dict[str, Any]] = [{"type": "text", "content": e.text}] if e.text else []
             parts += [{"type": "tool_call", "id": c.get("id"), "name": c.get("name"),
                        "arguments": _decoded(c.get("arguments"))} for c in e.tool_calls]
-            chat.set_attributes({
-                "gen_ai.input.messages": self._content([_chat_message(m) for m in e.messages]),
-                "gen_ai.output.messages": self._content([{
-                    "role": "assistant", "parts": parts,
-                    "finish_reason": e.finish_reason or "unknown"}])})
+            chat.set_attribute("gen_ai.output.messages", self._content([{
+                "role": "assistant", "parts": parts,
+                "finish_reason": e.finish_reason or "unknown"}]))
         chat.end(end_time=_ns(e.t))
 
     def _action(self, e: Any) -> None:

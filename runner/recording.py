@@ -55,12 +55,13 @@ def _request(messages: list[Message], tools: list[dict[str, Any]] | None,
     return redactor.value({"messages": messages, "tools": tools or None, "stop": stop or None})
 
 
-def _shown(path: str | os.PathLike[str]) -> str:
-    p = Path(path)
+def shown_path(path: str | os.PathLike[str]) -> str:
+    """A path as messages show it: relative to the current directory when inside it."""
+    resolved = Path(path).resolve()
     try:
-        return str(p.resolve().relative_to(Path.cwd()))
+        return str(resolved.relative_to(Path.cwd()))
     except ValueError:
-        return str(p)
+        return str(resolved)
 
 
 # --------------------------------------------------------------------------- recording
@@ -77,7 +78,7 @@ class Recorder:
             self._file: IO[str] | None = self.path.open("w", encoding="utf-8")
         except OSError as exc:
             raise RecordingError(f"cannot write the recording: {exc.strerror}",
-                                 path=_shown(path)) from None
+                                 path=shown_path(path)) from None
         self._write({"kind": "recording", "version": VERSION,
                      "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
 
@@ -105,7 +106,7 @@ class Recorder:
 
     def _write(self, line: dict[str, Any]) -> None:
         if self._file is None:
-            raise RecordingError("the recording is closed", path=_shown(self.path))
+            raise RecordingError("the recording is closed", path=shown_path(self.path))
         self._file.write(json.dumps(line, ensure_ascii=False, default=str) + "\n")
         self._file.flush()
 
@@ -151,7 +152,7 @@ class Replayer:
 
     def __init__(self, path: str | os.PathLike[str], redactor: Redactor) -> None:
         self.path, self.redactor = Path(path), redactor
-        self.shown = _shown(path)
+        self.shown = shown_path(path)
         self.agents: dict[str, dict[str, Any]] = {}
         """Agent name -> its `agent` line (model id, supports_tools)."""
         self.exchanges: dict[str, list[_Exchange]] = {}

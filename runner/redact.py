@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from .spec import SECRET_NAME
+from .spec import SECRET_NAME, TraceSpec
 
 MASK = "***"
 _SECRET_KEYS = re.compile(r"(^|_)(api_?key|token|secret|password|passwd|authorization|credentials?)$",
@@ -58,6 +58,11 @@ class Redactor:
         self.pattern = re.compile(joined) if joined else None
         self._masked: dict[str, bool] = {}
         """Key -> whether its values are masked: the same few keys come back in every event."""
+
+    @classmethod
+    def for_trace(cls, trace: TraceSpec, secrets: Iterable[str]) -> Redactor:
+        """The redactor of a spec's `trace:` section: the secrets plus its keys and patterns."""
+        return cls(secrets, trace.redact_keys, trace.redact_patterns)
 
     def text(self, text: str) -> str:
         for s in self.secrets:

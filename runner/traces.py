@@ -31,7 +31,7 @@ class TraceWriter:
 
     def __init__(self, spec: TraceSpec, secrets: set[str]) -> None:
         self.dir = Path(spec.path)
-        self.redactor = Redactor(secrets, spec.redact_keys, spec.redact_patterns)
+        self.redactor = Redactor.for_trace(spec, secrets)
         self._files: dict[str, IO[str]] = {}
         """Open file of each top-level run."""
         self._root: dict[str, str] = {}
@@ -50,9 +50,6 @@ class TraceWriter:
             self._broken = str(exc)
             sys.stderr.write(f"warning: tracing stopped: {exc}\n")
 
-    def path_of(self, run_id: str) -> Path:
-        return self.dir / f"{self._root.get(run_id, run_id)}.jsonl"
-
     def _write(self, event: ev.Event) -> None:
         run_id = event.run_id
         if isinstance(event, ev.RunStarted):
@@ -63,11 +60,10 @@ class TraceWriter:
                 self._open(run_id)
         data = event.to_dict()
         if isinstance(event, ev.ModelStarted):
-            del data["messages"]
-            data["messages_delta"] = self._delta(run_id, event.messages)
-        elif isinstance(event, ev.ModelCalled):
-            del data["messages"]  # stored with its model_started
+            del data["messages"]  # stored as a delta, below
         data = self.redactor.value(data)
+        if isinstance(event, ev.ModelStarted):  # the delta's messages are redacted already
+            data["messages_delta"] = self._delta(run_id, event.messages)
         f = self._files.get(self._root.get(run_id, run_id))
         if f is None:  # an event of a run this writer did not see start
             return
@@ -94,7 +90,7 @@ class TraceWriter:
         kept, n = 0, min(len(messages), len(seen))
         while kept < n and messages[kept] == seen[kept]:
             kept += 1
-        now = before[:kept] + [self._redacted(m) for m in messages[kept:]]
+        now = before[:kept] + [self.redactor.value(m) for m in messages[kept:]]
         self._sent[run_id] = (seen[:kept] + [dict(m) for m in messages[kept:]], now)
         same = kept  # messages that differ only where redaction masks them count as unchanged
         while same < min(len(now), len(before)) and now[same] == before[same]:
@@ -108,14 +104,6 @@ class TraceWriter:
                 if prefix:
                     new = [{**new[0], "content": b[prefix:]}, *new[1:]]
         return {"same": same, "prefix": prefix, "new": new}
-
-    def _redacted(self, message: Message) -> Message:
-        return self.redactor.value(message)
-
-    def close(self) -> None:
-        for f in self._files.values():
-            f.close()
-        self._files.clear()
 
 
 _encode = json.JSONEncoder(ensure_ascii=False, default=str).encode
