@@ -100,9 +100,9 @@ def _save_cost(spec: Any, db: Path, repeat: int, secrets: set[str]) -> dict[str,
 def worker(args: argparse.Namespace) -> None:
     os.environ.setdefault("OPENAI_API_KEY", "none")
     import runner
-    import runner.models
+    import runner.models.litellm
 
-    runner.models.import_litellm()
+    runner.models.litellm.import_litellm()
     steps = args.tool_calls + 1
     base = Path(args.dir)
     agents = {}

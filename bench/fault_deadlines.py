@@ -87,7 +87,7 @@ def child(args: argparse.Namespace) -> None:
     """One cold run in this fresh process: print its elapsed time and status as JSON."""
     set_transport(args.transport)
     if args.pre_import:
-        from runner.models import import_litellm
+        from runner.models.litellm import import_litellm
 
         import_litellm()
     server = ScriptedOpenAIServer().start()

@@ -82,7 +82,8 @@ async def _measure(make_run: Any, steps: int, runs: int, warmup: int) -> dict[st
 async def _worker_style(args: argparse.Namespace, style: str) -> dict[str, Any]:
     import runner
     from runner.loop import STOP
-    from runner.models import DirectTransport, import_litellm
+    from runner.models.direct import DirectTransport
+from runner.models.litellm import import_litellm
 
     litellm = import_litellm()
     spec = runner.load_spec(SPEC, overrides=[
@@ -217,10 +218,10 @@ async def _aiohttp_floor(args: argparse.Namespace) -> dict[str, Any]:
 
 def worker(args: argparse.Namespace) -> None:
     os.environ.setdefault("OPENAI_API_KEY", "none")
-    import runner.models
+    import runner.models.litellm
 
     t0 = time.perf_counter()
-    runner.models.import_litellm()
+    runner.models.litellm.import_litellm()
     import_s = time.perf_counter() - t0
 
     async def main() -> list[dict[str, Any]]:
@@ -330,7 +331,7 @@ def main() -> None:
         print(f"{row['style']:6} {row['transport']:22} {'':>11} {b['wall_ms']:8.2f}ms {'':>6} "
               f"{'':>11} {b['cpu_ms']:7.2f}ms")
     print("\nNot in the figures above:")
-    print("  import litellm (runner.models.import_litellm, gc paused): " + ", ".join(
+    print("  import litellm (runner.models.litellm.import_litellm, gc paused): " + ", ".join(
         f"{res['import_s']:.2f}s ({t} worker)" for t, res in results.items()))
     print("  first run of the agent, with LiteLLM's lazy imports: " + ", ".join(
         f"{row['first_run_s']:.2f}s ({t}, {row['style']})" for t, res in results.items()

@@ -69,7 +69,7 @@ async def _timed(agent: Any, steps: int) -> tuple[float, float, str]:
 
 def _sizes(path: Path) -> dict[str, int]:
     """The trace file's size, and the size it would have with full messages in every call."""
-    from runner.traces import read_trace
+    from runner.trace.reader import read_trace
 
     events = read_trace(path)
     full = sum(len((json.dumps(e, ensure_ascii=False, default=str) + "\n").encode())
@@ -85,7 +85,7 @@ def _sizes(path: Path) -> dict[str, int]:
 def _writer_cost(spec: Any, folder: Path, repeat: int) -> dict[str, float]:
     """TraceWriter alone, fed the events of one real run: time per step."""
     import runner
-    from runner.traces import TraceWriter
+    from runner.trace.writer import TraceWriter
 
     events: list[Any] = []
     agent = runner.Agent(spec, sinks=[events.append])
@@ -124,9 +124,9 @@ def _profile(agent: Any, steps: int, runs: int, top: int) -> str:
 def worker(args: argparse.Namespace) -> None:
     os.environ["OPENAI_API_KEY"] = KEY
     import runner
-    import runner.models
+    import runner.models.litellm
 
-    runner.models.import_litellm()
+    runner.models.litellm.import_litellm()
     steps = args.tool_calls + 1
     base = Path(args.dir)
     agents: dict[tuple[str, str], Any] = {}

@@ -1,8 +1,11 @@
 """yaml-agent-runner: run AI agents declared in YAML.
 
-    from runner import load_spec, run_agent
+    from runner import load_spec, resolve_spec, run_agent
     result = run_agent("agents/calculator.yaml", "What is 17 times 23?")
     print(result.answer, result.status, result.usage)
+
+    spec = load_spec("agents/researcher.yaml")   # the YAML read and validated; no plugin
+    resolve_spec(spec)                           # checked against the installed plugins
 
 Names are imported lazily so that `runner --help` stays fast.
 """
@@ -13,16 +16,18 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 __all__ = [
-    "load_spec", "run_agent", "arun_agent", "resume_run", "aresume_run", "Agent", "Run", "RunResult", "Step", "AgentSpec",
+    "load_spec", "resolve_spec", "run_agent", "arun_agent", "resume_run", "aresume_run", "Agent",
+    "Run", "RunResult", "Step", "AgentSpec", "Resolved",
     "tool", "Tool", "ToolFactory", "ToolContext", "hookimpl", "register_plugin",
     "unregister_plugin", "RunnerError", "SpecError", "ModelError", "ToolError",
     "LimitExceeded", "RunFailed",
 ]
 
 _WHERE = {
-    "load_spec": "spec", "AgentSpec": "spec", "resume_run": "api", "aresume_run": "api", "RunResult": "result", "Step": "result",
+    "load_spec": "spec", "AgentSpec": "spec", "resolve_spec": "resolve", "Resolved": "resolve",
+    "resume_run": "api", "aresume_run": "api", "RunResult": "result", "Step": "result",
     "run_agent": "api", "arun_agent": "api",
-    "Agent": "loop", "Run": "loop",
+    "Agent": "agent", "Run": "loop",
     "tool": "tools", "Tool": "tools", "ToolFactory": "tools", "ToolContext": "tools",
     "hookimpl": "hookspecs", "register_plugin": "plugins", "unregister_plugin": "plugins",
     "RunnerError": "errors", "SpecError": "errors", "ModelError": "errors",
@@ -33,9 +38,11 @@ if TYPE_CHECKING:
     from .api import arun_agent, aresume_run, resume_run, run_agent
     from .errors import LimitExceeded, ModelError, RunFailed, RunnerError, SpecError, ToolError
     from .hookspecs import hookimpl
-    from .loop import Agent, Run
+    from .agent import Agent
+    from .loop import Run
     from .result import RunResult, Step
     from .plugins import register_plugin, unregister_plugin
+    from .resolve import Resolved, resolve_spec
     from .spec import AgentSpec, load_spec
     from .tools import Tool, ToolContext, ToolFactory, tool
 

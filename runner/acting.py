@@ -1,113 +1,151 @@
 """Acting on a model's reply: running its tool calls, with loop detection, a person's
 approval for tools marked confirm, and the at-most-once rule for tools that are not
-idempotent. Every failure becomes an observation that tells the model what to do next."""
+idempotent. Every failure becomes an observation that tells the model what to do next.
+
+It works on an explicit `StepContext` (what a run lends its tool calls) and `ToolLedger`
+(what a run remembers of them, kept in its checkpoint), never on the run itself."""
 
 from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from . import events as ev
-from .checkpoints import CheckpointError
-from .errors import LimitExceeded, LoopDetected, ToolError
+from .budget import Budget
+from .errors import CheckpointError, LimitExceeded, LoopDetected, ToolError, did_you_mean
 from .parsing import Action
 from .result import Step
+from .spec import LoopSpec
 from .tools import Tool, ToolContext, format_output, parse_arguments, run_tool
 
-if TYPE_CHECKING:
-    from .loop import Run
-
-__all__ = ["observe", "UNKNOWN_OUTCOME"]
+__all__ = ["StepContext", "ToolLedger", "act", "UNKNOWN_OUTCOME"]
 
 UNKNOWN_OUTCOME = ("the run was interrupted while {tool} was running, and {tool} is not safe to "
                    "repeat, so it was not run again: its outcome is unknown. Check its effect "
                    "before calling it again.")
 
 
-async def observe(run: Run, action: Action, step: Step, warnings: list[str],
-                  resumed: bool = False) -> None:
+@dataclass
+class ToolLedger:
+    """What a run remembers of its tool calls; it is part of the run's checkpoint."""
+
+    repeats: dict[str, int] = field(default_factory=dict)
+    """Each tool and input seen, and how often (loop detection)."""
+    approvals: dict[str, bool] = field(default_factory=dict)
+    """`step:tool` -> the person's (or the spec's) decision, so a resume does not ask twice."""
+    in_flight: set[int] = field(default_factory=set)
+    """Steps whose tool, marked idempotent: false, has started and not ended."""
+    unknown: set[int] | None = field(default_factory=set)
+    """After a resume, the steps that were in flight when the run stopped (None: an older
+    checkpoint, where every pending call of a tool marked idempotent: false counts)."""
+
+
+@dataclass
+class StepContext:
+    """What a run lends the tool calls of its steps."""
+
+    run_id: str
+    tools: dict[str, Tool]
+    loop: LoopSpec
+    budget: Budget
+    root: Path
+    depth: int
+    ledger: ToolLedger
+    emit: Callable[[ev.Event], None]
+    """Send an event to the run's sinks and listener."""
+    forward: Callable[[ev.Event], None]
+    """Pass a sub-agent's event to whoever streams the run."""
+    checkpoint: Callable[[], None] | None
+    """Commit the run's state now (None: the run keeps no checkpoints)."""
+    approver: Callable[[str, dict[str, Any]], Awaitable[bool]] | None = None
+
+
+async def act(ctx: StepContext, action: Action, step: Step, warnings: list[str],
+              resumed: bool = False) -> None:
     """Run one action of `step` and record its observation, with events either side."""
     step.action, step.input = action.tool, action.input
-    run.emit(ev.ActionTaken(run.run_id, step.index, action.tool, action.input, action.call_id))
+    ctx.emit(ev.ActionTaken(ctx.run_id, step.index, action.tool, action.input, action.call_id))
     started = time.monotonic()
-    text, step.error = await _invoke(run, action, step, resumed)
+    text, step.error = await _invoke(ctx, action, step, resumed)
     if warnings:
         text += "\n(" + " ".join(warnings) + ")"
     step.observation, step.tool_s = text, time.monotonic() - started
-    run.emit(ev.Observed(run.run_id, step.index, action.tool, text, step.error, step.tool_s))
+    ctx.emit(ev.Observed(ctx.run_id, step.index, action.tool, text, step.error, step.tool_s))
 
 
-async def _invoke(run: Run, action: Action, step: Step, resumed: bool) -> tuple[str, bool]:
+async def _invoke(ctx: StepContext, action: Action, step: Step,
+                  resumed: bool) -> tuple[str, bool]:
     """Run one tool call; every failure becomes advice for the model."""
-    tools = run.agent.tools
+    tools, ledger = ctx.tools, ctx.ledger
     t = tools.get(action.tool)
     if t is None:
-        from .spec import did_you_mean
-
         return (f"unknown tool {action.tool!r}{did_you_mean(action.tool, tools)}; tools are: "
                 f"{', '.join(tools) or '(none)'}", True)
-    if resumed and not t.idempotent and (run.unknown is None or step.index in run.unknown):
+    if resumed and not t.idempotent and (ledger.unknown is None or step.index in ledger.unknown):
         return UNKNOWN_OUTCOME.format(tool=t.name), True
     try:
         args = parse_arguments(t, action.input)
         # a call re-run after a resume was already counted by loop detection
-        refusal = (None if resumed else _repeated(run, t, args, step)) or \
-            await _approve(run, t, args, step)
+        refusal = (None if resumed else _repeated(ctx, t, args, step)) or \
+            await _approve(ctx, t, args, step)
         if refusal:
             return refusal, True
-        run.budget.charge_tool_call()
-        ctx = ToolContext(run.run_id, run.spec.source.root, run.agent.depth,
-                          {"budget": run.budget, "run": run})
-        timeout = run.budget.clip(t.timeout_s or run.spec.loop.tool_timeout_s)
-        if not t.idempotent and run.agent.checkpoints is not None:
-            run.in_flight.add(step.index)  # committed first: a resume will not re-run it
-            run.checkpoint()
+        ctx.budget.charge_tool_call()
+        context = ToolContext(ctx.run_id, ctx.root, ctx.depth, ctx.budget, ctx.forward)
+        timeout = ctx.budget.clip(t.timeout_s or ctx.loop.tool_timeout_s)
+        if not t.idempotent and ctx.checkpoint is not None:
+            ledger.in_flight.add(step.index)  # committed first: a resume will not re-run it
+            ctx.checkpoint()
         try:
-            out = await run_tool(t, args, ctx, timeout)
+            out = await run_tool(t, args, context, timeout)
         finally:
-            run.in_flight.discard(step.index)
+            ledger.in_flight.discard(step.index)
     except (LimitExceeded, CheckpointError):
         raise
     except ToolError as exc:
         return f"tool {t.name} failed: {exc}", True
     except Exception as exc:
         return f"tool {t.name} failed: {type(exc).__name__}: {exc}", True
-    limit = run.agent.tool_max_chars.get(t.name, run.spec.loop.max_observation_chars)
-    return format_output(out, limit), False
+    return format_output(out, t.max_output_chars or ctx.loop.max_observation_chars), False
 
 
-def _repeated(run: Run, t: Tool, args: Any, step: Step) -> str | None:
+def _repeated(ctx: StepContext, t: Tool, args: Any, step: Step) -> str | None:
     """Loop detection: the model is told once, then the run ends (loop_detected)."""
     key = f"{t.name}:{json.dumps(dict(args), sort_keys=True, default=str)}"
-    count = run.repeats[key] = run.repeats.get(key, 0) + 1
-    limit = run.spec.loop.max_repeats
+    repeats = ctx.ledger.repeats
+    count = repeats[key] = repeats.get(key, 0) + 1
+    limit = ctx.loop.max_repeats
     if count > limit:
         raise LoopDetected(count, limit)
     if count < limit:
         return None
     message = (f"{t.name} has been called with this same input {count} times; it was not "
                f"run again. Change the input, use another tool, or give the final answer.")
-    run.emit(ev.Warned(run.run_id, step.index, message))
+    ctx.emit(ev.Warned(ctx.run_id, step.index, message))
     return message
 
 
-async def _approve(run: Run, t: Tool, args: Any, step: Step) -> str | None:
+async def _approve(ctx: StepContext, t: Tool, args: Any, step: Step) -> str | None:
     """For tools marked confirm: the person's decision (kept in the checkpoint)."""
     if not t.confirm:
         return None
     key = f"{step.index}:{t.name}"
-    mode = run.spec.loop.approve
-    if key not in run.approvals:
+    mode, approvals = ctx.loop.approve, ctx.ledger.approvals
+    if key not in approvals:
         if mode != "ask":
-            run.approvals[key] = mode == "always"
-        elif run.agent.approver is None:
+            approvals[key] = mode == "always"
+        elif ctx.approver is None:
             return (f"{t.name} needs a person's approval and this run is not interactive, so "
                     f"it was not run (allow it with --yes or loop.approve: always)")
         else:
-            run.approvals[key] = bool(await run.agent.approver(t.name, dict(args)))
-            run.checkpoint()
-    if run.approvals[key]:
+            approvals[key] = bool(await ctx.approver(t.name, dict(args)))
+            if ctx.checkpoint is not None:
+                ctx.checkpoint()
+    if approvals[key]:
         return None
     return f"running {t.name} was declined" + (" by the spec (loop.approve: never)"
                                               if mode == "never" else " by the person")

@@ -1,23 +1,34 @@
-"""The Python API that mirrors `runner run`."""
+"""The Python API that mirrors the command line: run an agent, resume a run, validate specs,
+and the signal policy of a run driven from a terminal."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
-from .checkpoints import CheckpointStore
-from .errors import RunFailed, SpecError
-from .loop import Agent
+from .agent import Agent
+from .checkpoints import RESUMABLE_STATUSES, CheckpointStore
+from .console import exit_now
+from .errors import RunFailed, SpecError, SpecErrors
+from .loop import Run
 from .memory import SQLiteMemory
 from .redact import env_secrets
+from .resolve import resolve
 from .result import RunResult
-from .spec import AgentSpec, load_spec
+from .spec import AgentSpec, is_test_file, load_spec
 
 __all__ = ["run_agent", "arun_agent", "make_agent", "prepare_resume", "resume_run",
-           "aresume_run"]
+           "aresume_run", "validate_paths", "drive", "resume_hint", "load_and_resolve"]
+
+
+def load_and_resolve(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> Any:
+    """A spec file loaded and checked against the installed plugins (a `Resolved`)."""
+    return resolve(load_spec(path, overrides))
 
 
 def make_agent(spec: AgentSpec | str | os.PathLike[str], *, overrides: Iterable[str] = (),
@@ -26,10 +37,11 @@ def make_agent(spec: AgentSpec | str | os.PathLike[str], *, overrides: Iterable[
     """An Agent for a spec or a spec file. Naming a session asks for memory that outlives the
     process: a spec whose memory is `buffer` or `none` then uses SQLite in .runner/memory.db,
     so a later run of the same session continues the conversation."""
-    if not isinstance(spec, AgentSpec):
+    if isinstance(spec, (str, os.PathLike)):
         spec = load_spec(spec, overrides)
     memory = None
-    if session is not None and spec.memory.backend in ("buffer", "none"):
+    backend = spec.memory.backend if isinstance(spec, AgentSpec) else spec.spec.memory.backend
+    if session is not None and backend in ("buffer", "none"):
         memory = SQLiteMemory(".runner/memory.db")
     return Agent(spec, session=session, memory=memory, sinks=sinks, **agent_options)
 
@@ -38,13 +50,8 @@ async def arun_agent(spec: AgentSpec | str | os.PathLike[str], input: Any, *,
                      overrides: Iterable[str] = (), session: str | None = None,
                      raise_on_error: bool = False, sinks: list[Any] | None = None) -> RunResult:
     """Run an agent once and return its RunResult (or raise RunFailed with it)."""
-    agent = make_agent(spec, overrides=overrides, session=session, sinks=sinks)
-    try:
+    async with make_agent(spec, overrides=overrides, session=session, sinks=sinks) as agent:
         result = await agent.run(input)
-    finally:
-        await agent.memory.close()
-        if agent.checkpoints is not None:
-            agent.checkpoints.close()
     if raise_on_error and not result.ok:
         raise RunFailed(result)
     return result
@@ -85,12 +92,8 @@ def prepare_resume(run_id: str, *, db: str | os.PathLike[str] = ".runner/runs.db
 async def aresume_run(run_id: str, **kw: Any) -> RunResult:
     """Continue an unfinished run from its last committed step; see prepare_resume."""
     agent, state = prepare_resume(run_id, **kw)
-    try:
+    async with agent:
         return await agent.restore(state).execute()
-    finally:
-        await agent.memory.close()
-        if agent.checkpoints is not None:
-            agent.checkpoints.close()
 
 
 def _alive(pid: Any) -> bool:
@@ -113,3 +116,74 @@ def _alive(pid: Any) -> bool:
 def resume_run(run_id: str, **kw: Any) -> RunResult:
     """Synchronous form of aresume_run."""
     return asyncio.run(aresume_run(run_id, **kw))
+
+
+def validate_paths(paths: Iterable[str | os.PathLike[str]]) -> tuple[int, list[SpecError]]:
+    """Validate every spec file under `paths` against the installed plugins; return how many
+    were read and the problems.
+
+    Agent test files (`*.test.yaml`) are checked as test files, with the spec they test. In a
+    folder, files and folders whose names start with a dot are skipped.
+    """
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files.extend(sorted(q for q in p.rglob("*") if q.suffix in (".yaml", ".yml")
+                                and q.is_file()
+                                and not any(part.startswith(".")
+                                            for part in q.relative_to(p).parts)))
+        else:
+            files.append(p)
+    problems: dict[str, SpecError] = {}  # a spec's problem found again through its test file
+    for f in files:
+        try:
+            if is_test_file(f):
+                from .testing.cases import load_test_file
+
+                load_test_file(f)
+            else:
+                load_and_resolve(f)
+        except SpecErrors as exc:
+            problems.update((e.render(), e) for e in exc.errors)
+        except SpecError as exc:
+            problems[exc.render()] = exc
+    return len(files), list(problems.values())
+
+
+def drive(agent: Agent, start: Callable[[], Run],
+          on_stop: Callable[[Run, int], None] | None = None) -> RunResult:
+    """Run to the end with the terminal's signal policy: the first SIGINT or SIGTERM stops the
+    run at a step boundary (state saved, exit 130 or 143 after); a second SIGINT exits at
+    once (`exit_now(130)`). `on_stop(run, signum)` hears of the first. The agent is closed
+    at the end."""
+
+    async def main() -> RunResult:
+        run = start()
+        loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            if run.stopping and signum == signal.SIGINT:
+                exit_now(130)
+            if on_stop is not None:
+                on_stop(run, signum)
+            run.request_stop(signum)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            async with agent:
+                return await run.execute()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    return asyncio.run(main())
+
+
+def resume_hint(agent: Agent, result: RunResult) -> str | None:
+    """The command that continues a run that stopped for a reason a resume can get past."""
+    store = agent.checkpoints
+    if store is None or result.status not in RESUMABLE_STATUSES:
+        return None
+    db = "" if str(store.path) == ".runner/runs.db" else f" --db {store.path}"
+    return f"resume with: runner resume {result.run_id}{db}"

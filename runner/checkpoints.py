@@ -1,27 +1,92 @@
 """Checkpoints: each run's state committed to SQLite after every step, for `runner runs` and
 `runner resume`. One row per run, replaced in one transaction (WAL, busy timeout), so a
-crash at any point leaves the last committed step intact and never a torn row."""
+crash at any point leaves the last committed step intact and never a torn row.
+
+Here too: what a run's state holds (`run_state`), a run rebuilt from it (`restore_run`), and
+the settling, after a resume, of the tool calls that were in flight when the run stopped."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
+from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._sqlite import open_wal
-from .errors import RunnerError, SpecError
+from .acting import StepContext, act
+from .budget import Budget
+from .errors import CheckpointError, SpecError
+from .models import Usage
+from .parsing import Action
+from .redact import redact_text
+from .result import Step
 
-__all__ = ["CheckpointStore", "CheckpointError"]
+if TYPE_CHECKING:
+    from .agent import Agent
+    from .loop import Run
 
-RESUMABLE = {"running", "interrupted"}
+__all__ = ["CheckpointStore", "CheckpointError", "run_state", "restore_run", "settle_pending",
+           "RESUMABLE_STATUSES"]
+
+RESUMABLE_STATUSES = ("interrupted", "checkpoint_error", "model_timeout", "model_rate_limited")
+"""How a run may end and still be worth `runner resume`: a later try can get past these."""
+_STEP_FIELDS = tuple(f.name for f in fields(Step))
 
 
-class CheckpointError(RunnerError):
-    """The checkpoint database cannot be read or written."""
+def run_state(run: Run) -> dict[str, Any]:
+    """Everything a resume needs, as JSON-ready data."""
+    r, src, ledger = run.result, run.spec.source, run.ledger
+    usage, cost = run.budget.usage_since(run), run.budget.cost_since(run)
+    return {"version": 1, "run_id": run.run_id, "parent_run_id": run.parent,
+            "agent": run.spec.name, "spec_path": str(src.path), "spec_digest": src.digest,
+            "overrides": src.overrides, "session": run.agent.session, "input": r.input,
+            "status": r.status, "answer": r.answer, "error": r.error,
+            # shallow copies (dataclasses.asdict deep-copies: most of a checkpoint's cost)
+            "steps": [{k: getattr(s, k) for k in _STEP_FIELDS} for s in r.steps],
+            "messages": run.messages,
+            "calls": run.calls, "parse_errors": run.parse_errors, "repeats": ledger.repeats,
+            "approvals": ledger.approvals, "in_flight": sorted(ledger.in_flight),
+            "budget": run.budget.spent(), "run_usage": {**asdict(usage), "cost_usd": cost},
+            "owner": run.owner}
 
-    status = "checkpoint_error"
+
+def restore_run(agent: Agent, state: dict[str, Any]) -> Run:
+    """A run rebuilt from its last checkpoint, ready to `execute()` from where it stopped."""
+    budget = Budget(agent.spec.budget, agent.clock, spent=state["budget"])
+    run = agent.start(state["input"], budget=budget, parent_run_id=state.get("parent_run_id"))
+    run.run_id = run.result.run_id = state["run_id"]
+    run.result.steps = [Step(**s) for s in state["steps"]]
+    run.messages, run.calls = state["messages"], state["calls"]
+    run.parse_errors, run.resumed = state["parse_errors"], True
+    ledger = run.ledger
+    ledger.repeats, ledger.approvals = state["repeats"], state["approvals"]
+    # calls that had started when the run stopped (None: an older checkpoint, where every
+    # pending call of a tool marked idempotent: false counts as started)
+    ledger.unknown = set(state["in_flight"]) if "in_flight" in state else None
+    spent = state["run_usage"]
+    budget.adopt(run, Usage(spent["prompt_tokens"], spent["completion_tokens"]),
+                 spent["cost_usd"])
+    return run
+
+
+async def settle_pending(run: Run, ctx: StepContext) -> None:
+    """After a resume: finish the tool calls that were in flight when the run stopped, and
+    answer every native tool call of the last turn (providers reject one left open)."""
+    steps = run.result.steps
+    pending = [s for s in steps if s.action and s.observation is None]
+    await asyncio.gather(*(act(ctx, Action(s.action, s.input, s.call_id), s, [], resumed=True)
+                           for s in pending if s.action))
+    answered = {m.get("tool_call_id") for m in run.messages if m.get("role") == "tool"}
+    late = [s for s in steps if s.call_id and s.call_id not in answered]
+    if run.messages:
+        for s in late:
+            run.messages.append({"role": "tool", "tool_call_id": s.call_id,
+                                 "content": s.observation or ""})
+    if pending or late:
+        run.checkpoint()
 
 
 class CheckpointStore:
@@ -48,8 +113,6 @@ class CheckpointStore:
 
     def save(self, state: dict[str, Any]) -> None:
         """Commit a run's state (replacing the previous one) in a single transaction."""
-        from .redact import redact_text
-
         text = json.dumps(state, ensure_ascii=False, default=str)
         agent = state["agent"]
         if self.secrets:  # each secret as it stands in JSON too (a quote or \ is escaped)

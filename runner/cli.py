@@ -31,11 +31,18 @@ def _overrides(sets: tuple[str, ...], model: str | None) -> list[str]:
     return [*sets, *([f"model.id={model}"] if model else [])]
 
 
-def _load(spec_path: str, sets: tuple[str, ...], model: str | None, debug: bool) -> Any:
+def _load(spec_path: str, sets: tuple[str, ...], model: str | None, debug: bool,
+          resolved: bool = True) -> Any:
+    """The spec (checked against the installed plugins unless `resolved` is False), or exit 2."""
     from .spec import load_spec
 
     try:
-        return load_spec(spec_path, _overrides(sets, model))
+        spec = load_spec(spec_path, _overrides(sets, model))
+        if not resolved:
+            return spec
+        from .resolve import resolve
+
+        return resolve(spec)
     except RunnerError as exc:
         _fail(exc, debug)
 
@@ -88,13 +95,14 @@ def run(spec: str, input: str | None, inputs: tuple[str, ...], sets: tuple[str, 
     Each step is checkpointed in .runner/runs.db: Ctrl-C (or SIGTERM) stops at the next step
     boundary, and `runner resume RUN_ID` continues the run. Each run's trace goes to
     .runner/traces/ (see `runner trace`)."""
-    from .api import make_agent
+    from .api import drive, make_agent, resume_hint
+    from .console import printer, terminal_approver
     from .redact import env_secrets
 
     if record and replay:
         raise click.UsageError("--record and --replay cannot be used together")
     loaded = _load(spec, (*sets, *(["loop.approve=always"] if yes else [])), model, debug)
-    secrets = loaded.source.secrets | env_secrets()
+    secrets = loaded.spec.source.secrets | env_secrets()
     value: Any = input
     if inputs:
         named = dict(_pair(i) for i in inputs)
@@ -105,24 +113,24 @@ def run(spec: str, input: str | None, inputs: tuple[str, ...], sets: tuple[str, 
         value = sys.stdin.read()
     tap = None
     try:
-        tap = _tap(loaded, secrets, record, replay)
-        agent = make_agent(loaded, session=session, sinks=[_printer(quiet or as_json, secrets)],
-                           approver=_terminal_approver(), tap=tap)
-        result = _drive(agent, lambda: agent.start(value))
+        tap = _tap(loaded.spec, secrets, record, replay)
+        agent = make_agent(loaded, session=session, sinks=[printer(quiet or as_json, secrets)],
+                           approver=terminal_approver(), tap=tap)
+        result = drive(agent, lambda: agent.start(value), _stopping)
     except RunnerError as exc:
         _fail(exc, debug, secrets)
     finally:
         if tap is not None:
             tap.close()
-    _report(result, as_json, debug, secrets, _resume_hint(agent, result))
+    _report(result, as_json, debug, secrets, resume_hint(agent, result))
 
 
 def _tap(spec: Any, secrets: set[str], record: str | None, replay: str | None) -> Any:
     """The recorder or replayer that stands between the run and its models, if asked for."""
     if not (record or replay):
         return None
-    from .recording import Recorder, Replayer
     from .redact import Redactor
+    from .testing.recording import Recorder, Replayer
 
     redactor = Redactor.for_trace(spec.trace, secrets)
     return Recorder(record, redactor) if record else Replayer(replay, redactor)
@@ -140,19 +148,20 @@ def resume(run_id: str, db: str, force: bool, yes: bool, as_json: bool, quiet: b
            debug: bool) -> None:
     """Continue an interrupted run from its last committed step (finished steps are not
     repeated; a tool marked idempotent: false that was in flight is not re-run)."""
-    from .api import prepare_resume
+    from .api import drive, prepare_resume, resume_hint
+    from .console import printer, terminal_approver
     from .redact import env_secrets
 
     secrets = env_secrets()
-    approver = _yes if yes else _terminal_approver()
+    approver = _yes if yes else terminal_approver()
     try:
         agent, state = prepare_resume(run_id, db=db, force=force, approver=approver,
-                                      sinks=[_printer(quiet or as_json, secrets)])
-        result = _drive(agent, lambda: agent.restore(state))
+                                      sinks=[printer(quiet or as_json, secrets)])
+        result = drive(agent, lambda: agent.restore(state), _stopping)
     except RunnerError as exc:
         _fail(exc, debug, secrets)
     _report(result, as_json, debug, agent.spec.source.secrets | secrets,
-            _resume_hint(agent, result))
+            resume_hint(agent, result))
 
 
 @cli.command()
@@ -184,58 +193,11 @@ def runs(db: str, limit: int, as_json: bool) -> None:
                    f"{r['steps']:>5}{tokens:>9}  {when}")
 
 
-def _printer(quiet: bool, secrets: set[str]) -> Any:
-    """Steps on stderr: live (a spinner on each call) on a terminal, plain lines otherwise."""
-    from .events import StderrPrinter
-    from .redact import redact_text
-
-    redact = lambda t: redact_text(t, secrets)  # noqa: E731
-    if not quiet and sys.stderr.isatty() and os.environ.get("TERM") != "dumb":
-        from .live import LivePrinter
-
-        return LivePrinter(redact=redact)
-    return StderrPrinter(quiet=quiet, redact=redact)
-
-
-def _drive(agent: Any, start: Any) -> Any:
-    """Run to the end with signal handling: the first SIGINT or SIGTERM stops the run at a
-    step boundary (state saved); a second SIGINT exits at once."""
-    import asyncio
+def _stopping(run: Any, signum: int) -> None:
     import signal
 
-    async def main() -> Any:
-        run = start()
-        loop = asyncio.get_running_loop()
-
-        def on_signal(signum: int) -> None:
-            if run._stop is not None and signum == signal.SIGINT:
-                _exit_now(130)
-            click.echo(f"\n{signal.Signals(signum).name}: stopping after this step "
-                       f"(Ctrl-C again to quit now); run {run.run_id} can be resumed", err=True)
-            run.request_stop(signum)
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, on_signal, sig)
-        try:
-            return await run.execute()
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-            await agent.memory.close()
-
-    return asyncio.run(main())
-
-
-RESUMABLE_STATUSES = ("interrupted", "checkpoint_error", "model_timeout", "model_rate_limited")
-
-
-def _resume_hint(agent: Any, result: Any) -> str | None:
-    """The command that continues a run that stopped for a reason a resume can get past."""
-    store = agent.checkpoints
-    if store is None or result.status not in RESUMABLE_STATUSES:
-        return None
-    db = "" if str(store.path) == ".runner/runs.db" else f" --db {store.path}"
-    return f"resume with: runner resume {result.run_id}{db}"
+    click.echo(f"\n{signal.Signals(signum).name}: stopping after this step "
+               f"(Ctrl-C again to quit now); run {run.run_id} can be resumed", err=True)
 
 
 def _report(result: Any, as_json: bool, debug: bool, secrets: set[str],
@@ -268,40 +230,6 @@ async def _yes(tool: str, args: dict[str, Any]) -> bool:
     return True
 
 
-def _terminal_approver() -> Any:
-    """Asks the person at the terminal, when there is one (else tools marked confirm are
-    refused, unless --yes or loop.approve: always)."""
-    if not (sys.stdin.isatty() and sys.stderr.isatty()):
-        return None
-
-    async def ask(tool: str, args: dict[str, Any]) -> bool:
-        import asyncio
-
-        def prompt() -> str:
-            sys.stderr.write(f"Allow {tool} {json.dumps(args, ensure_ascii=False)}? [y/N] ")
-            sys.stderr.flush()
-            return sys.stdin.readline()
-
-        return (await asyncio.to_thread(prompt)).strip().lower() in ("y", "yes")
-
-    return ask
-
-
-def _exit_now(code: int) -> None:
-    tools = sys.modules.get("runner.tools")  # not imported: no tool started a process
-    if tools is not None:
-        tools.kill_process_groups()
-    live = sys.modules.get("runner.live")  # a spinner on the terminal: clear its line
-    if live is not None:
-        live.restore_terminal()
-    otel = sys.modules.get("runner.otel")  # spans still buffered go out before we exit
-    if otel is not None:
-        otel.flush()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 def _pair(item: str) -> tuple[str, str]:
     name, sep, value = item.partition("=")
     if not sep or not name:
@@ -321,11 +249,11 @@ def chat(spec: str, session: str, sets: tuple[str, ...], model: str | None, debu
     import asyncio
 
     from .api import make_agent
-    from .events import StderrPrinter
+    from .console import StderrPrinter
     from .redact import env_secrets, redact_text
 
     loaded = _load(spec, sets, model, debug)
-    secrets = loaded.source.secrets | env_secrets()
+    secrets = loaded.spec.source.secrets | env_secrets()
     agent = make_agent(loaded, session=session,
                        sinks=[StderrPrinter(redact=lambda t: redact_text(t, secrets))])
 
@@ -346,9 +274,9 @@ def chat(spec: str, session: str, sets: tuple[str, ...], model: str | None, debu
                     continue
                 result = await agent.run(line)
                 text = result.answer if result.ok else f"[{result.status}] {result.error}"
-                click.echo(redact_text(f"{loaded.name}> {text}", secrets))
+                click.echo(redact_text(f"{loaded.spec.name}> {text}", secrets))
         finally:
-            await agent.memory.close()
+            await agent.close()
 
     try:
         asyncio.run(repl())
@@ -360,7 +288,7 @@ def chat(spec: str, session: str, sets: tuple[str, ...], model: str | None, debu
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
 def validate(paths: tuple[str, ...]) -> None:
     """Check every spec under PATHS: one line per problem, `path:line:col: key: reason`."""
-    from .spec import validate_paths
+    from .api import validate_paths
 
     try:
         count, problems = validate_paths(paths)
@@ -390,7 +318,7 @@ def explain(spec: str, sets: tuple[str, ...], model: str | None, debug: bool) ->
     """Print SPEC fully resolved (extends, ${VAR} and --set applied), secrets masked."""
     from .spec import explain as explain_spec
 
-    loaded = _load(spec, sets, model, debug)
+    loaded = _load(spec, sets, model, debug, resolved=False)
     click.echo(f"# {loaded.source.path} (root {loaded.source.root})")
     click.echo(explain_spec(loaded), nl=False)
 
@@ -414,12 +342,21 @@ def plugins(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    families: dict[str, dict[str, list[str]]] = {}  # plugin -> family -> its prefixes
+    for prefix, r in reg.models.items():
+        if r.family:
+            families.setdefault(r.plugin, {}).setdefault(r.family, []).append(prefix)
     for name, row in rows.items():
         click.echo(f"{name}  ({row['origin']})")
-        for kind in ("tools", "models", "memory"):
-            if row[kind]:
-                label = {"models": "model providers", "memory": "memory backends"}.get(kind, kind)
-                click.echo(f"  {label}: {', '.join(row[kind])}")
+        own = families.get(name, {})
+        hidden = {p for prefixes in own.values() for p in prefixes}
+        models = [p or "(bare model ids)" for p in row["models"] if p not in hidden]
+        models += [f"every {family} provider ({len(prefixes)} prefixes: "
+                   f"{', '.join(prefixes[:4])}, ...)" for family, prefixes in own.items()]
+        for label, names in (("tools", row["tools"]), ("model providers", models),
+                             ("memory backends", row["memory"])):
+            if names:
+                click.echo(f"  {label}: {', '.join(names)}")
 
 
 TRACE_DIR = ".runner/traces"
@@ -440,7 +377,7 @@ def trace_list(folder: str, limit: int, as_json: bool) -> None:
     """Recent runs, newest first: status, agent, steps, tokens, cost, duration."""
     import time
 
-    from .traces import list_traces
+    from .trace.reader import list_traces
 
     rows = list_traces(folder, limit)
     if as_json:
@@ -464,7 +401,7 @@ def _dash(value: Any) -> str:
 
 
 def _load_trace(folder: str, run_id: str) -> tuple[Any, dict[str, Any]]:
-    from .traces import build_tree, find_trace, read_trace
+    from .trace.reader import build_tree, find_trace, read_trace
 
     try:
         path = find_trace(folder, run_id)
@@ -482,7 +419,7 @@ def _load_trace(folder: str, run_id: str) -> tuple[Any, dict[str, Any]]:
 def trace_show(run_id: str, folder: str, full: bool) -> None:
     """RUN_ID as a timeline on the terminal, sub-agents and retries nested (a prefix of the
     id is enough)."""
-    from .trace_show import print_run
+    from .trace.show import print_run
 
     _, tree = _load_trace(folder, run_id)
     print_run(tree, full=full)
@@ -499,7 +436,7 @@ def trace_view(run_id: str, folder: str, output: str | None) -> None:
     and raw reply."""
     from pathlib import Path
 
-    from .trace_html import render_page
+    from .trace.html import render_page
 
     path, tree = _load_trace(folder, run_id)
     out = Path(output) if output else path.with_suffix(".html")
@@ -520,7 +457,7 @@ def test_command(paths: tuple[str, ...], record: bool, live: bool, sets: tuple[s
     """Run the YAML agent tests under PATHS (*.test.yaml): each case's input, and what is
     expected of the answer, the tools called, the steps and the status. Prints
     `N passed, N failed`; exits 1 if any failed, 2 on a bad test file."""
-    from .agent_tests import run_tests
+    from .testing.cases import run_tests
 
     if record and live:
         raise click.UsageError("--record already runs live; give one of them")
@@ -545,4 +482,6 @@ def main() -> None:
         code = 130
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_FAILED)
-    _exit_now(code)  # skips ~1 s of interpreter teardown once LiteLLM is loaded
+    from .console import exit_now
+
+    exit_now(code)  # skips ~1 s of interpreter teardown once LiteLLM is loaded

@@ -14,6 +14,7 @@
     ├── ToolError                   a tool failed; the loop turns it into an observation
     │   └── ToolTimeout             the tool ran past its timeout_s
     ├── OutputError                 a final answer does not fit output.schema (exit 1)
+    ├── CheckpointError             the checkpoint database cannot be read or written (exit 1)
     ├── LimitExceeded               a limit ended the run (exit 3); `.limit` names it
     │   ├── MaxIterations           loop.max_iterations
     │   ├── MaxParseErrors          loop.max_parse_errors, in a row
@@ -27,6 +28,8 @@ Every error that ends a run travels inside a RunResult (status, transcript, part
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -37,6 +40,7 @@ __all__ = [
     "ModelError", "ModelTimeout", "ModelAuthError", "ModelRateLimited", "ModelProviderError",
     "ReplayMismatch", "ToolError", "ToolTimeout", "OutputError", "LimitExceeded",
     "MaxIterations", "MaxParseErrors", "LoopDetected", "Interrupted", "RunFailed",
+    "CheckpointError", "did_you_mean",
     "EXIT_OK", "EXIT_FAILED", "EXIT_SPEC", "EXIT_LIMIT", "EXIT_INTERRUPTED", "exit_code_for",
 ]
 
@@ -157,6 +161,12 @@ class OutputError(RunnerError):
     status = "output_error"
 
 
+class CheckpointError(RunnerError):
+    """The checkpoint database cannot be read or written."""
+
+    status = "checkpoint_error"
+
+
 class LimitExceeded(RunnerError):
     """A limit ended the run: `limit` names it, `count` is how far the run got."""
 
@@ -218,3 +228,9 @@ def exit_code_for(error: BaseException | None) -> int:
     if isinstance(error, KeyboardInterrupt):
         return EXIT_INTERRUPTED
     return EXIT_FAILED
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' or '': the suggestion every "unknown ..." message ends with."""
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""

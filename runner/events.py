@@ -1,4 +1,5 @@
-"""Typed events a run emits as it happens, and the sinks that show them."""
+"""Typed events a run emits as it happens (the terminal sinks that show them are in
+`runner.console`; the trace file and OpenTelemetry sinks in `runner.trace`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any, Callable, ClassVar, TextIO
 
 __all__ = ["Event", "RunStarted", "ModelStarted", "ModelCalled", "Retried", "Thought",
            "ActionTaken", "Observed", "MemoryRead", "MemoryWritten", "FinalAnswer", "Warned",
-           "RunEnded", "StderrPrinter"]
+           "RunEnded"]
 
 
 @dataclass
@@ -148,43 +149,3 @@ class RunEnded(Event):
     cost_usd: float | None = None
     budget: dict[str, Any] = field(default_factory=dict)
     """What the run's budget has spent (shared with sub-agents): tokens, cost, tool calls, time."""
-
-
-class StderrPrinter:
-    """Shows a run's progress on stderr as it happens; the answer itself goes to stdout."""
-
-    def __init__(self, stream: TextIO | None = None, quiet: bool = False,
-                 redact: Callable[[str], str] | None = None) -> None:
-        self.stream, self.quiet, self.redact = stream or sys.stderr, quiet, redact
-
-    def __call__(self, ev: Event) -> None:
-        if self.quiet:
-            return
-        line = self.format(ev)
-        if line and self.redact is not None:
-            line = self.redact(line)
-        if line:
-            self.stream.write(line + "\n")
-            self.stream.flush()
-
-    @staticmethod
-    def format(ev: Event) -> str | None:
-        if isinstance(ev, RunStarted):
-            return f"▶ {ev.agent} on {ev.model}"
-        if isinstance(ev, ModelCalled):
-            return (f"  · model {ev.latency_s * 1000:.0f} ms, {ev.prompt_tokens}+"
-                    f"{ev.completion_tokens} tokens" + (f", {ev.attempts} attempts" if ev.attempts > 1 else ""))
-        if isinstance(ev, Thought):
-            return f"Thought: {ev.text}" if ev.text else None
-        if isinstance(ev, ActionTaken):
-            return f"Action: {ev.tool}[{ev.input}]"
-        if isinstance(ev, Observed):
-            text = ev.text if len(ev.text) <= 500 else ev.text[:500] + " ..."
-            return f"Observation{' (error)' if ev.error else ''}: {text}"
-        if isinstance(ev, Warned):
-            return f"warning: {ev.message}"
-        if isinstance(ev, Retried):
-            return f"warning: retrying in {ev.wait_s:.1f}s: {ev.error}"
-        if isinstance(ev, RunEnded):
-            return f"■ {ev.status} in {ev.duration_s:.2f}s"  # the error follows, once
-        return None

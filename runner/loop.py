@@ -1,4 +1,8 @@
-"""The ReAct loop: one step = render, call the model, parse, act, observe. Emits events."""
+"""The ReAct loop: one step = render, call the model, parse, act, observe. Emits events.
+
+`Run` is one run of an agent: it knows the shape of a step, not how tools run
+(`runner.acting`), how its state is stored or restored (`runner.checkpoints`) or how the
+agent was put together (`runner.agent`)."""
 
 from __future__ import annotations
 
@@ -7,110 +11,27 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import asdict, fields
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
 
 from . import events as ev
-from .acting import observe
-from .budget import Budget, Clock
+from .acting import StepContext, ToolLedger, act
+from .budget import Budget
 from .chain import run_chain
-from .checkpoints import CheckpointStore
-from .errors import (Interrupted, LimitExceeded, MaxIterations, MaxParseErrors, OutputError,
-                     RunnerError)
-from .models import Completion, Message, Model, ModelTap, Usage, build_model
-from .parsing import Action, Parsed, parse_text, parse_tool_calls
+from .checkpoints import run_state, settle_pending
+from .errors import Interrupted, LimitExceeded, MaxIterations, MaxParseErrors, OutputError, RunnerError
+from .models import Completion, Message
+from .models.retry import complete_with_retries
+from .parsing import Parsed, parse_structured, parse_text, parse_tool_calls
 from .redact import redact_text
 from .result import RunResult, Step, as_text
-from .retry import complete_with_retries
-from .spec import AgentSpec
 
-__all__ = ["Agent", "Run", "RunResult", "Step"]
+if TYPE_CHECKING:
+    from .agent import Agent
+
+__all__ = ["Run", "STOP"]
 
 STOP = ["\nObservation:", "\nQuestion:"]
-Approver = Callable[[str, dict[str, Any]], Awaitable[bool]]
-_STEP_FIELDS = tuple(f.name for f in fields(Step))
-
-
-class Agent:
-    """A spec made runnable: its model(s), tools and memory, shared by all its runs."""
-
-    def __init__(self, spec: AgentSpec, *, session: str | None = None, memory: Any = None,
-                 depth: int = 0, sinks: list[Callable[[ev.Event], None]] | None = None,
-                 clock: Clock | None = None, approver: Approver | None = None,
-                 checkpoints: CheckpointStore | bool = True, tap: ModelTap | None = None,
-                 memory_factory: Callable[[AgentSpec], Any] | None = None) -> None:
-        """`approver(tool, args)` answers for tools marked `confirm` when loop.approve is `ask`;
-        `checkpoints`: a store, True for the spec's (top-level agents only), or False;
-        `tap` stands between the agent (and its sub-agents) and their models: record, replay;
-        `memory_factory(spec)` makes the memory of this agent (unless `memory` is given) and
-        of its sub-agents, instead of their specs' backends."""
-        from .build import build_memory, build_observers, build_template, build_tools
-        from .redact import env_secrets
-
-        self.spec, self.depth, self.sinks = spec, depth, list(sinks or [])
-        self.clock, self.approver, self.tap = clock or Clock(), approver, tap
-        self.memory_factory = memory_factory
-        self.secrets = spec.source.secrets | env_secrets()
-        """Values masked wherever this agent's runs are stored."""
-        if depth == 0:  # sub-agents share their parent's sinks: one trace per top-level run
-            self.sinks.extend(build_observers(spec, self.secrets))
-        if checkpoints is True:
-            checkpoints = depth == 0 and spec.checkpoint.enabled
-            if checkpoints:
-                checkpoints = CheckpointStore(spec.checkpoint.path, secrets=self.secrets)
-        self.checkpoints = checkpoints or None
-        self.session = session or spec.memory.session
-
-        def build() -> list[Model]:
-            return [build_model(spec.model)] + [build_model(spec.model, f)
-                                                for f in spec.model.fallbacks]
-
-        self.models = tap.models(spec.name, build, spec.model) if tap is not None else build()
-        self.tools = build_tools(spec, self)
-        self.tool_schemas = [t.schema() for t in self.tools.values()]
-        self.tool_views = [{"name": t.name, "description": t.description,
-                            "input_hint": t.input_hint()} for t in self.tools.values()]
-        self.template = build_template(spec)
-        self.memory = memory if memory is not None else (memory_factory or build_memory)(spec)
-
-    def start(self, input: Any, *, budget: Budget | None = None,
-              parent_run_id: str | None = None) -> Run:
-        return Run(self, input, budget or Budget(self.spec.budget, self.clock), parent_run_id)
-
-    def restore(self, state: dict[str, Any]) -> Run:
-        """A run rebuilt from its last checkpoint, ready to `execute()` from where it stopped."""
-        budget = Budget(self.spec.budget, self.clock, spent=state["budget"])
-        run = Run(self, state["input"], budget, state.get("parent_run_id"))
-        run.run_id = run.result.run_id = state["run_id"]
-        run.result.steps = [Step(**s) for s in state["steps"]]
-        run.messages, run.calls = state["messages"], state["calls"]
-        run.parse_errors, run.repeats = state["parse_errors"], state["repeats"]
-        run.approvals, run.resumed = state["approvals"], True
-        # calls that had started when the run stopped (None: an older checkpoint, where every
-        # pending call of a tool marked idempotent: false counts as started)
-        run.unknown = set(state["in_flight"]) if "in_flight" in state else None
-        spent = state["run_usage"]
-        budget.adopt(run, Usage(spent["prompt_tokens"], spent["completion_tokens"]),
-                     spent["cost_usd"])
-        return run
-
-    async def run(self, input: Any, **kw: Any) -> RunResult:
-        return await self.start(input, **kw).execute()
-
-    def settings(self) -> dict[str, Any]:
-        """What shapes this agent's model requests, for traces."""
-        spec = self.spec
-        return {"temperature": spec.model.temperature, "max_tokens": spec.model.max_tokens,
-                "style": "tools" if self.native_tools() else "react",
-                "max_iterations": spec.loop.max_iterations,
-                "budget": spec.budget.model_dump(exclude_none=True), "depth": self.depth,
-                "memory": spec.memory.backend, "spec": str(spec.source.path)}
-
-    def native_tools(self) -> bool:
-        style = self.spec.loop.style
-        return bool(self.tools) and (style == "tools" or (
-            style == "auto" and self.models[0].supports_tools()))
 
 
 class Run:
@@ -126,17 +47,24 @@ class Run:
         """The native tool-calling conversation (empty in text ReAct)."""
         self.calls = self.parse_errors = 0
         self._partial: str | None = None
-        self.repeats: dict[str, int] = {}
-        self.approvals: dict[str, bool] = {}
+        self.ledger = ToolLedger()
         self.resumed = False
-        self.in_flight: set[int] = set()
-        """Steps whose tool, marked idempotent: false, has started and not ended."""
-        self.unknown: set[int] | None = set()
         self._stop: int | None = None
         self._in_model_call = False
         self._task: asyncio.Task[Any] | None = None
-        self._owner = {"host": socket.gethostname(), "pid": os.getpid()}
+        self.owner = {"host": socket.gethostname(), "pid": os.getpid()}
         """Who runs it (a resume refuses while this process lives); once, not per commit."""
+
+    def step_context(self) -> StepContext:
+        a = self.agent
+        return StepContext(self.run_id, a.tools, self.spec.loop, self.budget,
+                           self.spec.source.root, a.depth, self.ledger, self.emit, self.forward,
+                           self.checkpoint if a.checkpoints is not None else None, a.approver)
+
+    @property
+    def stopping(self) -> bool:
+        """Whether a stop was requested (the run ends at the next step boundary)."""
+        return self._stop is not None
 
     def request_stop(self, signum: int) -> None:
         """Stop at the next step boundary (a model call in flight is abandoned at once)."""
@@ -144,31 +72,12 @@ class Run:
         if self._in_model_call and self._task is not None:
             self._task.cancel()
 
-    def state(self) -> dict[str, Any]:
-        """Everything a resume needs, as JSON-ready data."""
-        r, src = self.result, self.spec.source
-        usage, cost = self.budget.usage_since(self), self.budget.cost_since(self)
-        return {"version": 1, "run_id": self.run_id, "parent_run_id": self.parent,
-                "agent": self.spec.name, "spec_path": str(src.path), "spec_digest": src.digest,
-                "overrides": src.overrides, "session": self.agent.session, "input": r.input,
-                "status": r.status, "answer": r.answer, "error": r.error,
-                # shallow copies (dataclasses.asdict deep-copies: most of a checkpoint's cost)
-                "steps": [{k: getattr(s, k) for k in _STEP_FIELDS} for s in r.steps],
-                "messages": self.messages,
-                "calls": self.calls, "parse_errors": self.parse_errors, "repeats": self.repeats,
-                "approvals": self.approvals, "in_flight": sorted(self.in_flight),
-                "budget": self.budget.spent(), "run_usage": {**asdict(usage), "cost_usd": cost},
-                "owner": self._owner}
-
     def checkpoint(self) -> None:
         """Commit the state (after every step, and before a tool that must not run twice)."""
         if self.agent.checkpoints is not None:
-            self.agent.checkpoints.save(self.state())
+            self.agent.checkpoints.save(run_state(self))
 
     def emit(self, event: ev.Event) -> None:
-        from .plugins import hook
-
-        hook().on_event(event=event)
         for sink in self.agent.sinks:
             sink(event)
         self.forward(event)
@@ -194,27 +103,25 @@ class Run:
     async def execute(self, listener: Callable[[ev.Event], None] | None = None) -> RunResult:
         """Drive the run to its end and return the result (events go to the sinks)."""
         self._listener, self._task = listener, asyncio.current_task()
-        r, spec = self.result, self.spec
+        r, spec, agent = self.result, self.spec, self.agent
         r.status = "running"
         self.emit(ev.RunStarted(self.run_id, len(r.steps), spec.name, spec.model.id, r.input,
-                                self.parent, self.resumed, self.agent.settings(),
-                                self.agent.tool_schemas))
+                                self.parent, self.resumed, agent.settings(), agent.tool_schemas))
         try:
             # committed before anything runs: a location that cannot be written fails the run
             # now, not after its first tool call, and `runner runs` shows the run at once
             self.checkpoint()
-            history = await self.agent.memory.load(self.agent.session, spec.memory.window)
-            self.emit(ev.MemoryRead(self.run_id, len(r.steps), self.agent.session, len(history)))
+            history = await agent.memory.load(agent.session, spec.memory.window)
+            self.emit(ev.MemoryRead(self.run_id, len(r.steps), agent.session, len(history)))
             if spec.kind == "chain":
                 await run_chain(self)
             else:
                 await self._loop(history)
             if r.status == "finished":
-                await self.agent.memory.append(self.agent.session, [
-                    {"role": "user", "content": redact_text(as_text(r.input), self.agent.secrets)},
-                    {"role": "assistant",
-                     "content": redact_text(as_text(r.answer), self.agent.secrets)}])
-                self.emit(ev.MemoryWritten(self.run_id, len(r.steps), self.agent.session, 2))
+                await agent.memory.append(agent.session, [
+                    {"role": "user", "content": redact_text(as_text(r.input), agent.secrets)},
+                    {"role": "assistant", "content": redact_text(as_text(r.answer), agent.secrets)}])
+                self.emit(ev.MemoryWritten(self.run_id, len(r.steps), agent.session, 2))
         except asyncio.CancelledError:
             if self._stop is None:
                 self._fail(Interrupted(2))
@@ -244,7 +151,8 @@ class Run:
         step = self._native_step if native else self._react_step
         if native and not self.messages:
             self.messages = self._native_messages(history)
-        await self._settle_pending()
+        ctx = self.step_context()
+        await settle_pending(self, ctx)
         while r.status == "running":
             if self._stop is not None:
                 raise Interrupted(self._stop)
@@ -253,7 +161,7 @@ class Run:
             self.calls += 1
             before = len(r.steps)
             try:
-                ok = await step(self.messages, history)
+                ok = await step(ctx, self.messages, history)
             except BaseException:
                 if len(r.steps) == before:  # the model call failed or was abandoned: no step
                     self.calls -= 1
@@ -263,21 +171,6 @@ class Run:
                 self.checkpoint()
             if self.parse_errors >= limits.max_parse_errors:
                 raise MaxParseErrors(self.parse_errors, limits.max_parse_errors)
-
-    async def _settle_pending(self) -> None:
-        """After a resume: finish the tool calls that were in flight when the run stopped, and
-        answer every native tool call of the last turn (providers reject one left open)."""
-        pending = [s for s in self.result.steps if s.action and s.observation is None]
-        await asyncio.gather(*(observe(self, Action(s.action, s.input, s.call_id), s, [],
-                                             resumed=True) for s in pending if s.action))
-        answered = {m.get("tool_call_id") for m in self.messages if m.get("role") == "tool"}
-        late = [s for s in self.result.steps if s.call_id and s.call_id not in answered]
-        if self.messages:
-            for s in late:
-                self.messages.append({"role": "tool", "tool_call_id": s.call_id,
-                                      "content": s.observation or ""})
-        if pending or late:
-            self.checkpoint()
 
     def _fail(self, exc: BaseException) -> None:
         r = self.result
@@ -318,18 +211,18 @@ class Run:
             self.run_id, step, reply.model, reply.latency_s, reply.usage.prompt_tokens,
             reply.usage.completion_tokens, reply.cost_usd, reply.finish_reason, reply.attempts,
             reply.text, [{"id": c.id, "name": c.name, "arguments": c.arguments}
-                                         for c in reply.tool_calls], stop))
+                         for c in reply.tool_calls], stop))
         return reply
 
     def _prompt(self, history: list[Message], **extra: Any) -> str:
-        spec = self.spec
+        p = self.spec.prompt
         return self.agent.template.render(
-            **spec.prompt.variables, vars=spec.prompt.variables,
-            instructions=spec.prompt.instructions, history=history, input=self.result.input,
-            tools=self.agent.tool_views,
-            examples=spec.prompt.examples if spec.prompt.examples is not None else [], **extra)
+            **p.variables, vars=p.variables, instructions=p.instructions, history=history,
+            input=self.result.input, tools=self.agent.tool_views,
+            examples=p.examples if p.examples is not None else [], **extra)
 
-    async def _react_step(self, _messages: list[Message], history: list[Message]) -> bool:
+    async def _react_step(self, ctx: StepContext, _messages: list[Message],
+                          history: list[Message]) -> bool:
         steps = [{"raw": s.raw, "observation": s.observation} for s in self.result.steps]
         prompt = self._prompt(history, steps=steps, native_tools=False)
         reply = await self.call_model([{"role": "user", "content": prompt}],
@@ -337,27 +230,27 @@ class Run:
         parsed = parse_text(reply.text, reply.finish_reason)
         step = Step(len(self.result.steps) + 1, parsed.thought, raw=parsed.raw,
                     model_s=reply.latency_s)
-        return await self._act(parsed, [step])
+        return await self._act(ctx, parsed, [step])
 
     def _native_messages(self, history: list[Message]) -> list[Message]:
         system = self._prompt(history, steps=[], native_tools=True).strip()
         return [*([{"role": "system", "content": system}] if system else []), *history,
                 {"role": "user", "content": as_text(self.result.input)}]
 
-    async def _native_step(self, messages: list[Message], _history: list[Message]) -> bool:
+    async def _native_step(self, ctx: StepContext, messages: list[Message],
+                           _history: list[Message]) -> bool:
         reply = await self.call_model(messages, tools=self.agent.tool_schemas,
                                       stop=self.spec.model.stop or None)
         parsed = parse_tool_calls(reply.text, reply.tool_calls, reply.finish_reason)
-        calls = [{"id": c.id, "type": "function", "function": {"name": c.name,
-                                                             "arguments": c.arguments}}
-                 for c in reply.tool_calls]
+        calls = [{"id": c.id, "type": "function",
+                  "function": {"name": c.name, "arguments": c.arguments}} for c in reply.tool_calls]
         messages.append({"role": "assistant", "content": reply.text or None, "tool_calls": calls}
                         if calls else {"role": "assistant", "content": reply.text})
         n = len(self.result.steps) + 1
         steps = [Step(n + i, parsed.thought if i == 0 else "", call_id=a.call_id,
                       model_s=reply.latency_s) for i, a in enumerate(parsed.actions)] or \
             [Step(n, parsed.thought, model_s=reply.latency_s)]
-        ok = await self._act(parsed, steps)
+        ok = await self._act(ctx, parsed, steps)
         answers = {s.call_id: s.observation or "" for s in steps if s.call_id}
         for c in reply.tool_calls:  # providers reject a call left unanswered, even one not run
             messages.append({"role": "tool", "tool_call_id": c.id,
@@ -366,31 +259,31 @@ class Run:
             messages.append({"role": "user", "content": parsed.failure})
         return ok
 
-    async def _act(self, parsed: Parsed, steps: list[Step]) -> bool:
+    async def _act(self, ctx: StepContext, parsed: Parsed, steps: list[Step]) -> bool:
         """Record the steps, then finish, report a parse failure, or run the actions."""
-        r = self.result
+        r, first = self.result, steps[0]
         r.steps.extend(steps)
         if parsed.thought:
-            self.emit(ev.Thought(self.run_id, steps[0].index, parsed.thought))
+            self.emit(ev.Thought(self.run_id, first.index, parsed.thought))
         for w in parsed.warnings:
-            self.emit(ev.Warned(self.run_id, steps[0].index, w))
-        if parsed.failure:
-            steps[0].observation, steps[0].error = parsed.failure, True
-            self.emit(ev.Observed(self.run_id, steps[0].index, None, parsed.failure, True, 0.0))
-            return False
-        if parsed.finish is not None:
+            self.emit(ev.Warned(self.run_id, first.index, w))
+        problem = parsed.failure
+        if problem is None and parsed.finish is not None:
             try:
                 r.answer = self.final_answer(parsed.finish.answer)
             except OutputError as exc:
-                steps[0].observation, steps[0].error = str(exc), True
-                self.emit(ev.Observed(self.run_id, steps[0].index, None, str(exc), True, 0.0))
-                return False
-            r.status = "finished"
-            self.emit(ev.FinalAnswer(self.run_id, steps[0].index, r.answer))
-            return True
+                problem = str(exc)
+            else:
+                r.status = "finished"
+                self.emit(ev.FinalAnswer(self.run_id, first.index, r.answer))
+                return True
+        if problem is not None:
+            first.observation, first.error = problem, True
+            self.emit(ev.Observed(self.run_id, first.index, None, problem, True, 0.0))
+            return False
         for a, s in zip(parsed.actions, steps):
             s.action, s.input = a.tool, a.input
-        await asyncio.gather(*(observe(self, a, s, parsed.warnings)
+        await asyncio.gather(*(act(ctx, a, s, parsed.warnings)
                                for a, s in zip(parsed.actions, steps)))
         return True
 
@@ -398,6 +291,4 @@ class Run:
         """The answer as given, or parsed and checked against output.schema."""
         if self.spec.output is None:
             return text.strip()
-        from .output import parse_structured
-
         return parse_structured(text, self.spec.output.json_schema)

@@ -12,10 +12,9 @@ from pydantic import BaseModel, ConfigDict
 
 from ._sqlite import open_wal
 from .errors import RunnerError
+from .models import Message
 
 __all__ = ["Memory", "BufferMemory", "SQLiteMemory", "NoMemory", "SQLiteOptions"]
-
-Message = dict[str, Any]
 
 
 class Memory(Protocol):

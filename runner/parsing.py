@@ -1,4 +1,5 @@
-"""Turning a model reply into actions or a final answer.
+"""Turning a model reply into actions or a final answer, and a final answer into the
+structured value `output.schema` asks for.
 
 Text ReAct dialects accepted (labels in any case, with markdown bold, inside code fences,
 with CRLF line ends or a fullwidth colon):
@@ -24,8 +25,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import OutputError
+
 __all__ = ["Action", "Finish", "Parsed", "RawArguments", "parse_text", "parse_tool_calls",
-           "FORMAT_HINT"]
+           "parse_structured", "FORMAT_HINT"]
 
 FORMAT_HINT = ("Reply with a Thought line, then either `Action: tool_name[input]` to use a tool "
                "or `Final Answer: your answer` when you know the answer.")
@@ -163,3 +166,33 @@ def parse_tool_calls(text: str, tool_calls: list[Any], finish_reason: str | None
         parsed.finish = Finish(parsed.thought)
         parsed.thought = ""
     return parsed
+
+
+# ---------------------------------------------------------------- structured answers
+
+_FENCED = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
+
+
+def parse_structured(text: str, schema: dict[str, Any]) -> Any:
+    """The JSON value in `text` (bare or in a code fence), valid against `schema`."""
+    import jsonschema
+
+    m = _FENCED.search(text)
+    body = (m.group(1) if m else text).strip()
+    if not m:
+        start = min((i for i in (body.find("{"), body.find("[")) if i >= 0), default=-1)
+        if start > 0:
+            body = body[start:]
+    try:
+        value = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise OutputError(f"the answer is not valid JSON ({exc.msg} at line {exc.lineno} column "
+                          f"{exc.colno}); answer with a JSON value matching the output schema"
+                          ) from None
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(value),
+                    key=lambda e: list(e.absolute_path))
+    if errors:
+        e = errors[0]
+        where = "/".join(map(str, e.absolute_path)) or "(root)"
+        raise OutputError(f"the answer does not fit the output schema at {where}: {e.message}")
+    return value

@@ -1,8 +1,13 @@
 """Loading plugins: the built-ins, entry points of the `yaml_agent_runner` group (lazily, on
-first use, filtered by $RUNNER_PLUGINS), and what each of them registers."""
+first use, filtered by $RUNNER_PLUGINS), and what each of them registers.
+
+Only `runner.resolve` (checking a spec, handing the agent what it needs) and `runner plugins`
+read the registry; the composition root, `runner.agent`, fires the lifecycle hooks it is
+handed. Nothing else knows the plugin manager."""
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -13,11 +18,20 @@ import pluggy
 from . import hookspecs
 from .errors import PluginError
 
-__all__ = ["GROUP", "Registry", "Registration", "plugin_manager", "registry", "register_plugin",
-           "unregister_plugin"]
+__all__ = ["GROUP", "BUILTINS", "Registry", "Registration", "plugin_manager", "registry",
+           "hooks", "register_plugin", "unregister_plugin"]
 
 GROUP = "yaml_agent_runner"
 BUILTIN = "built-in"
+BUILTINS = (
+    "runner.default_plugins.calculator",
+    "runner.default_plugins.agent_tool",
+    "runner.default_plugins.fake_model",
+    "runner.default_plugins.local_model",
+    "runner.default_plugins.memory_backends",
+    "runner.models.litellm",
+)
+"""The built-in plugins, by module name: they register through the same hooks as any other."""
 
 
 @dataclass
@@ -29,6 +43,9 @@ class Registration:
     plugin: str
     origin: str
     extra: dict[str, Any] = field(default_factory=dict)
+    family: str | None = None
+    """A model prefix registered as one of a large family (LiteLLM's providers): another
+    plugin's registration of the same prefix takes its place."""
 
 
 @dataclass
@@ -53,11 +70,9 @@ def plugin_manager() -> pluggy.PluginManager:
     if _pm is None:
         pm = pluggy.PluginManager(GROUP)
         pm.add_hookspecs(hookspecs)
-        from .default_plugins import BUILTINS
-
-        for module in BUILTINS:
-            pm.register(module, name=module.__name__)
-            _origins[module.__name__] = BUILTIN
+        for name in BUILTINS:
+            pm.register(importlib.import_module(name), name=name)
+            _origins[name] = BUILTIN
         _load_entry_points(pm)
         _pm = pm
     return _pm
@@ -117,8 +132,15 @@ def _collect(pm: pluggy.PluginManager, hook: str, table: dict[str, Registration]
             reg = make(*args, plugin=_plugin, origin=_origins.get(_plugin, "?"), **kwargs)
             old = table.get(reg.name)
             if old is not None and old.plugin != reg.plugin:
-                raise PluginError(f"{kind} {reg.name!r} is registered by two plugins: "
-                                  f"{old.plugin} ({old.origin}) and {reg.plugin} ({reg.origin})")
+                # a provider family's prefix (LiteLLM's) gives way to a plugin's own
+                if old.family and not reg.family:
+                    pass
+                elif reg.family and not old.family:
+                    return
+                else:
+                    raise PluginError(f"{kind} {reg.name!r} is registered by two plugins: "
+                                      f"{old.plugin} ({old.origin}) and {reg.plugin} "
+                                      f"({reg.origin})")
             table[reg.name] = reg
 
         impl.function(register=register)
@@ -137,8 +159,9 @@ def registry() -> Registry:
             f = as_factory(t)
             return Registration(f.name, f, plugin, origin)
 
-        def model(prefix: str, factory: Any, *, plugin: str, origin: str, **extra: Any) -> Registration:
-            return Registration(prefix, factory, plugin, origin, extra)
+        def model(prefix: str, factory: Any, *, plugin: str, origin: str,
+                  family: str | None = None) -> Registration:
+            return Registration(prefix, factory, plugin, origin, family=family)
 
         def memory(name: str, factory: Any, options: Any = None, *, plugin: str,
                    origin: str) -> Registration:
@@ -151,6 +174,6 @@ def registry() -> Registry:
     return _registry
 
 
-def hook() -> Any:
-    """The lifecycle hook caller (pm.hook)."""
+def hooks() -> Any:
+    """The lifecycle hook caller (pm.hook), for the composition root."""
     return plugin_manager().hook

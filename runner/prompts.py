@@ -18,7 +18,7 @@ import string
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import jinja2
 from jinja2 import nodes
@@ -27,7 +27,13 @@ from jinja2.visitor import NodeTransformer
 
 from .errors import TemplateError
 
-__all__ = ["PromptTemplate", "environment", "DEFAULT_TEMPLATE", "MAX_OUTPUT_CHARS"]
+if TYPE_CHECKING:
+    from .spec import PromptSpec, SpecSource
+
+__all__ = ["PromptTemplate", "environment", "load_template", "DEFAULT_TEMPLATE",
+           "MAX_OUTPUT_CHARS"]
+
+Prepare = Callable[..., None]
 
 DEFAULT_TEMPLATE = "react.md.j2"
 MAX_OUTPUT_CHARS = 2_000_000
@@ -204,27 +210,60 @@ _PACKAGE_TEMPLATES = Path(__file__).parent / "templates"
 _envs: dict[Path, _Env] = {}
 
 
-def environment(root: Path) -> _Env:
-    """The sandboxed environment for one project root (cached)."""
+def environment(root: Path, prepare: Prepare | None = None) -> _Env:
+    """The sandboxed environment for one project root (cached); `prepare(env=...)` (the
+    plugins' prepare_jinja2_environment hook) adjusts it once, before any template loads."""
     env = _envs.get(root)
     if env is None:
         env = _Env(loader=jinja2.ChoiceLoader([jinja2.FileSystemLoader(str(root)),
                                                jinja2.FileSystemLoader(str(_PACKAGE_TEMPLATES))]),
                    undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True,
                    trim_blocks=True, lstrip_blocks=True)
-        from .plugins import hook
-
-        hook().prepare_jinja2_environment(env=env)
+        if prepare is not None:
+            prepare(env=env)
         _envs[root] = env
     return env
+
+
+_templates: dict[tuple[Path, str | None, str | None], PromptTemplate] = {}
+
+
+def load_template(src: SpecSource, prompt: PromptSpec, kind: str,
+                  prepare: Prepare | None = None) -> PromptTemplate:
+    """A spec's compiled template (cached per project root, file and text); errors name the
+    spec's key."""
+    if prompt.template and prompt.text:
+        raise src.error(("prompt", "text"), "give prompt.template or prompt.text, not both")
+    if kind == "chain" and not (prompt.template or prompt.text):
+        raise src.error(("prompt",), "a chain needs prompt.template or prompt.text")
+    name = None
+    if prompt.template:
+        path = src.resolve(prompt.template, ("prompt", "template"))
+        if not path.is_file():
+            raise src.error(("prompt", "template"), f"template file {prompt.template!r} not found")
+        name = path.relative_to(src.root).as_posix()
+    key = (src.root, name, prompt.text)
+    tmpl = _templates.get(key)
+    if tmpl is None:
+        try:
+            tmpl = PromptTemplate(src.root, name=name, text=prompt.text, prepare=prepare,
+                                  origin=f"{src.path}: prompt.text" if prompt.text
+                                  else str(src.path))
+        except TemplateError as exc:
+            if prompt.text and exc.line is not None:
+                raise src.error(("prompt", "text"), f"{exc.reason} (line {exc.line} of the "
+                                                    f"template)") from None
+            raise
+        _templates[key] = tmpl
+    return tmpl
 
 
 class PromptTemplate:
     """A compiled template plus where it came from, for error messages."""
 
     def __init__(self, root: Path, *, name: str | None = None, text: str | None = None,
-                 origin: str = "<inline>") -> None:
-        env = environment(root)
+                 origin: str = "<inline>", prepare: Prepare | None = None) -> None:
+        env = environment(root, prepare)
         self.origin = origin
         try:
             if text is not None:

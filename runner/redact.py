@@ -8,9 +8,14 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from .spec import SECRET_NAME, TraceSpec
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .spec import TraceSpec
 
 MASK = "***"
+SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH", re.I)
+"""Environment variables whose values are secrets (masked wherever they could appear)."""
 _SECRET_KEYS = re.compile(r"(^|_)(api_?key|token|secret|password|passwd|authorization|credentials?)$",
                           re.I)
 

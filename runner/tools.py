@@ -12,7 +12,7 @@ import json
 import queue
 import re
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, Callable, get_args, get_origin, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
@@ -34,12 +34,16 @@ class NoOptions(BaseModel):
 
 @dataclass
 class ToolContext:
-    """What a running tool may use: the run's id, the spec's folder, the parent run's state."""
+    """What a running tool may use: the run's id, the project root, how deep the agent is,
+    the run's budget (a sub-agent draws from it) and the run's event stream."""
 
     run_id: str = ""
     root: Any = None
     depth: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    budget: Any = None
+    """The calling run's Budget."""
+    forward: Callable[[Any], None] | None = None
+    """Passes an event (a sub-agent's) to whoever streams the calling run."""
 
 
 @dataclass
@@ -57,6 +61,8 @@ class Tool:
     """Side effects worth a person's yes: asked before each call (see loop.approve)."""
     idempotent: bool = True
     """False: a call cut short by a crash is not re-run on resume; the model is told instead."""
+    max_output_chars: int | None = None
+    """Longer output is cut to this size (default: the spec's loop.max_observation_chars)."""
 
     def schema(self) -> dict[str, Any]:
         """The OpenAI-style function schema passed to native tool calling."""

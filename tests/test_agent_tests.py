@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from conftest import ROOT, run_cli
-from runner.agent_tests import Expect, check, load_test_file, run_tests
+from runner.testing.cases import Expect, check, load_test_file, run_tests
 from runner.errors import SpecError
 from runner.result import RunResult, Step
 
@@ -77,7 +77,7 @@ def test_the_shipped_example_replays_without_a_model(tmp_path: Path) -> None:
     assert int(passed.group(1)) == len([l for l in lines if l.startswith("PASS ")]) >= 2
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()
                 if line.startswith("import time:")}
-    assert "runner.recording" in imported  # the listing works
+    assert "runner.testing.recording" in imported  # the listing works
     assert not {m for m in imported if m.split(".")[0] in ("llama_cpp", "litellm")}
     assert not [line for line in proc.stderr.splitlines() if not line.startswith("import time:")]
 

@@ -62,7 +62,9 @@ def run_error(root: Path, spec: str, env: dict[str, str] | None = None) -> str:
 
 
 def _available(kind: str) -> str:
-    return ", ".join(sorted(getattr(registry(), kind)))
+    """What plugins provide; for models, those not of LiteLLM's family (counted apart)."""
+    return ", ".join(sorted(n for n, r in getattr(registry(), kind).items()
+                            if n and not r.family))
 
 
 # (files, expected line); {root} is the project root, {tools} / {memory} what is installed.

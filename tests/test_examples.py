@@ -4,10 +4,14 @@ the wire path, against the scripted OpenAI-compatible server through LiteLLM."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
+import runner
 from runner import load_spec, run_agent
 from runner.plugins import registry
 
@@ -36,6 +40,33 @@ def test_calculator_cli_on_embedded_model() -> None:
     assert proc.stdout.strip() == "391"
     assert "Action: calculator[17*23]" in proc.stderr
     assert "Observation: 391" in proc.stderr
+
+
+# The README's first run, with what it imported listed on its way out (os._exit is the CLI's
+# last call): the embedded model is a plain plugin, so no model library beyond llama.cpp loads.
+_IMPORT_PROBE = """
+import os, sys
+real_exit = os._exit
+def probe(code):
+    top = sorted({m.split(".")[0] for m in sys.modules})
+    print("TOP=" + ",".join(top), file=sys.stderr)
+    real_exit(code)
+os._exit = probe
+sys.argv = ["runner", "run", "agents/calculator.yaml", "What is 17 times 23?"]
+from runner.cli import main
+main()
+"""
+
+
+@pytest.mark.embedded
+def test_the_embedded_run_imports_no_litellm() -> None:
+    proc = subprocess.run([sys.executable, "-c", _IMPORT_PROBE], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OPENAI_API_KEY": ""})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "391"
+    top = set(proc.stderr.splitlines()[-1].removeprefix("TOP=").split(","))
+    assert "llama_cpp" in top  # the probe sees the model library that did answer
+    assert not top & {"litellm", "openai", "tiktoken", "tokenizers"}, top
 
 
 @pytest.mark.embedded
@@ -94,7 +125,7 @@ def test_every_example_runs_on_the_wire(name: str, server, scripted) -> None:
         result = run_agent(spec, {"topic": "autumn"})
         assert result.answer == "Red leaves drift and fall"
     else:
-        tools = [t.alias for t in spec.tool_refs]
+        tools = [t.alias for t in runner.resolve_spec(spec).tools]
         first = {"calculator": "calculator[6*7]", "units": "units[3 m to ft]"}
         if tools:
             server.script(f"Thought: use a tool\nAction: {first[tools[0]]}",

@@ -56,7 +56,7 @@ def lim_echo(text: str) -> str:
 def lim_tick(seconds: float, context: runner.ToolContext) -> str:
     """Lets `seconds` pass on the run's clock."""
     CALLS.append(("lim_tick", seconds))
-    context.extra["budget"].clock.now += seconds
+    context.budget.clock.now += seconds
     return f"waited {seconds:g}s"
 
 
@@ -348,14 +348,14 @@ def _nested(tmp_path: Path, levels: int) -> Path:
 
 
 def test_sub_agents_nested_to_the_depth_limit_load(tmp_path: Path) -> None:
-    spec = runner.load_spec(_nested(tmp_path, 4))
+    spec = runner.resolve_spec(runner.load_spec(_nested(tmp_path, 4)))
     assert [t.name for t in runner.Agent(spec).tools.values()] == ["a1"]
 
 
 def test_sub_agents_nested_deeper_than_the_limit_are_a_spec_error(tmp_path: Path) -> None:
     top = _nested(tmp_path, 6)
     with pytest.raises(runner.SpecError) as info:
-        runner.load_spec(top)
+        runner.resolve_spec(runner.load_spec(top))
     assert "nested deeper than 5" in str(info.value)
     proc = run_cli("run", str(top), "q")
     assert proc.returncode == 2
@@ -363,7 +363,7 @@ def test_sub_agents_nested_deeper_than_the_limit_are_a_spec_error(tmp_path: Path
 
 
 def test_sub_agents_nested_exactly_five_deep_load(tmp_path: Path) -> None:
-    runner.load_spec(_nested(tmp_path, 5))
+    runner.resolve_spec(runner.load_spec(_nested(tmp_path, 5)))
 
 
 # ------------------------------------------------------------------------------ loop detection

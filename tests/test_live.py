@@ -5,7 +5,6 @@ quiet with -q, and plain lines without escape codes when stderr is not a termina
 
 from __future__ import annotations
 
-import inspect
 import os
 import pty
 import re
@@ -19,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from runner import cli
 
 from conftest import ROOT
 
@@ -262,8 +260,6 @@ def test_ctrl_c_stops_cleanly(project: Path, server: Any) -> None:
     assert len(server.requests) == 1
 
 
-@pytest.mark.skipif("runner.live" not in inspect.getsource(cli._exit_now),
-                    reason="runner.cli._exit_now does not call runner.live.restore_terminal()")
 def test_a_second_ctrl_c_exits_at_once_and_clears_the_spinner(project: Path,
                                                                server: Any) -> None:
     server.script("Thought: rest\nAction: nap[20]", "Final Answer: never asked")

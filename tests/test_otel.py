@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import runner
-import runner.otel
+import runner.trace.otel
 from conftest import ROOT, run_cli, sub_agent_project
 from otlp_receiver import OtlpReceiver, ReceivedSpan
 from runner.errors import SpecError
@@ -46,7 +46,7 @@ def collector() -> Any:
 @pytest.fixture
 def rx(collector: OtlpReceiver) -> OtlpReceiver:
     """The receiver, emptied for this test."""
-    runner.otel.flush()  # nothing from an earlier test arrives late
+    runner.trace.otel.flush()  # nothing from an earlier test arrives late
     collector.clear()
     return collector
 
@@ -176,7 +176,7 @@ def test_traces_endpoint_variable_wins_and_is_used_as_is(server: Any, rx: OtlpRe
     result = runner.run_agent(CALC, QUESTION, overrides=["model.id=openai/scripted",
                                                          f"model.api_base={server.url}"])
     assert result.status == "finished"
-    runner.otel.flush()
+    runner.trace.otel.flush()
     assert len(rx.spans) == 6
 
 
@@ -195,7 +195,7 @@ def test_spec_headers_service_name_and_full_url(server: Any, rx: OtlpReceiver, a
     result = runner.run_agent(spec, QUESTION, overrides=["model.id=openai/scripted",
                                                          f"model.api_base={server.url}"])
     assert result.status == "finished"
-    runner.otel.flush()
+    runner.trace.otel.flush()
     assert len(rx.spans) == 6  # a URL already ending in /v1/traces is used as it is
     assert rx.requests[0]["headers"]["authorization"] == "Bearer otlp-token-1234"
     assert rx.spans[0].resource["service.name"] == "calc-from-spec"
@@ -212,7 +212,7 @@ def test_native_parallel_tool_calls_via_the_api(server: Any, rx: OtlpReceiver,
         "model.id=openai/scripted", f"model.api_base={server.url}", "loop.style=tools",
         f"trace.otlp.endpoint={rx.url}"])
     assert result.answer == "391 and 1024"
-    runner.otel.flush()
+    runner.trace.otel.flush()
     spans = rx.spans
     assert len(spans) == 7  # run, 2 steps, 2 chats, 2 tool calls
     _assert_tree(spans)
@@ -265,7 +265,7 @@ def test_retries_are_events_of_the_model_call(server: Any, rx: OtlpReceiver, api
     clock = FakeClock()
     run = runner.Agent(spec, clock=clock).start(QUESTION)
     assert asyncio.run(run.execute()).status == "finished"
-    runner.otel.flush()
+    runner.trace.otel.flush()
     chat = _by_name(rx.spans)["chat scripted"][0]
     assert chat.attributes["runner.attempts"] == 2
     (retry,) = chat.events
@@ -303,7 +303,7 @@ def test_captured_content_is_redacted(server: Any, rx: OtlpReceiver, api_env: Pa
         "model.id=openai/scripted", f"model.api_base={server.url}",
         f"trace.otlp.endpoint={rx.url}"])
     assert result.answer == "4"
-    runner.otel.flush()
+    runner.trace.otel.flush()
     spans = rx.spans
     assert KEY not in _all_values(spans)
     named = _by_name(spans)
@@ -330,7 +330,7 @@ def test_capture_content_from_the_spec_with_native_calls(server: Any, rx: OtlpRe
         "model.id=openai/scripted", f"model.api_base={server.url}", "loop.style=tools",
         f"trace.otlp.endpoint={rx.url}", "trace.otlp.capture_content=true"])
     assert result.answer == "It is 42."
-    runner.otel.flush()
+    runner.trace.otel.flush()
     named = _by_name(rx.spans)
     chat1, chat2 = named["chat scripted"]
     (reply,) = json.loads(chat1.attributes["gen_ai.output.messages"])
@@ -352,10 +352,10 @@ def test_grpc_protocol_is_a_clear_error(server: Any, rx: OtlpReceiver, tmp_path:
     assert "Traceback" not in proc.stderr
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc")
     with pytest.raises(SpecError, match="OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=grpc"):
-        runner.otel.otel_sink(OtlpSpec(endpoint=rx.url), Redactor())
+        runner.trace.otel.otel_sink(OtlpSpec(endpoint=rx.url), Redactor())
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")  # the traces one wins
-    assert runner.otel.otel_sink(OtlpSpec(endpoint=rx.url), Redactor()) is not None
+    assert runner.trace.otel.otel_sink(OtlpSpec(endpoint=rx.url), Redactor()) is not None
 
 
 @pytest.mark.parametrize("variable", [("OTEL_SDK_DISABLED", "true"),
@@ -369,9 +369,9 @@ def test_standard_switches_turn_export_off(variable: tuple[str, str], server: An
     assert proc.returncode == 0, proc.stderr
     assert rx.spans == [] and rx.requests == []
     monkeypatch.setenv(*variable)
-    assert runner.otel.otel_sink(OtlpSpec(endpoint=rx.url), Redactor()) is None
+    assert runner.trace.otel.otel_sink(OtlpSpec(endpoint=rx.url), Redactor()) is None
     monkeypatch.delenv(variable[0])
-    assert runner.otel.otel_sink(OtlpSpec(endpoint=rx.url), Redactor()) is not None
+    assert runner.trace.otel.otel_sink(OtlpSpec(endpoint=rx.url), Redactor()) is not None
 
 
 def _closed_port() -> int:

@@ -156,8 +156,8 @@ def test_runner_plugins_lists_what_each_provides_and_where_from() -> None:
 
 def test_provider_snapshot_matches_installed_litellm() -> None:
     """validate checks provider prefixes without importing LiteLLM, from a snapshot."""
-    from runner._providers import LITELLM_PROVIDERS
-    from runner.models import import_litellm
+    from runner.models.providers import LITELLM_PROVIDERS
+    from runner.models.litellm import import_litellm
 
     litellm = import_litellm()
     live = {getattr(p, "value", p) for p in litellm.provider_list} - {"local"}

@@ -17,7 +17,7 @@ import pytest
 import runner
 from conftest import ROOT, run_cli, tools_plugin
 from runner.errors import RecordingError, ReplayMismatch
-from runner.recording import Recorder, Replayer, describe_difference
+from runner.testing.recording import Recorder, Replayer, describe_difference
 from runner.redact import Redactor
 
 NOWHERE = ["--set", "model.id=openai/scripted", "--set", "model.api_base=http://127.0.0.1:9/v1"]
@@ -120,7 +120,7 @@ def test_replay_does_not_load_the_embedded_model_or_litellm(tmp_path: Path) -> N
     code = (
         "import asyncio, sys\n"
         "from runner.api import make_agent\n"
-        "from runner.recording import Replayer\n"
+        "from runner.testing.recording import Replayer\n"
         "from runner.redact import Redactor\n"
         "agent = make_agent(sys.argv[1], checkpoints=False,\n"
         "                   tap=Replayer(sys.argv[2], Redactor()))\n"

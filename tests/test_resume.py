@@ -894,8 +894,8 @@ ZYGOTE = r'''
 runner and LiteLLM (2.5 s of start-up per process otherwise). Each child is a real process
 running the real CLI; the parent only saves the interpreter's start-up."""
 import json, os, runpy, sys, threading
-import runner.api, runner.cli, runner.loop, runner.models
-runner.models.import_litellm()
+import runner.agent, runner.api, runner.cli, runner.loop, runner.models.litellm
+runner.models.litellm.import_litellm()
 if len(sys.argv) > 1:  # a warm-up run, without checkpoints: no database is open in a fork
     spec, *overrides = sys.argv[1:]
     result = runner.run_agent(spec, "warm-up", overrides=[*overrides, "checkpoint.enabled=false"])

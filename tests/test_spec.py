@@ -12,10 +12,12 @@ import jsonschema
 import pytest
 import yaml
 
-from runner import _yaml
+from runner.spec import _yaml
 from runner.errors import SpecError, SpecErrors
 from runner.plugins import registry
-from runner.spec import AgentSpec, explain, json_schema, load_spec, validate_paths
+from runner.api import validate_paths
+from runner.resolve import resolve
+from runner.spec import AgentSpec, explain, json_schema, load_spec
 
 from conftest import ROOT
 
@@ -46,7 +48,7 @@ def errors_of(path: Path, overrides: list[str] | None = None,
               env: dict[str, str] | None = None) -> list[str]:
     """The rendered problems of loading `path` (fails the test if it loads)."""
     with pytest.raises(SpecError) as info:
-        load_spec(path, overrides or [], env={} if env is None else env)
+        resolve(load_spec(path, overrides or [], env={} if env is None else env))
     exc = info.value
     return [e.render() for e in exc.errors] if isinstance(exc, SpecErrors) else [exc.render()]
 
@@ -60,7 +62,7 @@ def error_of(path: Path, overrides: list[str] | None = None,
 
 def load(path: Path, overrides: list[str] | None = None,
          env: dict[str, str] | None = None) -> AgentSpec:
-    return load_spec(path, overrides or [], env={} if env is None else env)
+    return resolve(load_spec(path, overrides or [], env={} if env is None else env)).spec
 
 
 # ---------------------------------------------------------------------------- YAML syntax
@@ -548,7 +550,7 @@ def test_set_overrides_are_typed_like_yaml(write: Write) -> None:
 def test_set_a_list_item(write: Write) -> None:
     path = write("ok.yaml", "model: {id: fake/x}\ntools: [calculator, calculator: {name: c2}]\n")
     spec = load(path, ["tools.1.calculator.name=c3"])
-    assert [r.alias for r in spec.tool_refs] == ["calculator", "c3"]
+    assert [r.alias for r in resolve(spec).tools] == ["calculator", "c3"]
 
 
 @pytest.mark.parametrize("override,expected", [
@@ -588,7 +590,7 @@ def test_unknown_tool_lists_the_available_ones(write: Write) -> None:
 def test_unknown_model_provider_lists_the_plugin_ones(write: Write) -> None:
     path = write("bad.yaml", "model:\n  id: opnai/gpt-4o-mini\n")
     problem = error_of(path)
-    providers = ", ".join(sorted(registry().models))
+    providers = ", ".join(sorted(n for n, r in registry().models.items() if n and not r.family))
     assert problem.startswith(f"bad.yaml:2:3: model.id: unknown model provider 'opnai' (did you "
                               f"mean 'openai'?); plugins provide: {providers}; LiteLLM knows ")
 
@@ -626,7 +628,7 @@ def test_sub_agents_read_variables_from_the_same_env(write: Write) -> None:
     write("sub.yaml", "name: ${SUB_NAME}\nmodel: {id: fake/x}\n")
     path = write("main.yaml", "model: {id: fake/x}\ntools:\n  - agent: sub.yaml\n")
     spec = load(path, env={"SUB_NAME": "helper"})
-    assert [r.alias for r in spec.tool_refs] == ["helper"]
+    assert [r.alias for r in resolve(spec).tools] == ["helper"]
     assert error_of(path, env={}).startswith("sub.yaml:1:7: name: environment variable SUB_NAME ")
 
 
@@ -674,14 +676,14 @@ def test_loading_touches_no_network(write: Write, monkeypatch: pytest.MonkeyPatc
                             "tools: [calculator, agent: sub.yaml]\nmemory: {backend: sqlite}\n")
     write("sub.yaml", "name: sub\nmodel: {id: hosted_vllm/x, api_base: http://10.0.0.1:8000}\n")
     spec = load(path)
-    assert [r.alias for r in spec.tool_refs] == ["calculator", "sub"]
+    assert [r.alias for r in resolve(spec).tools] == ["calculator", "sub"]
 
 
 def test_the_example_spec_loads_and_its_tools_resolve() -> None:
     spec = load_spec(ROOT / "agents" / "calculator.yaml", env={})
     assert spec.name == "calculator"
     assert spec.model.id == "local/gemma-3-270m"
-    assert [r.name for r in spec.tool_refs] == ["calculator"]
+    assert [r.name for r in resolve(spec).tools] == ["calculator"]
 
 
 # ---------------------------------------------------------------------------- validate_paths

@@ -23,8 +23,8 @@ from playwright.sync_api import expect
 import runner
 from conftest import run_cli, tools_plugin
 from runner.tools import tool
-from runner.trace_html import render_page
-from runner.traces import build_tree, read_trace
+from runner.trace.html import render_page
+from runner.trace.reader import build_tree, read_trace
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, run_cli, sub_agent_project
-from runner.traces import (_expand, build_tree, common_prefix, list_traces, read_trace,
+from runner.trace.writer import common_prefix
+from runner.trace.reader import (expand_delta, build_tree, list_traces, read_trace,
                            summarize)
 
 CALC = str(ROOT / "agents" / "calculator.yaml")
@@ -254,7 +255,7 @@ def test_trace_list_shows_recent_runs(server, tmp_path: Path) -> None:
 def test_message_deltas_round_trip(seed: int) -> None:
     rng = random.Random(seed)
     from runner.spec import TraceSpec
-    from runner.traces import TraceWriter
+    from runner.trace.writer import TraceWriter
 
     writer = TraceWriter(TraceSpec(), set())
     history: list[dict] = []
@@ -270,7 +271,7 @@ def test_message_deltas_round_trip(seed: int) -> None:
             i = rng.randrange(len(history))
             history[i] = {**history[i], "content": history[i]["content"][:rng.randint(0, 10)] + "z"}
         sent = [dict(m) for m in history]
-        restored = _expand(restored, writer._delta("r", sent))
+        restored = expand_delta(restored, writer._delta("r", sent))
         assert restored == sent
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from runner.errors import ModelAuthError, ModelProviderError, ModelRateLimited, ModelTimeout
-from runner.models import LiteLLMModel
+from runner.models.litellm import LiteLLMModel
 from runner.spec import ModelSpec
 
 TOOLS = [{"type": "function", "function": {
@@ -204,7 +204,7 @@ def test_switch_and_coverage(server: Any, monkeypatch: pytest.MonkeyPatch) -> No
     assert model(server, options={"num_retries": 2}).transport == "litellm"
     assert model(server, options={"top_k": 5}).transport == "direct"
     # LiteLLM callbacks only hear calls made through acompletion
-    from runner.models import import_litellm
+    from runner.models.litellm import import_litellm
 
     monkeypatch.setattr(import_litellm(), "success_callback", ["langfuse"])
     assert model(server).transport == "litellm"
@@ -221,15 +221,8 @@ def test_hosted_vllm_direct(server: Any, monkeypatch: pytest.MonkeyPatch) -> Non
     assert server.requests[-1]["top_k"] == 5 and server.requests[-1]["model"] == "scripted"
 
 
-def test_local_provider_keeps_acompletion() -> None:
-    from runner.default_plugins.local_model import LocalModel
-
-    m = LocalModel(ModelSpec(id="local/gemma-3-270m"), "local/gemma-3-270m")
-    assert m.transport == "litellm"
-
-
 def test_session_closed_with_its_loop(server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from runner import models
+    from runner.models import direct
 
     monkeypatch.delenv("RUNNER_TRANSPORT", raising=False)
     server.default = "ok"
@@ -239,7 +232,7 @@ def test_session_closed_with_its_loop(server: Any, monkeypatch: pytest.MonkeyPat
     async def go() -> None:
         await m.complete(list(ASK))
         await m.complete(list(ASK))
-        sessions.append(models._sessions[asyncio.get_running_loop()][0])
+        sessions.append(direct._sessions[asyncio.get_running_loop()][0])
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

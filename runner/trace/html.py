@@ -19,7 +19,7 @@ from typing import Any
 __all__ = ["render_page"]
 
 TEMPLATE = "trace.html.j2"
-_TEMPLATES = Path(__file__).parent / "templates"
+_TEMPLATES = Path(__file__).parent.parent / "templates"
 
 
 def render_page(tree: dict[str, Any]) -> str:

@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .redact import Redactor
-from .spec import OtlpSpec
+from ..redact import Redactor
+from ..spec import OtlpSpec
 
 __all__ = ["otel_sink", "flush"]
 
@@ -99,7 +99,7 @@ def _disabled() -> bool:
 
 
 def _check_protocol() -> None:
-    from .errors import SpecError
+    from ..errors import SpecError
 
     for var in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
         value = os.environ.get(var, "").strip()

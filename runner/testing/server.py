@@ -371,6 +371,3 @@ def main() -> None:
     except KeyboardInterrupt:
         server.stop()
 
-
-if __name__ == "__main__":
-    main()

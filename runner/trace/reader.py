@@ -1,131 +1,21 @@
-"""Traces: every event of a run as JSON lines in `.runner/traces/RUN_ID.jsonl`, written and
-flushed as it happens (a crash keeps everything before it), redacted before it is written.
-
-A sub-agent's events go to its top-level run's file, each line carrying its own `run_id`.
-A model call's messages are stored with its `model_started` (so a call that never answers
-is on record too), as a delta against the same run's previous call (`messages_delta`: how many messages are unchanged, how many characters of the next one,
-then the rest), so a trace grows with the conversation rather than with its square;
-`read_trace` restores the full `messages` of every call.
-"""
+"""Reading traces back: a trace file's events with every model call's messages restored
+from their deltas, finding a run's file by a prefix of its id, listing recent runs, and the
+tree of runs, steps and calls that `trace show` and `trace view` draw."""
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from . import events as ev
-from .redact import Redactor
-from .spec import TraceSpec
+from ..errors import RunnerError
+from ..models import Message
 
-__all__ = ["TraceWriter", "read_trace", "find_trace", "list_traces", "build_tree"]
+__all__ = ["read_trace", "find_trace", "list_traces", "summarize", "build_tree", "iter_runs",
+           "expand_delta"]
 
-Message = dict[str, Any]
-
-
-class TraceWriter:
-    """An event sink that appends each event to its run's trace file and flushes it."""
-
-    def __init__(self, spec: TraceSpec, secrets: set[str]) -> None:
-        self.dir = Path(spec.path)
-        self.redactor = Redactor.for_trace(spec, secrets)
-        self._files: dict[str, IO[str]] = {}
-        """Open file of each top-level run."""
-        self._root: dict[str, str] = {}
-        """run id -> its top-level run's id (sub-agents share their parent's file)."""
-        self._sent: dict[str, tuple[list[Message], list[Message]]] = {}
-        """Each run's previous model call: its messages (shallow copies, to compare with) and
-        the same redacted, for the delta."""
-        self._broken: str | None = None
-
-    def __call__(self, event: ev.Event) -> None:
-        if self._broken is not None:
-            return
-        try:
-            self._write(event)
-        except OSError as exc:  # observability must not end the run: say so once, go on
-            self._broken = str(exc)
-            sys.stderr.write(f"warning: tracing stopped: {exc}\n")
-
-    def _write(self, event: ev.Event) -> None:
-        run_id = event.run_id
-        if isinstance(event, ev.RunStarted):
-            root = self._root.get(event.parent_run_id or "", event.parent_run_id) or run_id
-            self._root[run_id] = root
-            self._sent.pop(run_id, None)
-            if root == run_id:
-                self._open(run_id)
-        data = event.to_dict()
-        if isinstance(event, ev.ModelStarted):
-            del data["messages"]  # stored as a delta, below
-        data = self.redactor.value(data)
-        if isinstance(event, ev.ModelStarted):  # the delta's messages are redacted already
-            data["messages_delta"] = self._delta(run_id, event.messages)
-        f = self._files.get(self._root.get(run_id, run_id))
-        if f is None:  # an event of a run this writer did not see start
-            return
-        f.write(_encode(data) + "\n")
-        f.flush()
-        if isinstance(event, ev.RunEnded):
-            self._sent.pop(run_id, None)
-            if self._root.get(run_id) == run_id:
-                self._files.pop(run_id).close()
-            self._root.pop(run_id, None)
-
-    def _open(self, run_id: str) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.dir / f"{run_id}.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self._files[run_id] = os.fdopen(fd, "a", encoding="utf-8")
-
-    def _delta(self, run_id: str, messages: list[Message]) -> dict[str, Any]:
-        """The messages as a delta against this run's previous call (both redacted).
-
-        Only the messages that changed are redacted again: a conversation's earlier messages
-        come back unchanged in every call, and redacting them all made tracing cost grow with
-        the conversation's length at every step."""
-        seen, before = self._sent.get(run_id, ([], []))
-        kept, n = 0, min(len(messages), len(seen))
-        while kept < n and messages[kept] == seen[kept]:
-            kept += 1
-        now = before[:kept] + [self.redactor.value(m) for m in messages[kept:]]
-        self._sent[run_id] = (seen[:kept] + [dict(m) for m in messages[kept:]], now)
-        same = kept  # messages that differ only where redaction masks them count as unchanged
-        while same < min(len(now), len(before)) and now[same] == before[same]:
-            same += 1
-        new, prefix = now[same:], 0
-        if new and same < len(before):
-            a, b = before[same].get("content"), new[0].get("content")
-            if isinstance(a, str) and isinstance(b, str) and \
-                    before[same].get("role") == new[0].get("role"):
-                prefix = common_prefix(a, b)
-                if prefix:
-                    new = [{**new[0], "content": b[prefix:]}, *new[1:]]
-        return {"same": same, "prefix": prefix, "new": new}
-
-
-_encode = json.JSONEncoder(ensure_ascii=False, default=str).encode
-"""json.dumps(..., ensure_ascii=False, default=str) without building an encoder per event."""
-
-
-def common_prefix(a: str, b: str) -> int:
-    """Length of the longest common prefix (a binary search over C-level comparisons)."""
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:
-        return n
-    lo, hi = 0, n
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if a[:mid] == b[:mid]:
-            lo = mid
-        else:
-            hi = mid
-    return lo
-
-
-# -- reading ----------------------------------------------------------------------------
 
 
 def read_trace(path: str | Path) -> list[dict[str, Any]]:
@@ -145,13 +35,13 @@ def read_trace(path: str | Path) -> list[dict[str, Any]]:
                 sent.pop(e.get("run_id"), None)
             delta = e.pop("messages_delta", None)
             if isinstance(delta, dict):
-                e["messages"] = sent[e.get("run_id")] = _expand(sent.get(e.get("run_id"), []),
+                e["messages"] = sent[e.get("run_id")] = expand_delta(sent.get(e.get("run_id"), []),
                                                                 delta)
             events.append(e)
     return events
 
 
-def _expand(before: list[Message], delta: dict[str, Any]) -> list[Message]:
+def expand_delta(before: list[Message], delta: dict[str, Any]) -> list[Message]:
     same, prefix, new = delta.get("same", 0), delta.get("prefix", 0), list(delta.get("new", []))
     if prefix and new and same < len(before):
         new[0] = {**new[0], "content": before[same]["content"][:prefix] + new[0]["content"]}
@@ -160,8 +50,6 @@ def _expand(before: list[Message], delta: dict[str, Any]) -> list[Message]:
 
 def find_trace(folder: str | Path, run_id: str) -> Path:
     """The trace file of RUN_ID (a unique prefix is enough)."""
-    from .errors import RunnerError
-
     folder = Path(folder)
     exact = folder / f"{run_id}.jsonl"
     if exact.is_file():

@@ -1,15 +1,18 @@
-"""The live view of a run on a terminal: each step's lines as they happen (the plain printer's
-text), and one transient spinner line with the elapsed time of the model call or tool call
-in progress, redrawn by a background thread so the event loop never waits on it.
+"""The terminal: the sinks that show a run's steps on stderr, and asking the person there.
 
-Anything else written to `sys.stderr` meanwhile (an approval prompt, the Ctrl-C notice, a
-library's warning) goes through a proxy that clears the spinner line first; a prompt left
-waiting on its line holds the spinner back until the run moves on."""
+`StderrPrinter` writes one plain line per step. `LivePrinter` is the live view on a
+terminal: the same lines as they happen, and one transient spinner line with the elapsed
+time of the model call or tool call in progress, redrawn by a background thread so the event
+loop never waits on it. Anything else written to `sys.stderr` meanwhile (an approval prompt,
+the Ctrl-C notice, a library's warning) goes through a proxy that clears the spinner line
+first; a prompt left waiting on its line holds the spinner back until the run moves on."""
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import itertools
+import json
 import os
 import sys
 import threading
@@ -20,9 +23,12 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from . import events as ev
-from .events import StderrPrinter
+from .events import (ActionTaken, Event, ModelCalled, Observed, Retried, RunEnded, RunStarted,
+                     Thought, Warned)
+from .redact import redact_text
 
-__all__ = ["LivePrinter", "restore_terminal"]
+__all__ = ["StderrPrinter", "LivePrinter", "restore_terminal", "printer", "terminal_approver",
+           "exit_now"]
 
 FRAMES = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 TICK_S = 0.08
@@ -32,6 +38,86 @@ CLEAR_LINE = "\r\x1b[2K"
 INDENT = "  "
 
 _printers: weakref.WeakSet[LivePrinter] = weakref.WeakSet()
+
+
+def exit_now(code: int) -> None:
+    """Leave the process at once, after killing the tools' process groups, clearing a spinner
+    line and flushing spans and output (skips ~1 s of interpreter teardown with LiteLLM)."""
+    tools = sys.modules.get("runner.tools")  # not imported: no tool started a process
+    if tools is not None:
+        tools.kill_process_groups()
+    restore_terminal()  # a spinner on the terminal: clear its line
+    otel = sys.modules.get("runner.trace.otel")  # spans still buffered go out before we exit
+    if otel is not None:
+        otel.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def printer(quiet: bool, secrets: set[str]) -> Callable[[Event], None]:
+    """Steps on stderr: live (a spinner on each call) on a terminal, plain lines otherwise."""
+    redact = lambda t: redact_text(t, secrets)  # noqa: E731
+    if not quiet and sys.stderr.isatty() and os.environ.get("TERM") != "dumb":
+        return LivePrinter(redact=redact)
+    return StderrPrinter(quiet=quiet, redact=redact)
+
+
+def terminal_approver() -> Callable[[str, dict[str, Any]], Any] | None:
+    """Asks the person at the terminal, when there is one (else tools marked confirm are
+    refused, unless --yes or loop.approve: always)."""
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return None
+
+    async def ask(tool: str, args: dict[str, Any]) -> bool:
+        def prompt() -> str:
+            sys.stderr.write(f"Allow {tool} {json.dumps(args, ensure_ascii=False)}? [y/N] ")
+            sys.stderr.flush()
+            return sys.stdin.readline()
+
+        return (await asyncio.to_thread(prompt)).strip().lower() in ("y", "yes")
+
+    return ask
+
+
+class StderrPrinter:
+    """Shows a run's progress on stderr as it happens; the answer itself goes to stdout."""
+
+    def __init__(self, stream: TextIO | None = None, quiet: bool = False,
+                 redact: Callable[[str], str] | None = None) -> None:
+        self.stream, self.quiet, self.redact = stream or sys.stderr, quiet, redact
+
+    def __call__(self, ev: Event) -> None:
+        if self.quiet:
+            return
+        line = self.format(ev)
+        if line and self.redact is not None:
+            line = self.redact(line)
+        if line:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+    @staticmethod
+    def format(ev: Event) -> str | None:
+        if isinstance(ev, RunStarted):
+            return f"▶ {ev.agent} on {ev.model}"
+        if isinstance(ev, ModelCalled):
+            return (f"  · model {ev.latency_s * 1000:.0f} ms, {ev.prompt_tokens}+"
+                    f"{ev.completion_tokens} tokens" + (f", {ev.attempts} attempts" if ev.attempts > 1 else ""))
+        if isinstance(ev, Thought):
+            return f"Thought: {ev.text}" if ev.text else None
+        if isinstance(ev, ActionTaken):
+            return f"Action: {ev.tool}[{ev.input}]"
+        if isinstance(ev, Observed):
+            text = ev.text if len(ev.text) <= 500 else ev.text[:500] + " ..."
+            return f"Observation{' (error)' if ev.error else ''}: {text}"
+        if isinstance(ev, Warned):
+            return f"warning: {ev.message}"
+        if isinstance(ev, Retried):
+            return f"warning: retrying in {ev.wait_s:.1f}s: {ev.error}"
+        if isinstance(ev, RunEnded):
+            return f"■ {ev.status} in {ev.duration_s:.2f}s"  # the error follows, once
+        return None
 
 
 def restore_terminal() -> None:

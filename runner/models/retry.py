@@ -13,10 +13,10 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from .budget import Budget
-from .errors import ModelAuthError, ModelError, ModelRateLimited
-from .models import Completion, Message, Model
-from .spec import ModelSpec
+from ..budget import Budget
+from ..errors import ModelAuthError, ModelError, ModelRateLimited
+from ..spec import ModelSpec
+from . import Completion, Message, Model
 
 __all__ = ["complete_with_retries", "backoff"]
 

@@ -23,7 +23,7 @@ from yaml.events import (AliasEvent, MappingEndEvent, MappingStartEvent, ScalarE
                          SequenceEndEvent, SequenceStartEvent, StreamEndEvent)
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
-from .errors import SpecError
+from ..errors import SpecError
 
 MAX_BYTES = 256 * 1024
 MAX_DEPTH = 64

@@ -34,10 +34,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import RecordingError, ReplayMismatch
-from .models import Completion, Message, Model, ToolCall, Usage
-from .redact import Redactor
-from .spec import ModelSpec
+from ..errors import RecordingError, ReplayMismatch
+from ..models import Completion, Message, Model, ToolCall, Usage
+from ..redact import Redactor
+from ..spec import ModelSpec, shown_path
 
 __all__ = ["Recorder", "Replayer", "VERSION"]
 
@@ -54,14 +54,6 @@ def _request(messages: list[Message], tools: list[dict[str, Any]] | None,
     """The request as it is stored and matched: redacted, JSON-ready."""
     return redactor.value({"messages": messages, "tools": tools or None, "stop": stop or None})
 
-
-def shown_path(path: str | os.PathLike[str]) -> str:
-    """A path as messages show it: relative to the current directory when inside it."""
-    resolved = Path(path).resolve()
-    try:
-        return str(resolved.relative_to(Path.cwd()))
-    except ValueError:
-        return str(resolved)
 
 
 # --------------------------------------------------------------------------- recording

@@ -24,15 +24,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
 
-from . import _yaml
-from .errors import (EXIT_FAILED, EXIT_OK, EXIT_SPEC, ReplayMismatch, RunnerError, SpecError,
-                     SpecErrors)
-from .recording import shown_path
-from .result import RunResult, as_text
-from .spec import (AgentSpec, SpecSource, _pydantic_errors, is_test_file, load_spec,
-                   valid_regex)
+from ..agent import Agent
+from ..console import StderrPrinter
+from ..errors import (EXIT_FAILED, EXIT_OK, EXIT_SPEC, ReplayMismatch, RunnerError, SpecError,
+                      SpecErrors)
+from ..memory import BufferMemory
+from ..redact import Redactor, env_secrets, redact_text
+from ..resolve import Resolved, resolve
+from ..result import RunResult, as_text
+from ..spec import (Mark, SpecSource, StrictModel, is_test_file, load_spec, load_yaml,
+                    pydantic_errors, read_text, shown_path, valid_regex)
+from .recording import Recorder, Replayer
 
 __all__ = ["AgentTests", "Case", "Expect", "AnswerCheck", "ToolsCheck", "StepsCheck",
            "LoadedTests", "load_test_file", "find_test_files", "check", "run_tests"]
@@ -46,8 +50,6 @@ Status = Literal[
 
 # --------------------------------------------------------------------------- the format
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True)
 
 
 def _texts(value: Any) -> Any:
@@ -61,7 +63,7 @@ def _override(item: str) -> str:
     return item
 
 
-class AnswerCheck(_Strict):
+class AnswerCheck(StrictModel):
     """What the final answer must be like; every check given must hold."""
 
     equals: Any = None
@@ -76,7 +78,7 @@ class AnswerCheck(_Strict):
     anchors it to the whole answer)."""
 
 
-class ToolsCheck(_Strict):
+class ToolsCheck(StrictModel):
     """The tools the agent called, by the names the model sees (a sub-agent's own calls are
     not counted; the sub-agent itself is, by its name)."""
 
@@ -88,7 +90,7 @@ class ToolsCheck(_Strict):
     """Tools never called."""
 
 
-class StepsCheck(_Strict):
+class StepsCheck(StrictModel):
     """How many steps the run took (one per tool call or final answer, as `runner run
     --json` lists them)."""
 
@@ -117,7 +119,7 @@ def _steps(value: Any) -> Any:
     return {"exactly": value} if isinstance(value, int) and not isinstance(value, bool) else value
 
 
-class Expect(_Strict):
+class Expect(StrictModel):
     """What the run must come to; anything left out is not checked (the status is)."""
 
     status: Status = "finished"
@@ -132,7 +134,7 @@ class Expect(_Strict):
     """The number of steps: a number, or {min: N, max: N}."""
 
 
-class Case(_Strict):
+class Case(StrictModel):
     """One run of the agent and what is expected of it."""
 
     name: str = Field(min_length=1)
@@ -143,7 +145,7 @@ class Case(_Strict):
     """What the run must come to (default: it finishes)."""
 
 
-class AgentTests(_Strict):
+class AgentTests(StrictModel):
     """A test file (`*.test.yaml`): one agent and its cases."""
 
     agent: str
@@ -167,23 +169,13 @@ class LoadedTests:
     path: Path
     shown: str
     tests: AgentTests
-    spec: AgentSpec
+    resolved: Resolved
+    """The agent under test, checked against the installed plugins."""
     recording: Path
 
-
-def _read_text(path: Path, shown: str) -> str:
-    try:
-        if not path.is_file():
-            raise SpecError("not a regular file" if path.exists() else "no such file", path=shown)
-        with path.open("rb") as f:
-            raw = f.read(_yaml.MAX_BYTES + 1)
-        if len(raw) > _yaml.MAX_BYTES:
-            raise SpecError(f"file is larger than {_yaml.MAX_BYTES} bytes", path=shown)
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SpecError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", path=shown) from None
-    except OSError as exc:
-        raise SpecError(f"cannot read: {exc.strerror}", path=shown) from None
+    @property
+    def spec(self) -> Any:
+        return self.resolved.spec
 
 
 def load_test_file(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> LoadedTests:
@@ -191,8 +183,8 @@ def load_test_file(path: str | os.PathLike[str], overrides: Iterable[str] = ()) 
     raise SpecError naming file, line and key."""
     path = Path(path)
     shown = shown_path(path)
-    marks: dict[tuple[Any, ...], _yaml.Mark] = {}
-    data = _yaml.load(_read_text(path, shown), shown, marks)
+    marks: dict[tuple[Any, ...], Mark] = {}
+    data = load_yaml(read_text(path, shown), shown, marks)
     if not isinstance(data, dict):
         raise SpecError("a test file is a mapping with `agent:` and `cases:`", path=shown,
                         line=1, col=1)
@@ -200,7 +192,7 @@ def load_test_file(path: str | os.PathLike[str], overrides: Iterable[str] = ()) 
     try:
         tests = AgentTests.model_validate(data)
     except ValidationError as exc:
-        raise SpecErrors(_pydantic_errors(exc, src, AgentTests, data=data)) from None
+        raise SpecErrors(pydantic_errors(exc, src, AgentTests, data=data)) from None
     seen: dict[str, int] = {}
     for i, case in enumerate(tests.cases):
         if case.name in seen:
@@ -216,15 +208,15 @@ def load_test_file(path: str | os.PathLike[str], overrides: Iterable[str] = ()) 
     return LoadedTests(path, shown, tests, spec, recording)
 
 
-def _load_agent(src: SpecSource, agent: Path, own: list[str], given: list[str]) -> AgentSpec:
+def _load_agent(src: SpecSource, agent: Path, own: list[str], given: list[str]) -> Resolved:
     """The spec under test; a bad entry of the file's `set` is reported at that key."""
     try:
-        return load_spec(agent, [*own, *given])
+        return resolve(load_spec(agent, [*own, *given]))
     except SpecError as exc:
         if not _from_overrides(exc) or not own:
             raise
         try:
-            load_spec(agent, own)
+            resolve(load_spec(agent, own))
         except SpecError as mine:
             if _from_overrides(mine):
                 errors = getattr(mine, "errors", [mine])
@@ -361,9 +353,6 @@ def run_tests(paths: Iterable[str | os.PathLike[str]], *, record: bool = False,
 def _suite(t: LoadedTests, record: bool, live: bool) -> _Suite:
     """A test file with what stands between its agent and the model: a recorder, a
     replayer, or nothing (live)."""
-    from .recording import Recorder, Replayer
-    from .redact import Redactor, env_secrets
-
     spec = t.spec
     secrets = spec.source.secrets | env_secrets()
     redactor = Redactor.for_trace(spec.trace, secrets)
@@ -379,8 +368,6 @@ def _suite(t: LoadedTests, record: bool, live: bool) -> _Suite:
 
 
 async def _run_all(suites: list[_Suite], verbose: bool) -> tuple[int, int]:
-    from .redact import redact_text
-
     passed = failed = 0
     for s in suites:
         try:
@@ -404,23 +391,14 @@ async def _run_all(suites: list[_Suite], verbose: bool) -> tuple[int, int]:
 
 async def _run_case(s: _Suite, case: Case, verbose: bool) -> list[str]:
     """Run one case in a fresh conversation (no checkpoints) and check it."""
-    from .events import StderrPrinter
-    from .loop import Agent
-    from .memory import BufferMemory
-    from .recording import Replayer
-    from .redact import redact_text
-
     if isinstance(s.tap, Replayer):
         s.tap.restart()
     sinks = [StderrPrinter(redact=lambda text: redact_text(text, s.secrets))] if verbose else []
     try:
         # every agent of the case, sub-agents included, starts an empty in-process memory
-        agent = Agent(s.loaded.spec, memory_factory=lambda _: BufferMemory({}),
-                      checkpoints=False, tap=s.tap, sinks=sinks)
-        try:
+        async with Agent(s.loaded.resolved, memory_factory=lambda _: BufferMemory({}),
+                         checkpoints=False, tap=s.tap, sinks=sinks) as agent:
             result = await agent.run(case.input)
-        finally:
-            await agent.memory.close()
     except RunnerError as exc:
         return [f"error: {exc}"]
     return check(case.expect, result)

@@ -1,0 +1,188 @@
+"""The composition root: an `Agent` is a resolved spec made runnable.
+
+It builds the models (through a tap, when one records or replays), the tools, the template,
+the memory, the observers (trace file, OpenTelemetry, the plugins' `on_event`) and the
+checkpoint store, and it owns them: `close()` (or `async with Agent(...)`) closes each once,
+sub-agents included. Nothing below this module builds any of these parts or reads the plugin
+registry; `runner.resolve` hands over what the plugins provide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from . import events as ev
+from .budget import Budget, Clock
+from .checkpoints import CheckpointStore, restore_run
+from .errors import SpecError
+from .loop import Run
+from .models import Model, ModelTap
+from .redact import Redactor, env_secrets
+from .resolve import MAX_AGENT_DEPTH, Resolved, ToolRef, resolve
+from .result import RunResult
+from .spec import AgentSpec
+from .tools import Tool, renamed
+
+__all__ = ["Agent", "BuildContext", "Approver"]
+
+Approver = Callable[[str, dict[str, Any]], Awaitable[bool]]
+Sink = Callable[[ev.Event], None]
+
+
+class BuildContext:
+    """What a ToolFactory gets besides its options: the spec, its entry, the building agent."""
+
+    def __init__(self, spec: AgentSpec, ref: ToolRef, agent: Agent) -> None:
+        self.spec, self.ref, self.agent = spec, ref, agent
+
+    def resolve(self, rel: str) -> Path:
+        """A path from the tool's options, confined to the project root."""
+        return self.spec.source.resolve(rel, self.ref.key)
+
+    def sub_agent(self, resolved: Resolved) -> Agent:
+        """An agent one level below the building one, sharing its sinks, tap and memory
+        factory, and closed with it."""
+        return self.agent.child(resolved)
+
+
+class Agent:
+    """A spec made runnable: its model(s), tools and memory, shared by all its runs."""
+
+    def __init__(self, spec: AgentSpec | Resolved, *, session: str | None = None,
+                 memory: Any = None, depth: int = 0, sinks: list[Sink] | None = None,
+                 clock: Clock | None = None, approver: Approver | None = None,
+                 checkpoints: CheckpointStore | bool = True, tap: ModelTap | None = None,
+                 memory_factory: Callable[[AgentSpec], Any] | None = None) -> None:
+        """`approver(tool, args)` answers for tools marked `confirm` when loop.approve is `ask`;
+        `checkpoints`: a store, True for the spec's (top-level agents only), or False;
+        `tap` stands between the agent (and its sub-agents) and their models: record, replay;
+        `memory_factory(spec)` makes the memory of this agent (unless `memory` is given) and
+        of its sub-agents, instead of their specs' backends. The agent owns the memory and
+        checkpoint store it is given or builds, and closes them."""
+        resolved = spec if isinstance(spec, Resolved) else resolve(spec)
+        spec = resolved.spec
+        if depth > MAX_AGENT_DEPTH:
+            raise SpecError(f"{spec.name}: sub-agents nested deeper than {MAX_AGENT_DEPTH}")
+        self.resolved, self.spec, self.depth = resolved, spec, depth
+        self.clock, self.approver, self.tap = clock or Clock(), approver, tap
+        self.memory_factory = memory_factory
+        self.children: list[Agent] = []
+        self.secrets = spec.source.secrets | env_secrets()
+        """Values masked wherever this agent's runs are stored."""
+        self.sinks = list(sinks or [])
+        if depth == 0:  # sub-agents share their parent's sinks: one trace per top-level run
+            self.sinks.extend(self._observers())
+        if checkpoints is True:
+            checkpoints = depth == 0 and spec.checkpoint.enabled
+            if checkpoints:
+                checkpoints = CheckpointStore(spec.checkpoint.path, secrets=self.secrets)
+        self.checkpoints: CheckpointStore | None = checkpoints or None
+        self.session = session or spec.memory.session
+        self.models = self._models()
+        self.tools = self._tools()
+        self.tool_schemas = [t.schema() for t in self.tools.values()]
+        self.tool_views = [{"name": t.name, "description": t.description,
+                            "input_hint": t.input_hint()} for t in self.tools.values()]
+        self.template = resolved.template
+        self.memory = memory if memory is not None else (
+            memory_factory(spec) if memory_factory is not None else resolved.memory())
+        self._closed = False
+
+    # ------------------------------------------------------------------ building the parts
+
+    def _models(self) -> list[Model]:
+        spec = self.spec
+
+        def build() -> list[Model]:
+            return [factory(spec.model, model_id) for model_id, factory in self.resolved.models]
+
+        return self.tap.models(spec.name, build, spec.model) if self.tap is not None else build()
+
+    def _tools(self) -> dict[str, Tool]:
+        tools: dict[str, Tool] = {}
+        for ref in self.resolved.tools:
+            c = ref.common
+            t = renamed(ref.factory.build(ref.options, BuildContext(self.spec, ref, self)),
+                        ref.alias if ref.alias != ref.name else None, c.description)
+            for key in ("timeout_s", "confirm", "idempotent", "max_output_chars"):
+                if getattr(c, key) is not None:
+                    setattr(t, key, getattr(c, key))
+            tools[t.name] = t
+        return tools
+
+    def _observers(self) -> list[Sink]:
+        """The sinks a top-level agent gets: the trace file, OpenTelemetry export, and the
+        plugins' `on_event` hook."""
+        sinks: list[Sink] = []
+        trace = self.spec.trace
+        if trace.enabled:
+            from .trace.writer import TraceWriter
+
+            sinks.append(TraceWriter(trace, self.secrets))
+        from .trace.otel import otel_sink
+
+        exporter = otel_sink(trace.otlp, Redactor.for_trace(trace, self.secrets))
+        if exporter is not None:
+            sinks.append(exporter)
+        hooks = self.resolved.hooks
+        if hooks is not None:
+            on_event = hooks.on_event
+            sinks.append(lambda event: on_event(event=event))
+        return sinks
+
+    def child(self, resolved: Resolved) -> Agent:
+        """A sub-agent of this one (see BuildContext.sub_agent)."""
+        agent = Agent(resolved, depth=self.depth + 1, sinks=self.sinks, tap=self.tap,
+                      memory_factory=self.memory_factory, clock=self.clock)
+        self.children.append(agent)
+        return agent
+
+    # ------------------------------------------------------------------ runs
+
+    def start(self, input: Any, *, budget: Budget | None = None,
+              parent_run_id: str | None = None) -> Run:
+        return Run(self, input, budget or Budget(self.spec.budget, self.clock), parent_run_id)
+
+    def restore(self, state: dict[str, Any]) -> Run:
+        """A run rebuilt from its last checkpoint, ready to `execute()` from where it stopped."""
+        return restore_run(self, state)
+
+    async def run(self, input: Any, **kw: Any) -> RunResult:
+        return await self.start(input, **kw).execute()
+
+    def settings(self) -> dict[str, Any]:
+        """What shapes this agent's model requests, for traces."""
+        spec = self.spec
+        return {"temperature": spec.model.temperature, "max_tokens": spec.model.max_tokens,
+                "style": "tools" if self.native_tools() else "react",
+                "max_iterations": spec.loop.max_iterations,
+                "budget": spec.budget.model_dump(exclude_none=True), "depth": self.depth,
+                "memory": spec.memory.backend, "spec": str(spec.source.path)}
+
+    def native_tools(self) -> bool:
+        style = self.spec.loop.style
+        return bool(self.tools) and (style == "tools" or (
+            style == "auto" and self.models[0].supports_tools()))
+
+    # ------------------------------------------------------------------ cleanup
+
+    async def close(self) -> None:
+        """Close what this agent owns (memory, checkpoint store, sub-agents), once."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            for child in self.children:
+                await child.close()
+            await self.memory.close()
+        finally:
+            if self.checkpoints is not None:
+                self.checkpoints.close()
+
+    async def __aenter__(self) -> Agent:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()

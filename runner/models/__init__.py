@@ -1,0 +1,75 @@
+"""The model interface: what the loop needs from a model, provider-neutral.
+
+A model plugin's factory returns a `Model`; `Completion`, `Usage` and `ToolCall` are what it
+answers with. `runner.models.litellm` (every LiteLLM provider) and the built-in `local/` and
+`fake/` models all implement it; `ModelTap` stands between agents and their models (record,
+replay). Nothing here imports LiteLLM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ..spec import ModelSpec
+
+__all__ = ["Model", "Completion", "ToolCall", "Usage", "ModelTap", "Message"]
+
+Message = dict[str, Any]
+"""One chat message, as the OpenAI wire format has it."""
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class ToolCall:
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass
+class Completion:
+    """One model reply, provider-neutral."""
+
+    text: str
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float | None = None
+    model: str = ""
+    latency_s: float = 0.0
+    attempts: int = 1
+
+
+class ModelTap(Protocol):
+    """Stands between agents and their models (`--record`, `--replay`)."""
+
+    def models(self, agent: str, build: Callable[[], list[Model]], spec: ModelSpec
+               ) -> list[Model]:
+        """The models agent `agent` calls, as `spec` configures them; `build()` makes the
+        spec's own (not called when replaying, so no model is loaded and no key is needed)."""
+
+
+class Model(Protocol):
+    """What the loop needs from a model; plugins return one from their factory."""
+
+    id: str
+
+    def supports_tools(self) -> bool:
+        """Whether native tool calling works for this model."""
+
+    async def complete(self, messages: list[Message], *, tools: list[dict[str, Any]] | None = None,
+                       stop: list[str] | None = None) -> Completion:
+        """One call; raise a runner.errors.ModelError subclass on failure."""
+

@@ -1,0 +1,331 @@
+"""The direct transport: LiteLLM translates and prices, the runner's own pooled aiohttp
+session carries the request.
+
+It covers the OpenAI-compatible providers that LiteLLM itself sends through its generic
+OpenAI-compatible HTTP path: `openai` (and any `openai/...` model behind `api_base`),
+`custom_openai`, `hosted_vllm`, and the OpenAI-compatible providers LiteLLM routes the same
+way (`lm_studio`, `llamafile`, `litellm_proxy`, `deepinfra`, `perplexity`, ...),
+non-streaming calls only. The provider's chat config builds the request
+(`get_optional_params`, `validate_environment`, `get_complete_url`, `transform_request`) and
+parses the reply (`transform_response`); LiteLLM's per-call logging object, callbacks, client
+lookup and dispatch, which cost the most, are skipped. Measured by bench/step_overhead.py:
+about 0.6-0.8 ms of client CPU per call, against 4-5 ms through `litellm.acompletion`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ModelError, ModelProviderError
+from . import Message
+from ._litellm import clip, import_litellm, internals, status_error
+
+if TYPE_CHECKING:
+    from ..spec import ModelSpec
+
+__all__ = ["DirectTransport", "Unsupported", "close_sessions", "transport_setting",
+           "TRANSPORT_ENV"]
+
+TRANSPORT_ENV = "RUNNER_TRANSPORT"
+
+# Providers LiteLLM 1.106 sends through its generic OpenAI-compatible chat path
+# (`_complete_custom_openai` / `_complete_hosted_vllm` in litellm/main.py, which hand the
+# provider's chat config to BaseLLMHTTPHandler): the direct transport replays that path.
+# Providers with their own branch before it in litellm's dispatch are left to acompletion.
+_OWN_ROUTE = frozenset({
+    "azure", "azure_text", "azure_ai", "deepseek", "text-completion-openai", "fireworks_ai",
+    "together_ai", "heroku", "ragflow", "xai", "groq", "bedrock_mantle", "a2a", "gigachat",
+    "sap", "aiohttp_openai", "cometapi", "minimax", "edenai", "fal_ai",
+    # OAuth-style credentials and extra headers added in litellm's main.py
+    "github_copilot", "chatgpt"})
+_OPENAI_ROUTE = frozenset({
+    "openai", "custom_openai", "deepinfra", "perplexity", "nvidia_nim", "cerebras", "baseten",
+    "sambanova", "volcengine", "anyscale", "nebius", "wandb", "clarifai"})
+
+
+def transport_setting() -> str:
+    """`litellm` when RUNNER_TRANSPORT forces `litellm.acompletion`, else `auto`."""
+    return "litellm" if os.environ.get(TRANSPORT_ENV, "").strip().lower() == "litellm" else "auto"
+
+
+class _NullLogging:
+    """Stands in for LiteLLM's per-call Logging object, which the translation only reports to."""
+
+    model_call_details: dict[str, Any] = {}
+
+    def pre_call(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def post_call(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+_NULL_LOGGING = _NullLogging()
+
+# One pooled aiohttp session per event loop, closed when that loop shuts its async
+# generators down (asyncio.run does), so nothing is left unclosed.
+_sessions: weakref.WeakKeyDictionary[Any, tuple[Any, Any]] = weakref.WeakKeyDictionary()
+
+
+async def _session() -> Any:
+    loop = asyncio.get_running_loop()
+    entry = _sessions.get(loop)
+    if entry is not None and not entry[0].closed:
+        return entry[0]
+    import aiohttp
+
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=1000, limit_per_host=500, ttl_dns_cache=300,
+                                       keepalive_timeout=120),
+        auto_decompress=True)  # proxies from the environment: _proxy_for, resolved once
+
+    async def close_with_loop() -> Any:
+        try:
+            yield
+        finally:
+            await session.close()
+
+    closer = close_with_loop()
+    await closer.__anext__()  # registered with the loop's async-generator shutdown
+    _sessions[loop] = (session, closer)
+    return session
+
+
+async def close_sessions() -> None:
+    """Close the running loop's pooled session now (it is otherwise closed with the loop)."""
+    entry = _sessions.pop(asyncio.get_running_loop(), None)
+    if entry is not None:
+        await entry[1].aclose()
+
+
+_proxies: dict[str, tuple[Any, Any]] = {}
+
+
+def _proxy_for(url: str) -> tuple[Any, Any]:
+    """(proxy, proxy_auth) from HTTP(S)_PROXY / NO_PROXY for a URL, as aiohttp's trust_env
+    would find them, but looked up once per URL instead of in a thread on every request."""
+    hit = _proxies.get(url)
+    if hit is None:
+        from aiohttp.helpers import get_env_proxy_for_url
+        from yarl import URL
+
+        try:
+            hit = get_env_proxy_for_url(URL(url))
+        except LookupError:
+            hit = (None, None)
+        _proxies[url] = hit
+    return hit
+
+
+class Unsupported(Exception):
+    """The direct transport cannot make this call the way LiteLLM would."""
+
+
+class DirectTransport:
+    """One OpenAI-compatible model called with LiteLLM's translation over the runner's session.
+
+    Replays what `litellm.acompletion` does for these providers (message clean-up, parameter
+    mapping, the provider chat config's request and response transforms), without LiteLLM's
+    per-call logging object, callbacks, client lookup and dispatch, which cost the most.
+    `acompletion()` returns LiteLLM's ModelResponse; HTTP errors raise runner ModelErrors.
+    """
+
+    def __init__(self, litellm: Any, spec: ModelSpec, model_id: str, model: str, provider: str,
+                 config: Any) -> None:
+        self.litellm, self.spec, self.id = litellm, spec, model_id
+        self.model, self.provider, self.config = model, provider, config
+        self._hosted_vllm = provider == "hosted_vllm"
+        self._params: dict[Any, dict[str, Any]] = {}
+        self._fix_messages = internals().validate_and_fix_openai_messages
+        self._ModelResponse = litellm.ModelResponse
+        import httpx
+
+        self._httpx = httpx
+
+    @classmethod
+    def for_model(cls, spec: ModelSpec, model_id: str | None = None,
+                  options: dict[str, Any] | None = None) -> DirectTransport | None:
+        """The transport for this model, or None when only `litellm.acompletion` can call it."""
+        model_id = model_id or spec.id
+        if transport_setting() == "litellm" or spec.stream:
+            return None
+        litellm = import_litellm()
+        options = spec.options if options is None else options
+        try:
+            lib = internals()
+            OpenAIGPTConfig = lib.OpenAIGPTConfig  # noqa: N806
+            if any(k in lib.all_litellm_params or k in ("extra_headers", "stream")
+                   for k in options):
+                return None  # LiteLLM settings, not request parameters
+            if any(p.get("provider") == model_id.split("/", 1)[0]
+                   for p in litellm.custom_provider_map or []):
+                return None
+            if any(getattr(litellm, n, None) for n in (
+                    "callbacks", "success_callback", "failure_callback", "input_callback",
+                    "_async_success_callback", "_async_failure_callback")):
+                return None  # someone listens to LiteLLM's call events: keep them coming
+            model, provider, _, _ = litellm.get_llm_provider(model_id, api_base=spec.api_base)
+            if provider in _OWN_ROUTE or litellm.model_alias_map or not (
+                    provider == "hosted_vllm" or provider in _OPENAI_ROUTE
+                    or provider in litellm.openai_compatible_providers
+                    or _json_provider(provider)):
+                return None
+            if provider == "openai" and (litellm.route_all_chat_openai_to_responses or (
+                    litellm.model_cost.get(model) or {}).get("mode") == "responses"):
+                return None  # LiteLLM bridges these to its Responses API
+            config = lib.ProviderConfigManager.get_provider_chat_config(
+                model=model, provider=lib.LlmProviders(provider))
+            if not isinstance(config, OpenAIGPTConfig) \
+                    or getattr(config, "uses_async_transform_request", False) \
+                    or type(config).sign_request is not OpenAIGPTConfig.sign_request:
+                return None
+        except Exception:
+            return None
+        return cls(litellm, spec, model_id, model, provider, config)
+
+    # -- request
+    def _endpoint(self, api_key: str | None) -> tuple[str, str | None, str | None]:
+        """(provider, api_key, api_base) resolved the way litellm.completion resolves them."""
+        litellm = self.litellm
+        _, provider, dynamic_key, api_base = litellm.get_llm_provider(
+            self.id, api_base=self.spec.api_base, api_key=api_key)
+        if dynamic_key is not None:
+            api_key = dynamic_key
+        if self._hosted_vllm:
+            api_base = api_base or litellm.api_base or os.environ.get("HOSTED_VLLM_API_BASE")
+        else:
+            api_base = (api_base or litellm.api_base or os.environ.get("OPENAI_BASE_URL")
+                        or os.environ.get("OPENAI_API_BASE") or "https://api.openai.com/v1")
+            api_key = (api_key or litellm.api_key or litellm.openai_key
+                       or os.environ.get("OPENAI_API_KEY"))
+        if not api_base:
+            raise Unsupported("no api_base")
+        return provider, api_key, api_base
+
+    def _optional_params(self, params: dict[str, Any], tools: list[dict[str, Any]] | None,
+                         stop: list[str] | None) -> dict[str, Any]:
+        """LiteLLM's provider mapping of the call's parameters, cached per tools and stop."""
+        key = (json.dumps(tools, sort_keys=True, default=str) if tools else None,
+               tuple(stop) if stop else None, json.dumps(params, sort_keys=True, default=str))
+        cached = self._params.get(key)
+        if cached is None:
+            litellm = self.litellm
+            cached = litellm.get_optional_params(
+                model=self.model, custom_llm_provider=self.provider, tools=tools or None,
+                stop=stop or None, stream=None, **params)
+            if not self._hosted_vllm:  # litellm.OpenAIConfig's class-level defaults
+                for k, v in litellm.OpenAIConfig.get_config().items():
+                    cached.setdefault(k, v)
+            if len(self._params) >= 32:
+                self._params.clear()
+            self._params[key] = cached
+        return dict(cached)
+
+    async def acompletion(self, messages: list[Message], *,
+                          tools: list[dict[str, Any]] | None = None,
+                          stop: list[str] | None = None, api_key: str | None = None,
+                          timeout: float | None = None, **params: Any) -> Any:
+        """One chat completion: LiteLLM's ModelResponse, or a runner ModelError."""
+        config, model = self.config, self.model
+        try:
+            provider, api_key, api_base = self._endpoint(api_key)
+            messages = config.translate_developer_role_to_system_role(
+                messages=self._fix_messages(messages))
+            optional = self._optional_params(params, tools, stop)
+            extra_body = optional.pop("extra_body", None)
+            json_mode = optional.pop("json_mode", False)
+            litellm_params = {"custom_llm_provider": provider, "api_base": api_base}
+            headers = dict(self.litellm.headers or {})
+            attribution = config.get_attribution_headers()
+            if attribution:
+                names = {n.lower() for n in headers}
+                headers = {**{n: v for n, v in attribution.items() if n.lower() not in names},
+                           **headers}
+            headers = config.validate_environment(
+                headers=headers, model=model, messages=messages, optional_params=optional,
+                litellm_params=litellm_params, api_key=api_key, api_base=api_base)
+            url = config.get_complete_url(api_base=api_base, api_key=api_key, model=model,
+                                          optional_params=optional, litellm_params=litellm_params,
+                                          stream=False)
+            data = config.transform_request(model=model, messages=messages,
+                                            optional_params=optional,
+                                            litellm_params=litellm_params, headers=headers)
+            if extra_body is not None:
+                data = {**data, **config.transform_extra_body(
+                    extra_body=extra_body, request=data, model=model,
+                    litellm_params=litellm_params)}
+            body = json.dumps(data)
+        except (Unsupported, ModelError):
+            raise
+        except Exception as exc:  # LiteLLM refused the messages or parameters
+            raise ModelProviderError(f"{self.id}: cannot build the request: "
+                                     f"{clip(f'{type(exc).__name__}: {exc}')}",
+                                     retryable=False) from None
+
+        import aiohttp
+
+        session = await _session()
+        proxy, proxy_auth = _proxy_for(url)
+        async with session.post(url, data=body, headers=headers, proxy=proxy,
+                                proxy_auth=proxy_auth, timeout=aiohttp.ClientTimeout(
+                                    total=timeout or self.spec.timeout_s)) as resp:
+            raw = await resp.read()
+            status, resp_headers, charset = resp.status, resp.headers, resp.charset
+            content_type = resp.content_type
+        if status >= 400:
+            raise status_error(status, self._error_detail(status, raw, content_type, api_key),
+                                resp_headers, self.spec, provider, self.id)
+        reply = self._httpx.Response(status, headers=list(resp_headers.items()), content=raw)
+        reply.encoding = charset or "utf-8"
+        try:
+            response = config.transform_response(
+                model=model, raw_response=reply, model_response=self._ModelResponse(),
+                logging_obj=_NULL_LOGGING, request_data=data, messages=messages,
+                optional_params=optional, litellm_params=litellm_params, encoding=None,
+                api_key=api_key, json_mode=json_mode)
+            response._hidden_params.update(custom_llm_provider=provider, api_base=api_base,
+                                           litellm_model_name=self.id, runner_transport="direct")
+            return response
+        except Exception:
+            try:  # no choices: retryable, as from acompletion; not JSON at all: not
+                json.loads(raw)
+                kind, retryable = "not a chat completion", True
+            except ValueError:
+                kind, retryable = "not JSON", False
+            raise ModelProviderError(
+                f"{self.id}: the reply (HTTP {status}, {content_type or 'no content type'}) is "
+                f"{kind}: {_snippet(raw, api_key)}", retryable=retryable) from None
+
+    def _error_detail(self, status: int, raw: bytes, content_type: str,
+                      api_key: str | None) -> str:
+        text = _snippet(raw, api_key)
+        try:
+            err = json.loads(raw)
+            if isinstance(err, dict):
+                e = err.get("error", err)
+                text = _snippet(str(e.get("message") if isinstance(e, dict) and e.get("message")
+                                    else e).encode(), api_key)
+        except ValueError:
+            if "html" in (content_type or ""):
+                text = f"an HTML page ({text})"
+        return f"HTTP {status}: {text}"
+
+
+def _json_provider(provider: str) -> bool:
+    registry = internals().JSONProviderRegistry
+    try:
+        return registry is not None and bool(registry.exists(provider))
+    except Exception:
+        return False
+
+
+def _snippet(raw: bytes, secret: str | None, limit: int = 200) -> str:
+    text = raw.decode("utf-8", "replace")
+    if secret and len(secret) >= 6:
+        text = text.replace(secret, "***")
+    return clip(text, limit) if text.strip() else "(empty body)"
+

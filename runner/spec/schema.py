@@ -1,0 +1,265 @@
+"""The spec's data model: pydantic models whose field docstrings become the JSON Schema
+descriptions, so an editor can validate and complete `agents/*.yaml`."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
+
+from .locate import SpecSource
+
+__all__ = ["StrictModel", "AgentSpec", "ModelSpec", "PromptSpec", "LoopSpec", "BudgetSpec",
+           "MemorySpec", "CheckpointSpec", "TraceSpec", "OtlpSpec", "OutputSpec", "InputSpec",
+           "CommonToolOptions", "COMMON_TOOL_KEYS", "DEFAULT_MODEL", "json_schema", "valid_regex"]
+
+DEFAULT_MODEL = "local/gemma-3-270m"
+
+
+class StrictModel(BaseModel):
+    """Unknown keys and silent coercions are errors; field docstrings document the schema."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True,
+                              frozen=False)
+
+
+class ModelSpec(StrictModel):
+    """Which model answers, and how it is called."""
+
+    id: str = DEFAULT_MODEL
+    """A LiteLLM model id (`openai/gpt-4o-mini`, `ollama/llama3`) or a plugin's (`local/...`, `fake/...`)."""
+    temperature: float | None = Field(0.0, ge=0, le=2)
+    """Sampling temperature; null leaves the provider's default."""
+    max_tokens: int = Field(512, ge=1, le=1_000_000)
+    """Most tokens one model reply may have."""
+    timeout_s: float = Field(60.0, gt=0, le=3600)
+    """Deadline for one model call, in seconds."""
+    retries: int = Field(2, ge=0, le=10)
+    """Extra attempts after a retryable failure (timeout, 429, 5xx)."""
+    backoff_s: float = Field(0.5, ge=0, le=60)
+    """First wait before a retry; it doubles each attempt, with jitter (0.5x to 1x)."""
+    max_backoff_s: float = Field(30.0, ge=0, le=3600)
+    """Longest wait between retries (a longer Retry-After is still honoured)."""
+    fallbacks: list[str] = []
+    """Model ids tried in order when this one fails for good."""
+    api_base: str | None = None
+    """Base URL of an OpenAI-compatible or self-hosted server."""
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """Name of the environment variable that holds the API key (never the key itself)."""
+    stop: list[str] = Field([], max_length=4)
+    """Extra stop sequences (a ReAct agent always stops before an invented `Observation:`)."""
+    stream: bool = False
+    """Stream tokens from the provider (only worth it when a person watches)."""
+    options: dict[str, Any] = {}
+    """Extra provider parameters passed through unchanged (`top_p`, `seed`, plugin options)."""
+
+
+class PromptSpec(StrictModel):
+    """The master prompt."""
+
+    template: str | None = None
+    """A Jinja2 template file, relative to this spec; default: the built-in ReAct template."""
+    text: str | None = None
+    """An inline Jinja2 template, instead of `template`."""
+    instructions: str = ""
+    """What the agent is for and how it should behave; shown at the top of the prompt."""
+    examples: list[str] | None = None
+    """Few-shot transcripts in the loop's format; replace the built-in examples."""
+    variables: dict[str, Any] = {}
+    """Extra values the template can use (passed as data, never rendered as templates)."""
+
+
+class LoopSpec(StrictModel):
+    """How the Thought -> Action -> Observation loop runs."""
+
+    style: Literal["react", "tools", "auto"] = "auto"
+    """`react`: text actions; `tools`: native tool calls; `auto`: native where the model supports it."""
+    max_iterations: int = Field(8, ge=1, le=1000)
+    """Most model calls in one run."""
+    max_parse_errors: int = Field(3, ge=1, le=100)
+    """Replies in a row with no usable action or answer before the run fails."""
+    max_observation_chars: int = Field(4000, ge=100, le=1_000_000)
+    """Longer tool output is cut to this size with a marker."""
+    tool_timeout_s: float = Field(30.0, gt=0, le=3600)
+    """Default deadline for one tool call."""
+    max_repeats: int = Field(3, ge=2, le=100)
+    """The same action with the same input this many times: the model is told; once more ends the run (loop_detected)."""
+    approve: Literal["ask", "always", "never"] = "ask"
+    """Tools marked `confirm`: ask the person at the terminal, run them without asking, or refuse them."""
+
+
+class BudgetSpec(StrictModel):
+    """Limits on what one run may spend; any left out is unlimited."""
+
+    tokens: int | None = Field(None, ge=1)
+    """Total prompt and completion tokens."""
+    cost_usd: float | None = Field(None, gt=0)
+    """Total cost, where LiteLLM knows the model's price."""
+    wall_s: float | None = Field(None, gt=0)
+    """Wall-clock seconds for the whole run."""
+    tool_calls: int | None = Field(None, ge=0)
+    """Number of tool calls."""
+
+
+class MemorySpec(BaseModel):
+    """Conversation memory kept across runs of one session."""
+
+    model_config = ConfigDict(extra="allow", strict=True, use_attribute_docstrings=True)
+    backend: str = "buffer"
+    """`buffer` (in-process), `sqlite`, `none`, or a plugin's backend."""
+    session: str = "default"
+    """Which conversation to continue; `--session` overrides it."""
+    window: int | None = Field(None, ge=1)
+    """Keep only the last N messages in the prompt."""
+
+
+class CheckpointSpec(StrictModel):
+    """Where each run's state is committed after every step, so `runner resume` can continue it."""
+
+    enabled: bool = True
+    """Commit the run's state after every step."""
+    path: str = ".runner/runs.db"
+    """SQLite file, relative to the current directory."""
+
+
+def valid_regex(pattern: str) -> str:
+    """A pydantic validator: the pattern compiles as a Python regular expression."""
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
+    return pattern
+
+
+class OtlpSpec(StrictModel):
+    """OpenTelemetry export of spans (run, step, model call, tool call) over OTLP/HTTP."""
+
+    endpoint: str | None = None
+    """Collector base URL (`http://host:4318`; `/v1/traces` is added) or a full URL ending in
+    `/v1/traces`. Unset: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`,
+    and no export when neither is set."""
+    headers: dict[str, str] = {}
+    """Extra HTTP headers, e.g. `{authorization: "Bearer ${OTLP_TOKEN}"}` (also
+    `OTEL_EXPORTER_OTLP_HEADERS`)."""
+    service_name: str | None = None
+    """`service.name` of the spans (also `OTEL_SERVICE_NAME`); default `yaml-agent-runner`."""
+    capture_content: bool = False
+    """Also export prompts, replies and tool inputs/outputs (redacted) as span attributes."""
+
+
+class TraceSpec(StrictModel):
+    """What each run records: its events as JSON lines, flushed as they happen."""
+
+    enabled: bool = True
+    """Write a trace of every run (`runner trace list|show|view` read them)."""
+    path: str = ".runner/traces"
+    """Folder of the trace files (one `RUN_ID.jsonl` per run), relative to the current
+    directory."""
+    redact_keys: list[Annotated[str, Field(min_length=1)]] = []
+    """Field names whose values are masked wherever they appear (tool inputs, outputs parsed
+    as JSON, ...), matched case-insensitively; secrets are always masked."""
+    redact_patterns: list[Annotated[str, Field(min_length=1), AfterValidator(valid_regex)]] = []
+    """Regular expressions masked in every text of the trace, e.g. `\\b\\d{16}\\b`."""
+    otlp: OtlpSpec = OtlpSpec()
+    """Optional OpenTelemetry export."""
+
+
+class OutputSpec(StrictModel):
+    """A structured final answer."""
+
+    json_schema: dict[str, Any] = Field(alias="schema")
+    """JSON Schema the final answer must satisfy (the answer is parsed as JSON)."""
+
+
+class InputSpec(StrictModel):
+    """A named input of a chain (`--input NAME=VALUE`)."""
+
+    description: str = ""
+    """What the input is for."""
+    default: Any = None
+    """Used when the input is not given; without it the input is required."""
+    required: bool = True
+    """Whether the run fails when the input is missing and has no default."""
+
+
+def _tool_entry(value: Any) -> Any:
+    if not isinstance(value, (str, dict)):
+        raise ValueError("a tool is a name (- calculator) or a mapping with one key "
+                         "(- search: {path: kb/})")
+    return value
+
+
+ToolEntry = Annotated[Union[str, dict[str, Any]], BeforeValidator(_tool_entry)]
+
+
+class AgentSpec(StrictModel):
+    """An agent (a ReAct loop with tools) or a chain (one templated model call)."""
+
+    version: Literal[1] = 1
+    """Spec format version."""
+    kind: Literal["agent", "chain"] = "agent"
+    """`agent` runs the tool loop; `chain` renders its prompt and makes one model call."""
+    name: str = Field("agent", pattern=r"^[A-Za-z0-9_.-]+$")
+    """The agent's name: letters, digits, `_`, `.` and `-`; a parent agent calls it by this name."""
+    description: str = ""
+    """One line on what the agent does; shown to a parent agent that uses it as a tool."""
+    extends: str | None = None
+    """A base spec to start from: maps merge, lists replace."""
+    model: ModelSpec = ModelSpec()
+    """Which model answers, and how it is called."""
+    prompt: PromptSpec = PromptSpec()
+    """The master prompt."""
+    loop: LoopSpec = LoopSpec()
+    """Limits and style of the Thought -> Action -> Observation loop."""
+    budget: BudgetSpec = BudgetSpec()
+    """What one run may spend; a limit left out is unlimited."""
+    tools: list[ToolEntry] = []
+    """Tools by name (`- calculator`) or with options (`- search: {path: kb/}`); `- agent: x.yaml` uses another agent."""
+    memory: MemorySpec = MemorySpec()
+    """Conversation memory kept across runs of one session."""
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    """Where each run's state is committed, so `runner resume` can continue it."""
+    trace: TraceSpec = TraceSpec()
+    """What each run records in `.runner/traces/`, and optional OpenTelemetry export."""
+    inputs: dict[str, InputSpec | None] = {}
+    """Named inputs of a chain; an agent takes the user's question as `input`."""
+    output: OutputSpec | None = None
+    """A structured final answer, checked against a JSON Schema."""
+
+    _source: SpecSource = PrivateAttr()
+
+    @property
+    def source(self) -> SpecSource:
+        return self._source
+
+
+
+
+class CommonToolOptions(StrictModel):
+    """Keys every tools entry accepts besides the tool's own options."""
+
+    name: str | None = None
+    """The name the model sees, when it should differ from the tool's."""
+    timeout_s: float | None = Field(None, gt=0, le=3600)
+    """Deadline for one call of this tool, instead of loop.tool_timeout_s."""
+    description: str | None = None
+    """What the model is told the tool does, instead of the tool's own description."""
+    max_output_chars: int | None = Field(None, ge=1, le=10_000_000)
+    """Longer output of this tool is cut to this size, instead of loop.max_observation_chars."""
+    confirm: bool | None = None
+    """Ask before each call (see loop.approve); default: what the tool's plugin says."""
+    idempotent: bool | None = None
+    """false: a call interrupted by a crash is not re-run on resume; the model is told instead."""
+
+
+COMMON_TOOL_KEYS = frozenset(CommonToolOptions.model_fields)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a spec file, with field descriptions, for editors."""
+    schema = AgentSpec.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "yaml-agent-runner spec"
+    return schema
+
