@@ -72,15 +72,15 @@ def _save_cost(spec: Any, db: Path, repeat: int, secrets: set[str]) -> dict[str,
     """CheckpointStore.save() alone, on the state after each step of a real run."""
     import runner
     from runner import events as ev
-    from runner.checkpoints import CheckpointStore
+    from runner.checkpoints import CheckpointStore, run_state
 
     states: list[dict[str, Any]] = []
     agent = runner.Agent(spec, checkpoints=False)
     run = agent.start("go")
-    agent.sinks.append(lambda e: states.append(run.state())
+    agent.sinks.append(lambda e: states.append(run_state(run))
                        if isinstance(e, ev.Observed) else None)
     asyncio.run(run.execute())
-    states.append(run.state())
+    states.append(run_state(run))
     store = CheckpointStore(db, secrets=secrets)  # redacting what the runs' store redacts
     store.save(states[0])  # connection opened, table created
     walls, cpus = [], []

@@ -83,7 +83,7 @@ async def _worker_style(args: argparse.Namespace, style: str) -> dict[str, Any]:
     import runner
     from runner.loop import STOP
     from runner.models.direct import DirectTransport
-from runner.models.litellm import import_litellm
+    from runner.models.litellm import import_litellm
 
     litellm = import_litellm()
     spec = runner.load_spec(SPEC, overrides=[

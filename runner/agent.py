@@ -19,9 +19,9 @@ from .checkpoints import CheckpointStore, restore_run
 from .errors import SpecError
 from .loop import Run
 from .models import Model, ModelTap
-from .redact import Redactor, env_secrets
+from .redact import Redactor, env_secrets, redact_text
 from .resolve import MAX_AGENT_DEPTH, Resolved, ToolRef, resolve
-from .result import RunResult
+from .result import RunResult, as_text
 from .spec import AgentSpec
 from .tools import Tool, renamed
 
@@ -165,6 +165,20 @@ class Agent:
         style = self.spec.loop.style
         return bool(self.tools) and (style == "tools" or (
             style == "auto" and self.models[0].supports_tools()))
+
+    def prompt(self, input: Any, history: list[Any], **extra: Any) -> str:
+        """The master prompt rendered for `input` (the template sees the spec's variables)."""
+        p = self.spec.prompt
+        return self.template.render(
+            **p.variables, vars=p.variables, instructions=p.instructions, history=history,
+            input=input, tools=self.tool_views,
+            examples=p.examples if p.examples is not None else [], **extra)
+
+    async def remember(self, input: Any, answer: Any) -> None:
+        """Keep a finished run's turn in the session's memory, secrets masked."""
+        await self.memory.append(self.session, [
+            {"role": "user", "content": redact_text(as_text(input), self.secrets)},
+            {"role": "assistant", "content": redact_text(as_text(answer), self.secrets)}])
 
     # ------------------------------------------------------------------ cleanup
 

@@ -17,13 +17,13 @@ from .console import exit_now
 from .errors import RunFailed, SpecError, SpecErrors
 from .loop import Run
 from .memory import SQLiteMemory
-from .redact import env_secrets
+from .redact import Redactor, env_secrets
 from .resolve import resolve
 from .result import RunResult
 from .spec import AgentSpec, is_test_file, load_spec
 
 __all__ = ["run_agent", "arun_agent", "make_agent", "prepare_resume", "resume_run",
-           "aresume_run", "validate_paths", "drive", "resume_hint", "load_and_resolve"]
+           "aresume_run", "validate_paths", "drive", "resume_hint", "load_and_resolve", "model_tap"]
 
 
 def load_and_resolve(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> Any:
@@ -178,6 +178,18 @@ def drive(agent: Agent, start: Callable[[], Run],
                 loop.remove_signal_handler(sig)
 
     return asyncio.run(main())
+
+
+def model_tap(spec: AgentSpec, secrets: set[str], record: str | None,
+              replay: str | None) -> Any:
+    """The recorder (`--record FILE`) or replayer (`--replay FILE`) that stands between a run
+    and its models, or None."""
+    if not (record or replay):
+        return None
+    from .testing.recording import Recorder, Replayer
+
+    redactor = Redactor.for_trace(spec.trace, secrets)
+    return Recorder(record, redactor) if record else Replayer(replay, redactor)
 
 
 def resume_hint(agent: Agent, result: RunResult) -> str | None:

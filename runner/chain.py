@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import events as ev
 from .errors import OutputError, SpecError
+from .parsing import final_answer
 from .result import Step
 from .spec import AgentSpec
 
@@ -51,6 +52,6 @@ async def run_chain(run: Run) -> None:
     r.steps.append(Step(1, raw=reply.text, model_s=reply.latency_s))
     if reply.finish_reason == "length" and spec.output is not None:
         raise OutputError(f"the reply was cut off at max_tokens ({spec.model.max_tokens})")
-    r.answer = run.final_answer(reply.text)
+    r.answer = final_answer(reply.text, spec.output)
     r.status = "finished"
     run.emit(ev.FinalAnswer(run.run_id, 1, r.answer))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
 import sqlite3
 import time
 from dataclasses import asdict, fields
@@ -21,7 +23,7 @@ from .budget import Budget
 from .errors import CheckpointError, SpecError
 from .models import Usage
 from .parsing import Action
-from .redact import redact_text
+from .redact import json_forms, redact_text
 from .result import Step
 
 if TYPE_CHECKING:
@@ -50,7 +52,19 @@ def run_state(run: Run) -> dict[str, Any]:
             "calls": run.calls, "parse_errors": run.parse_errors, "repeats": ledger.repeats,
             "approvals": ledger.approvals, "in_flight": sorted(ledger.in_flight),
             "budget": run.budget.spent(), "run_usage": {**asdict(usage), "cost_usd": cost},
-            "owner": run.owner}
+            "owner": _owner()}
+
+
+_owners: dict[int, dict[str, Any]] = {}
+
+
+def _owner() -> dict[str, Any]:
+    """Who runs the process (a resume refuses while it lives); looked up once per process."""
+    pid = os.getpid()  # a forked child is another owner
+    owner = _owners.get(pid)
+    if owner is None:
+        owner = _owners[pid] = {"host": socket.gethostname(), "pid": pid}
+    return owner
 
 
 def restore_run(agent: Agent, state: dict[str, Any]) -> Run:
@@ -116,7 +130,7 @@ class CheckpointStore:
         text = json.dumps(state, ensure_ascii=False, default=str)
         agent = state["agent"]
         if self.secrets:  # each secret as it stands in JSON too (a quote or \ is escaped)
-            text = redact_text(text, self._masks())
+            text = redact_text(text, json_forms(self.secrets))
             agent = redact_text(agent, self.secrets)
         now = time.time()
         try:
@@ -128,9 +142,6 @@ class CheckpointStore:
                  len(state["steps"]), now, now, text))
         except sqlite3.Error as exc:
             raise CheckpointError(f"checkpoint database {self.path}: {exc}") from None
-
-    def _masks(self) -> set[str]:
-        return self.secrets | {json.dumps(s, ensure_ascii=False)[1:-1] for s in self.secrets}
 
     def load(self, run_id: str) -> dict[str, Any]:
         """The last committed state of a run (a unique prefix of its id is enough)."""

@@ -95,8 +95,8 @@ def run(spec: str, input: str | None, inputs: tuple[str, ...], sets: tuple[str, 
     Each step is checkpointed in .runner/runs.db: Ctrl-C (or SIGTERM) stops at the next step
     boundary, and `runner resume RUN_ID` continues the run. Each run's trace goes to
     .runner/traces/ (see `runner trace`)."""
-    from .api import drive, make_agent, resume_hint
-    from .console import printer, terminal_approver
+    from .api import drive, make_agent, model_tap, resume_hint
+    from .console import printer, report, terminal_approver
     from .redact import env_secrets
 
     if record and replay:
@@ -113,7 +113,7 @@ def run(spec: str, input: str | None, inputs: tuple[str, ...], sets: tuple[str, 
         value = sys.stdin.read()
     tap = None
     try:
-        tap = _tap(loaded.spec, secrets, record, replay)
+        tap = model_tap(loaded.spec, secrets, record, replay)
         agent = make_agent(loaded, session=session, sinks=[printer(quiet or as_json, secrets)],
                            approver=terminal_approver(), tap=tap)
         result = drive(agent, lambda: agent.start(value), _stopping)
@@ -122,18 +122,7 @@ def run(spec: str, input: str | None, inputs: tuple[str, ...], sets: tuple[str, 
     finally:
         if tap is not None:
             tap.close()
-    _report(result, as_json, debug, secrets, resume_hint(agent, result))
-
-
-def _tap(spec: Any, secrets: set[str], record: str | None, replay: str | None) -> Any:
-    """The recorder or replayer that stands between the run and its models, if asked for."""
-    if not (record or replay):
-        return None
-    from .redact import Redactor
-    from .testing.recording import Recorder, Replayer
-
-    redactor = Redactor.for_trace(spec.trace, secrets)
-    return Recorder(record, redactor) if record else Replayer(replay, redactor)
+    report(result, as_json, debug, secrets, resume_hint(agent, result))
 
 
 @cli.command()
@@ -149,7 +138,7 @@ def resume(run_id: str, db: str, force: bool, yes: bool, as_json: bool, quiet: b
     """Continue an interrupted run from its last committed step (finished steps are not
     repeated; a tool marked idempotent: false that was in flight is not re-run)."""
     from .api import drive, prepare_resume, resume_hint
-    from .console import printer, terminal_approver
+    from .console import printer, report, terminal_approver
     from .redact import env_secrets
 
     secrets = env_secrets()
@@ -160,7 +149,7 @@ def resume(run_id: str, db: str, force: bool, yes: bool, as_json: bool, quiet: b
         result = drive(agent, lambda: agent.restore(state), _stopping)
     except RunnerError as exc:
         _fail(exc, debug, secrets)
-    _report(result, as_json, debug, agent.spec.source.secrets | secrets,
+    report(result, as_json, debug, agent.spec.source.secrets | secrets,
             resume_hint(agent, result))
 
 
@@ -198,32 +187,6 @@ def _stopping(run: Any, signum: int) -> None:
 
     click.echo(f"\n{signal.Signals(signum).name}: stopping after this step "
                f"(Ctrl-C again to quit now); run {run.run_id} can be resumed", err=True)
-
-
-def _report(result: Any, as_json: bool, debug: bool, secrets: set[str],
-            hint: str | None = None) -> None:
-    """Print the answer (or the JSON result) and exit with the run's code."""
-    from .redact import redact_text, redact_value
-
-    if as_json:
-        click.echo(json.dumps(redact_value(result.to_dict(), secrets), ensure_ascii=False,
-                              default=str))
-    elif result.ok:
-        answer = result.answer if isinstance(result.answer, str) else json.dumps(
-            result.answer, ensure_ascii=False)
-        click.echo(redact_text(answer, secrets))
-    if not result.ok:
-        if debug and result.exception is not None:
-            import traceback
-
-            traceback.print_exception(result.exception)
-        if not as_json:
-            error = result.error or ""
-            line = error if error.startswith(result.status) else f"{result.status}: {error}"
-            click.echo(redact_text(line, secrets), err=True)
-        if hint:
-            click.echo(hint, err=True)
-        raise SystemExit(exit_code_for(result.exception) if result.exception else EXIT_FAILED)
 
 
 async def _yes(tool: str, args: dict[str, Any]) -> bool:
@@ -375,8 +338,6 @@ def trace() -> None:
 @json_option
 def trace_list(folder: str, limit: int, as_json: bool) -> None:
     """Recent runs, newest first: status, agent, steps, tokens, cost, duration."""
-    import time
-
     from .trace.reader import list_traces
 
     rows = list_traces(folder, limit)
@@ -386,18 +347,9 @@ def trace_list(folder: str, limit: int, as_json: bool) -> None:
     if not rows:
         click.echo(f"no traces in {folder}", err=True)
         return
-    click.echo(f"{'RUN':<14}{'AGENT':<16}{'STATUS':<22}{'STEPS':>5}{'TOKENS':>9}{'COST $':>10}"
-               f"{'TIME':>9}  STARTED")
-    for r in rows:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["started"] or 0))
-        cost = "-" if r["cost_usd"] is None else f"{r['cost_usd']:.4f}"
-        took = "-" if r["duration_s"] is None else f"{r['duration_s']:.2f}s"
-        click.echo(f"{r['run_id']:<14}{str(r['agent'])[:15]:<16}{str(r['status'])[:21]:<22}"
-                   f"{_dash(r['steps']):>5}{_dash(r['tokens']):>9}{cost:>10}{took:>9}  {when}")
+    from .trace.show import run_table
 
-
-def _dash(value: Any) -> str:
-    return "-" if value is None else str(value)
+    click.echo(run_table(rows))
 
 
 def _load_trace(folder: str, run_id: str) -> tuple[Any, dict[str, Any]]:

@@ -22,13 +22,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+import click
+
 from . import events as ev
 from .events import (ActionTaken, Event, ModelCalled, Observed, Retried, RunEnded, RunStarted,
                      Thought, Warned)
-from .redact import redact_text
+from .errors import EXIT_FAILED, exit_code_for
+from .redact import redact_text, redact_value
 
 __all__ = ["StderrPrinter", "LivePrinter", "restore_terminal", "printer", "terminal_approver",
-           "exit_now"]
+           "exit_now", "report"]
 
 FRAMES = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 TICK_S = 0.08
@@ -53,6 +56,31 @@ def exit_now(code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def report(result: Any, as_json: bool, debug: bool, secrets: set[str],
+            hint: str | None = None) -> None:
+    """Print the answer (or the JSON result) on stdout and, unless the run finished, its
+    error on stderr, then exit with the run's code."""
+    if as_json:
+        click.echo(json.dumps(redact_value(result.to_dict(), secrets), ensure_ascii=False,
+                              default=str))
+    elif result.ok:
+        answer = result.answer if isinstance(result.answer, str) else json.dumps(
+            result.answer, ensure_ascii=False)
+        click.echo(redact_text(answer, secrets))
+    if not result.ok:
+        if debug and result.exception is not None:
+            import traceback
+
+            traceback.print_exception(result.exception)
+        if not as_json:
+            error = result.error or ""
+            line = error if error.startswith(result.status) else f"{result.status}: {error}"
+            click.echo(redact_text(line, secrets), err=True)
+        if hint:
+            click.echo(hint, err=True)
+        raise SystemExit(exit_code_for(result.exception) if result.exception else EXIT_FAILED)
 
 
 def printer(quiet: bool, secrets: set[str]) -> Callable[[Event], None]:

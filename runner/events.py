@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, ClassVar, TextIO
+from typing import Any, ClassVar
 
 __all__ = ["Event", "RunStarted", "ModelStarted", "ModelCalled", "Retried", "Thought",
            "ActionTaken", "Observed", "MemoryRead", "MemoryWritten", "FinalAnswer", "Warned",
@@ -74,6 +73,15 @@ class ModelCalled(Event):
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     """Native tool calls in the reply: id, name and the raw arguments string."""
     stop: list[str] | None = None
+
+    @classmethod
+    def of(cls, run_id: str, step: int, reply: Any, stop: list[str] | None) -> ModelCalled:
+        """The event of a Completion (`runner.models`)."""
+        return cls(run_id, step, reply.model, reply.latency_s, reply.usage.prompt_tokens,
+                   reply.usage.completion_tokens, reply.cost_usd, reply.finish_reason,
+                   reply.attempts, reply.text, [{"id": c.id, "name": c.name,
+                                                 "arguments": c.arguments}
+                                                for c in reply.tool_calls], stop)
 
 
 @dataclass

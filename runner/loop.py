@@ -7,8 +7,6 @@ agent was put together (`runner.agent`)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -19,11 +17,11 @@ from .acting import StepContext, ToolLedger, act
 from .budget import Budget
 from .chain import run_chain
 from .checkpoints import run_state, settle_pending
-from .errors import Interrupted, LimitExceeded, MaxIterations, MaxParseErrors, OutputError, RunnerError
-from .models import Completion, Message
+from .errors import (Interrupted, LimitExceeded, MaxIterations, MaxParseErrors, OutputError,
+                     RunnerError)
+from .models import Completion, Message, assistant_message, tool_messages
 from .models.retry import complete_with_retries
-from .parsing import Parsed, parse_structured, parse_text, parse_tool_calls
-from .redact import redact_text
+from .parsing import Parsed, final_answer, parse_text, parse_tool_calls, partial_answer
 from .result import RunResult, Step, as_text
 
 if TYPE_CHECKING:
@@ -52,8 +50,6 @@ class Run:
         self._stop: int | None = None
         self._in_model_call = False
         self._task: asyncio.Task[Any] | None = None
-        self.owner = {"host": socket.gethostname(), "pid": os.getpid()}
-        """Who runs it (a resume refuses while this process lives); once, not per commit."""
 
     def step_context(self) -> StepContext:
         a = self.agent
@@ -118,19 +114,17 @@ class Run:
             else:
                 await self._loop(history)
             if r.status == "finished":
-                await agent.memory.append(agent.session, [
-                    {"role": "user", "content": redact_text(as_text(r.input), agent.secrets)},
-                    {"role": "assistant", "content": redact_text(as_text(r.answer), agent.secrets)}])
+                await agent.remember(r.input, r.answer)
                 self.emit(ev.MemoryWritten(self.run_id, len(r.steps), agent.session, 2))
         except asyncio.CancelledError:
             if self._stop is None:
-                self._fail(Interrupted(2))
+                r.fail(Interrupted(2), self._partial)
                 raise
             if self._task is not None:
                 self._task.uncancel()  # the stop was ours: end normally, state saved
-            self._fail(Interrupted(self._stop))
+            r.fail(Interrupted(self._stop), self._partial)
         except (RunnerError, KeyboardInterrupt) as exc:
-            self._fail(exc if isinstance(exc, RunnerError) else Interrupted(2))
+            r.fail(exc if isinstance(exc, RunnerError) else Interrupted(2), self._partial)
         finally:
             r.duration_s = time.monotonic() - self._started
             r.usage, r.cost_usd = self.budget.usage_since(self), self.budget.cost_since(self)
@@ -138,7 +132,7 @@ class Run:
                 self.checkpoint()
             except RunnerError as exc:  # e.g. the disk is full: say so, keep the answer
                 answer = r.answer
-                self._fail(exc)
+                r.fail(exc)
                 r.answer = answer
             self.emit(ev.RunEnded(self.run_id, len(r.steps), r.status, r.answer, r.error,
                                   r.duration_s, len(r.steps), r.usage.prompt_tokens,
@@ -172,20 +166,6 @@ class Run:
             if self.parse_errors >= limits.max_parse_errors:
                 raise MaxParseErrors(self.parse_errors, limits.max_parse_errors)
 
-    def _fail(self, exc: BaseException) -> None:
-        r = self.result
-        r.exception = exc
-        r.status = getattr(exc, "status", None) or "interrupted"
-        if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
-            r.status = "interrupted"
-        r.error = str(exc) or type(exc).__name__
-        r.incomplete = True
-        # the best partial answer: an answer given too late, the latest thought, else the
-        # latest good observation
-        r.answer = self._partial or next(
-            (s.thought for s in reversed(r.steps) if s.thought), None) or next(
-            (s.observation for s in reversed(r.steps) if s.observation and not s.error), None)
-
     async def call_model(self, messages: list[Message], tools: Any = None,
                          stop: list[str] | None = None) -> Completion:
         self.budget.check_before_call()
@@ -203,28 +183,15 @@ class Run:
         try:
             self.budget.charge(self, reply)
         except LimitExceeded:  # the reply that crossed the budget was paid for: keep its answer
-            final = parse_text(reply.text, reply.finish_reason).finish
-            self._partial = (reply.text.strip() if tools and not reply.tool_calls
-                             else final.answer.strip() if final else None)
+            self._partial = partial_answer(reply, native=bool(tools))
             raise
-        self.emit(ev.ModelCalled(
-            self.run_id, step, reply.model, reply.latency_s, reply.usage.prompt_tokens,
-            reply.usage.completion_tokens, reply.cost_usd, reply.finish_reason, reply.attempts,
-            reply.text, [{"id": c.id, "name": c.name, "arguments": c.arguments}
-                         for c in reply.tool_calls], stop))
+        self.emit(ev.ModelCalled.of(self.run_id, step, reply, stop))
         return reply
-
-    def _prompt(self, history: list[Message], **extra: Any) -> str:
-        p = self.spec.prompt
-        return self.agent.template.render(
-            **p.variables, vars=p.variables, instructions=p.instructions, history=history,
-            input=self.result.input, tools=self.agent.tool_views,
-            examples=p.examples if p.examples is not None else [], **extra)
 
     async def _react_step(self, ctx: StepContext, _messages: list[Message],
                           history: list[Message]) -> bool:
         steps = [{"raw": s.raw, "observation": s.observation} for s in self.result.steps]
-        prompt = self._prompt(history, steps=steps, native_tools=False)
+        prompt = self.agent.prompt(self.result.input, history, steps=steps, native_tools=False)
         reply = await self.call_model([{"role": "user", "content": prompt}],
                                       stop=[*STOP, *self.spec.model.stop])
         parsed = parse_text(reply.text, reply.finish_reason)
@@ -233,7 +200,7 @@ class Run:
         return await self._act(ctx, parsed, [step])
 
     def _native_messages(self, history: list[Message]) -> list[Message]:
-        system = self._prompt(history, steps=[], native_tools=True).strip()
+        system = self.agent.prompt(self.result.input, history, steps=[], native_tools=True).strip()
         return [*([{"role": "system", "content": system}] if system else []), *history,
                 {"role": "user", "content": as_text(self.result.input)}]
 
@@ -242,21 +209,14 @@ class Run:
         reply = await self.call_model(messages, tools=self.agent.tool_schemas,
                                       stop=self.spec.model.stop or None)
         parsed = parse_tool_calls(reply.text, reply.tool_calls, reply.finish_reason)
-        calls = [{"id": c.id, "type": "function",
-                  "function": {"name": c.name, "arguments": c.arguments}} for c in reply.tool_calls]
-        messages.append({"role": "assistant", "content": reply.text or None, "tool_calls": calls}
-                        if calls else {"role": "assistant", "content": reply.text})
+        messages.append(assistant_message(reply))
         n = len(self.result.steps) + 1
         steps = [Step(n + i, parsed.thought if i == 0 else "", call_id=a.call_id,
                       model_s=reply.latency_s) for i, a in enumerate(parsed.actions)] or \
             [Step(n, parsed.thought, model_s=reply.latency_s)]
         ok = await self._act(ctx, parsed, steps)
         answers = {s.call_id: s.observation or "" for s in steps if s.call_id}
-        for c in reply.tool_calls:  # providers reject a call left unanswered, even one not run
-            messages.append({"role": "tool", "tool_call_id": c.id,
-                             "content": answers.get(c.id, parsed.failure or "")})
-        if parsed.failure and not calls:
-            messages.append({"role": "user", "content": parsed.failure})
+        messages.extend(tool_messages(reply, answers, parsed.failure))
         return ok
 
     async def _act(self, ctx: StepContext, parsed: Parsed, steps: list[Step]) -> bool:
@@ -270,7 +230,7 @@ class Run:
         problem = parsed.failure
         if problem is None and parsed.finish is not None:
             try:
-                r.answer = self.final_answer(parsed.finish.answer)
+                r.answer = final_answer(parsed.finish.answer, self.spec.output)
             except OutputError as exc:
                 problem = str(exc)
             else:
@@ -286,9 +246,3 @@ class Run:
         await asyncio.gather(*(act(ctx, a, s, parsed.warnings)
                                for a, s in zip(parsed.actions, steps)))
         return True
-
-    def final_answer(self, text: str) -> Any:
-        """The answer as given, or parsed and checked against output.schema."""
-        if self.spec.output is None:
-            return text.strip()
-        return parse_structured(text, self.spec.output.json_schema)

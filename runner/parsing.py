@@ -28,7 +28,7 @@ from typing import Any
 from .errors import OutputError
 
 __all__ = ["Action", "Finish", "Parsed", "RawArguments", "parse_text", "parse_tool_calls",
-           "parse_structured", "FORMAT_HINT"]
+           "parse_structured", "final_answer", "partial_answer", "FORMAT_HINT"]
 
 FORMAT_HINT = ("Reply with a Thought line, then either `Action: tool_name[input]` to use a tool "
                "or `Final Answer: your answer` when you know the answer.")
@@ -168,7 +168,20 @@ def parse_tool_calls(text: str, tool_calls: list[Any], finish_reason: str | None
     return parsed
 
 
+def partial_answer(reply: Any, native: bool) -> str | None:
+    """The answer in a reply that came too late to count (it crossed a budget), if any."""
+    if native and not reply.tool_calls:
+        return str(reply.text).strip()
+    final = parse_text(reply.text, reply.finish_reason).finish
+    return final.answer.strip() if final else None
+
+
 # ---------------------------------------------------------------- structured answers
+
+def final_answer(text: str, output: Any) -> Any:
+    """The answer as given, or parsed and checked against `output.schema` when there is one."""
+    return text.strip() if output is None else parse_structured(text, output.json_schema)
+
 
 _FENCED = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
 

@@ -1,4 +1,10 @@
-"""Masking secrets before anything is shown, logged or stored."""
+"""Masking secrets before anything is shown, logged or stored: the one masking path.
+
+`Redactor` masks secret values, secret-looking field names, and the field names and patterns
+a spec's `trace:` asks for; `redact_text` and `redact_value` are its short forms for plain
+secrets. `SECRET_NAME` decides, for environment variables and data fields alike, whether a
+name holds a secret.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +12,22 @@ import json
 import os
 import re
 from collections.abc import Iterable
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .spec import TraceSpec
 
+__all__ = ["MASK", "SECRET_NAME", "Redactor", "env_secrets", "redact_text", "redact_value",
+           "json_forms"]
+
 MASK = "***"
-SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH", re.I)
-"""Environment variables whose values are secrets (masked wherever they could appear)."""
-_SECRET_KEYS = re.compile(r"(^|_)(api_?key|token|secret|password|passwd|authorization|credentials?)$",
-                          re.I)
+SECRET_NAME = re.compile(
+    r"(?:^|[^a-z])(?:api_?key|key|token|auth|bearer)$|passw|secret|credential|authoriz", re.I)
+"""A name whose value is a secret: one that ends in the word key, token or auth, or holds
+passw, secret, credential or authoriz (`OPENAI_API_KEY`, `access_token`, `apiKey`,
+`Authorization`, `DB_PASSWORD`; not `max_tokens`, `keyword` or `api_key_env`). It decides
+for environment variables (masked wherever their values could appear) and for fields of
+data (masked in traces, recordings and output) alike."""
 
 
 def env_secrets(env: dict[str, str] | None = None) -> set[str]:
@@ -28,24 +38,24 @@ def env_secrets(env: dict[str, str] | None = None) -> set[str]:
 
 def redact_text(text: str, secrets: Iterable[str]) -> str:
     """`text` with every secret value replaced by ***."""
-    for s in sorted(secrets, key=len, reverse=True):
-        if s:
-            text = text.replace(s, MASK)
-    return text
+    return _mask(text, sorted({s for s in secrets if s}, key=len, reverse=True))
 
 
 def redact_value(value: Any, secrets: Iterable[str]) -> Any:
-    """A copy of a JSON-like value with secrets and secret-named keys masked."""
-    secrets = list(secrets)
-    if isinstance(value, dict):
-        return {k: (MASK if isinstance(k, str) and _SECRET_KEYS.search(k)
-                    and v else redact_value(v, secrets))
-                for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact_value(v, secrets) for v in value]
-    if isinstance(value, str):
-        return redact_text(value, secrets)
-    return value
+    """A copy of a JSON-like value with secrets and secret-named fields masked."""
+    return Redactor(secrets).value(value)
+
+
+def json_forms(secrets: Iterable[str]) -> set[str]:
+    """Each secret as it is and as it stands inside a JSON string (a quote or \\ escaped)."""
+    return {f for s in secrets if s for f in (s, json.dumps(s, ensure_ascii=False)[1:-1])}
+
+
+def _mask(text: str, longest_first: list[str]) -> str:
+    for s in longest_first:
+        if s in text:
+            text = text.replace(s, MASK)
+    return text
 
 
 _SCALARS = frozenset({int, float, bool, type(None)})
@@ -70,9 +80,7 @@ class Redactor:
         return cls(secrets, trace.redact_keys, trace.redact_patterns)
 
     def text(self, text: str) -> str:
-        for s in self.secrets:
-            if s in text:
-                text = text.replace(s, MASK)
+        text = _mask(text, self.secrets)
         return self.pattern.sub(MASK, text) if self.pattern is not None else text
 
     def _masked_key(self, key: Any) -> bool:
@@ -82,7 +90,7 @@ class Redactor:
         if masked is None:
             if len(self._masked) >= 4096:  # keys from tool data can be unbounded
                 self._masked.clear()
-            masked = self._masked[key] = key.lower() in self.keys or bool(_SECRET_KEYS.search(key))
+            masked = self._masked[key] = key.lower() in self.keys or bool(SECRET_NAME.search(key))
         return masked
 
     def value(self, value: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -49,6 +50,20 @@ class RunResult:
     @property
     def ok(self) -> bool:
         return self.status == "finished"
+
+    def fail(self, exc: BaseException, partial: str | None = None) -> None:
+        """End as failed by `exc`, keeping the best partial answer, marked incomplete: an
+        answer given too late (`partial`), else the latest thought, else the latest good
+        observation."""
+        self.exception = exc
+        status = getattr(exc, "status", None)
+        self.status = "interrupted" if not status or isinstance(
+            exc, (asyncio.CancelledError, KeyboardInterrupt)) else status
+        self.error = str(exc) or type(exc).__name__
+        self.incomplete = True
+        self.answer = partial or next(
+            (s.thought for s in reversed(self.steps) if s.thought), None) or next(
+            (s.observation for s in reversed(self.steps) if s.observation and not s.error), None)
 
     def to_dict(self) -> dict[str, Any]:
         """The result as JSON-ready data (what `runner run --json` prints)."""

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from ..spec import ModelSpec
 
-__all__ = ["Model", "Completion", "ToolCall", "Usage", "ModelTap", "Message"]
+__all__ = ["Model", "Completion", "ToolCall", "Usage", "ModelTap", "Message",
+           "assistant_message", "tool_messages"]
 
 Message = dict[str, Any]
 """One chat message, as the OpenAI wire format has it."""
@@ -73,3 +74,22 @@ class Model(Protocol):
                        stop: list[str] | None = None) -> Completion:
         """One call; raise a runner.errors.ModelError subclass on failure."""
 
+
+
+def assistant_message(reply: Completion) -> Message:
+    """A reply as the assistant message of a native tool-calling conversation."""
+    if not reply.tool_calls:
+        return {"role": "assistant", "content": reply.text}
+    calls = [{"id": c.id, "type": "function",
+              "function": {"name": c.name, "arguments": c.arguments}} for c in reply.tool_calls]
+    return {"role": "assistant", "content": reply.text or None, "tool_calls": calls}
+
+
+def tool_messages(reply: Completion, answers: dict[str, str], failure: str | None) -> list[Message]:
+    """The messages answering a reply's tool calls: each call's answer (else `failure`, since
+    providers reject a call left unanswered, even one not run), or `failure` as the user's
+    word when the reply made no call."""
+    if not reply.tool_calls:
+        return [{"role": "user", "content": failure}] if failure else []
+    return [{"role": "tool", "tool_call_id": c.id, "content": answers.get(c.id, failure or "")}
+            for c in reply.tool_calls]

@@ -128,7 +128,7 @@ def translate(exc: Exception, spec: ModelSpec, provider: str,
     message = f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}"
     key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
     if key and len(key) >= 6:  # masked even where its variable's name does not look secret
-        message = message.replace(key, "***")
+        message = redact_text(message, {key})
     message = clip(message)
     # LiteLLM keeps the provider's headers (Retry-After) here; `exc.response` is its own stub
     headers = getattr(exc, "litellm_response_headers", None) or getattr(

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelError, ModelProviderError
 from . import Message
+from ..redact import redact_text
 from ._litellm import clip, import_litellm, internals, status_error
 
 if TYPE_CHECKING:
@@ -326,6 +327,6 @@ def _json_provider(provider: str) -> bool:
 def _snippet(raw: bytes, secret: str | None, limit: int = 200) -> str:
     text = raw.decode("utf-8", "replace")
     if secret and len(secret) >= 6:
-        text = text.replace(secret, "***")
+        text = redact_text(text, {secret})
     return clip(text, limit) if text.strip() else "(empty body)"
 

@@ -244,6 +244,22 @@ class _View:
         return clip(text, CLIP_CHARS, CLIP_LINES)
 
 
+def run_table(rows: list[dict[str, Any]]) -> str:
+    """`runner trace list`: one line per run (see trace.reader.list_traces)."""
+    def dash(value: Any) -> str:
+        return "-" if value is None else str(value)
+
+    lines = [f"{'RUN':<14}{'AGENT':<16}{'STATUS':<22}{'STEPS':>5}{'TOKENS':>9}{'COST $':>10}"
+             f"{'TIME':>9}  STARTED"]
+    for r in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["started"] or 0))
+        cost = "-" if r["cost_usd"] is None else f"{r['cost_usd']:.4f}"
+        took = "-" if r["duration_s"] is None else f"{r['duration_s']:.2f}s"
+        lines.append(f"{r['run_id']:<14}{str(r['agent'])[:15]:<16}{str(r['status'])[:21]:<22}"
+                     f"{dash(r['steps']):>5}{dash(r['tokens']):>9}{cost:>10}{took:>9}  {when}")
+    return "\n".join(lines)
+
+
 def clip(text: str, chars: int, lines: int) -> str:
     cut = text[:chars]
     kept = cut.split("\n")[:lines]
