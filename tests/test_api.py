@@ -109,3 +109,53 @@ def test_many_concurrent_runs_on_one_event_loop(tmp_path: Path) -> None:
     results = asyncio.run(go())
     assert [r.answer for r in results] == [f"question {i}" for i in range(300)]
     assert len({r.run_id for r in results}) == 300
+
+
+# --------------------------------------------------------------------------- what an Agent owns
+
+def _nested_memory_specs(tmp_path: Path) -> Path:
+    """A parent with SQLite memory whose sub-agent has SQLite memory too, checkpoints on."""
+    (tmp_path / "pyproject.toml").write_text("")
+    for name, tools, replies in (
+            ("child", "[]", ["Final Answer: from the child"]),
+            ("parent", "[{agent: child.yaml}]", ["Action: child[go]", "Final Answer: done"])):
+        (tmp_path / f"{name}.yaml").write_text(textwrap.dedent(f"""\
+            version: 1
+            name: {name}
+            model: {{id: fake/script, options: {{replies: {json.dumps(replies)}}}}}
+            loop: {{style: react}}
+            tools: {tools}
+            memory: {{backend: sqlite, path: {tmp_path / (name + '.db')}}}
+            checkpoint: {{path: {tmp_path / 'runs.db'}}}
+            trace: {{enabled: false}}
+            """))
+    return tmp_path / "parent.yaml"
+
+
+def test_async_with_agent_closes_memory_store_and_sub_agents(tmp_path: Path) -> None:
+    async def go() -> tuple[Any, Any, Any]:
+        async with runner.Agent(runner.load_spec(_nested_memory_specs(tmp_path))) as agent:
+            result = await agent.run("q")
+            (child,) = agent.children
+            assert agent.memory._db is not None and child.memory._db is not None  # opened
+        return agent, child, result
+
+    agent, child, result = asyncio.run(go())
+    assert result.status == "finished" and result.steps[0].observation == "from the child"
+    assert agent.memory._db is None and child.memory._db is None
+    assert agent.checkpoints is not None and agent.checkpoints._db is None
+    asyncio.run(agent.close())  # a second close is harmless
+
+
+def test_run_agent_closes_what_it_opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    closed: list[str] = []
+    real = runner.Agent.close
+
+    async def close(self: Any) -> None:
+        closed.append(self.spec.name)
+        await real(self)
+
+    monkeypatch.setattr(runner.Agent, "close", close)
+    result = runner.run_agent(_nested_memory_specs(tmp_path), "q")
+    assert result.status == "finished"
+    assert closed == ["parent", "child"]  # the parent closes its sub-agent

@@ -131,3 +131,19 @@ def test_who_may_import(library: str, allowed: set[str]) -> None:
     users = {module_name(p) for p in PACKAGE.rglob("*.py")
              if any(t == library or t.startswith(library + ".") for _, t in imports(p))}
     assert users <= allowed, users - allowed
+
+
+def test_loading_a_spec_loads_no_plugin() -> None:
+    """`load_spec` is pure: the spec wing, errors and redaction, nothing of the plugin world."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from runner import load_spec; load_spec('agents/researcher.yaml'); "
+             "print(' '.join(sorted(m for m in sys.modules if m.startswith('runner'))))")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    loaded = set(proc.stdout.split())
+    assert loaded == {"runner", "runner.errors", "runner.redact", "runner.spec",
+                      "runner.spec._yaml", "runner.spec.load", "runner.spec.locate",
+                      "runner.spec.schema"}, loaded

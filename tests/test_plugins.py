@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import re
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -162,3 +163,54 @@ def test_provider_snapshot_matches_installed_litellm() -> None:
     litellm = import_litellm()
     live = {getattr(p, "value", p) for p in litellm.provider_list} - {"local"}
     assert live == set(LITELLM_PROVIDERS) - {"local"}
+
+
+def test_litellm_is_a_default_plugin_whose_prefixes_a_plugin_can_take(tmp_path: Path) -> None:
+    """The LiteLLM adapter registers every LiteLLM provider prefix like any plugin would;
+    a plugin registering one of them takes its place, with no clash."""
+    from runner.models.litellm import LiteLLMModel
+    from runner.models.providers import LITELLM_PROVIDERS
+
+    reg = registry()
+    assert reg.models["openai"].value is LiteLLMModel and reg.models["openai"].family == "LiteLLM"
+    assert reg.models[""].value is LiteLLMModel  # bare ids such as gpt-4o-mini
+    assert set(LITELLM_PROVIDERS) - {"local"} <= set(reg.models)
+    assert reg.plugins["runner.models.litellm"] == "built-in"
+
+    class Canned:
+        def __init__(self, spec: Any, model_id: str) -> None:
+            self.id = model_id
+
+        def supports_tools(self) -> bool:
+            return False
+
+        async def complete(self, messages: Any, **kw: Any) -> Any:
+            from runner.models import Completion
+
+            return Completion(f"Final Answer: canned by {self.id}")
+
+    class Takeover:
+        @runner.hookimpl
+        def register_models(self, register: Any) -> None:
+            register("openai", Canned)
+
+    name = runner.register_plugin(Takeover(), name="takeover")
+    try:
+        assert registry().models["openai"].plugin == "takeover"
+        spec = tmp_path / "s.yaml"
+        spec.write_text("version: 1\nmodel: {id: openai/gpt-4o-mini}\nmemory: {backend: none}\n"
+                        f"checkpoint: {{enabled: false}}\ntrace: {{enabled: false}}\n")
+        result = runner.run_agent(spec, "q")
+        assert result.answer == "canned by openai/gpt-4o-mini", result.error
+        assert registry().models["anthropic"].value is LiteLLMModel  # the rest stay LiteLLM's
+    finally:
+        runner.unregister_plugin(name)
+    assert registry().models["openai"].value is LiteLLMModel
+
+
+def test_runner_plugins_lists_the_litellm_adapter() -> None:
+    proc = run_cli("plugins")
+    assert proc.returncode == 0, proc.stderr
+    assert "runner.models.litellm  (built-in)" in proc.stdout
+    assert re.search(r"model providers: \(bare model ids\), every LiteLLM provider \(\d+ "
+                     r"prefixes: openai, anthropic, ollama, hosted_vllm, \.\.\.\)", proc.stdout)
