@@ -278,7 +278,7 @@ def schema() -> None:
 @model_option
 @debug_option
 def explain(spec: str, sets: tuple[str, ...], model: str | None, debug: bool) -> None:
-    """Print SPEC fully resolved (extends, ${VAR} and --set applied), secrets masked."""
+    """Print SPEC as loaded (extends, ${VAR} and --set applied), secrets masked."""
     from .spec import explain as explain_spec
 
     loaded = _load(spec, sets, model, debug, resolved=False)

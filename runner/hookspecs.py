@@ -25,7 +25,7 @@ def register_models(register: Callable[..., None]) -> None:
 
 @hookspec
 def register_memory(register: Callable[..., None]) -> None:
-    """Register a memory backend: register(name, factory, options=None); factory(MemorySpec, source) -> Memory."""
+    """Register a memory backend: register(name, factory, options=None); factory(MemorySpec, options) -> Memory."""
 
 
 # ---------------------------------------------------------------- lifecycle (observe and adjust)

@@ -422,7 +422,7 @@ def test_a_wait_past_the_budget_moves_to_the_fallback(h: Harness, server: Any) -
 
 def test_an_auth_error_does_not_try_the_fallbacks(h: Harness, server: Any,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """Current rule (runner/retry.py): the fallbacks share model.api_key_env, so a rejected
+    """Current rule (runner/models/retry.py): the fallbacks share model.api_key_env, so a rejected
     key ends the run."""
     monkeypatch.setenv("FAULTS_TEST_API_KEY", CANARY)
     server.script({"status": 401, "body": error_body("bad key")}, ANSWER)

@@ -197,7 +197,7 @@ def is_test_file(path: Path) -> bool:
 
 
 def explain(spec: AgentSpec) -> str:
-    """The fully resolved spec as YAML, secrets masked."""
+    """The spec as loaded (extends, ${VAR} and --set applied) as YAML, secrets masked."""
     import yaml
 
     data = spec.model_dump(mode="json", by_alias=True, exclude={"extends"})

@@ -23,7 +23,7 @@ _TEMPLATES = Path(__file__).parent.parent / "templates"
 
 
 def render_page(tree: dict[str, Any]) -> str:
-    """The HTML page of a run tree (`runner.traces.build_tree`)."""
+    """The HTML page of a run tree (`runner.trace.reader.build_tree`)."""
     import jinja2
     from markupsafe import Markup
 
