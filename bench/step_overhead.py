@@ -137,7 +137,7 @@ async def _worker_style(args: argparse.Namespace, style: str) -> dict[str, Any]:
                     messages.append({"role": "tool", "tool_call_id": tc.id,
                                      "content": _trivial_tool(expr)})
     else:
-        base = probe._prompt([], steps=[], native_tools=False)
+        base = agent.prompt("go", [], steps=[], native_tools=False)
         assert base.endswith("Thought:")
         head = base[:-len("Thought:")]
         action = re.compile(r"Action:\s*calculator\[(.*)\]")

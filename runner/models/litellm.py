@@ -19,14 +19,21 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ModelAuthError, ModelError, ModelProviderError
 from ..hookspecs import hookimpl
 from . import Completion, Message, ToolCall, Usage
-from ._litellm import import_litellm, translate
-from .direct import DirectTransport, Unsupported
 from .providers import LITELLM_PROVIDERS
 
 if TYPE_CHECKING:
     from ..spec import ModelSpec
+    from .direct import DirectTransport
 
 __all__ = ["LiteLLMModel", "import_litellm"]
+
+
+def import_litellm() -> Any:
+    """The LiteLLM module (see runner.models._litellm); loading this plugin imports neither it
+    nor the transports, so a run on another provider's model never pays for them."""
+    from ._litellm import import_litellm as load
+
+    return load()
 
 
 class LiteLLMModel:
@@ -59,6 +66,8 @@ class LiteLLMModel:
     def direct_transport(self) -> DirectTransport | None:
         """The direct transport for this model, or None (decided once, on first use)."""
         if self._direct is False:
+            from .direct import DirectTransport
+
             self._direct = DirectTransport.for_model(self.spec, self.id)
         return self._direct  # type: ignore[return-value]
 
@@ -98,6 +107,8 @@ class LiteLLMModel:
         except ModelError:
             raise
         except Exception as exc:
+            from ._litellm import translate
+
             raise translate(exc, self.spec, self.provider, self.id) from None
         return self._completion(litellm, resp, time.perf_counter() - started)
 
@@ -105,6 +116,8 @@ class LiteLLMModel:
         if not kw.get("stream"):
             direct = self.direct_transport()
             if direct is not None:
+                from .direct import Unsupported
+
                 params = dict(kw)
                 for k in ("model", "api_base"):
                     params.pop(k, None)
