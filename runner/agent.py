@@ -1,10 +1,11 @@
 """The composition root: an `Agent` is a resolved spec made runnable.
 
-It builds the models (through a tap, when one records or replays), the tools, the template,
-the memory, the observers (trace file, OpenTelemetry, the plugins' `on_event`) and the
-checkpoint store, and it owns them: `close()` (or `async with Agent(...)`) closes each once,
-sub-agents included. Nothing below this module builds any of these parts or reads the plugin
-registry; `runner.resolve` hands over what the plugins provide.
+From what `runner.resolve` hands over (the plugins' factories and the compiled template) it
+builds the models (through a tap, when one records or replays), the tools, the memory, the
+observers (trace file, OpenTelemetry, the plugins' `on_event`) and the checkpoint store.
+It owns the memory, the checkpoint store and its sub-agents: `close()` (or
+`async with Agent(...)`) closes each once. Nothing below this module builds these parts or
+reads the plugin registry.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .models import Model, ModelTap
 from .redact import Redactor, env_secrets, redact_text
 from .resolve import MAX_AGENT_DEPTH, Resolved, ToolRef, resolve
 from .result import RunResult, as_text
-from .spec import AgentSpec
+from .spec import COMMON_TOOL_KEYS, AgentSpec
 from .tools import Tool, renamed
 
 __all__ = ["Agent", "BuildContext", "Approver"]
@@ -106,7 +107,7 @@ class Agent:
             c = ref.common
             t = renamed(ref.factory.build(ref.options, BuildContext(self.spec, ref, self)),
                         ref.alias if ref.alias != ref.name else None, c.description)
-            for key in ("timeout_s", "confirm", "idempotent", "max_output_chars"):
+            for key in COMMON_TOOL_KEYS - {"name", "description"}:  # set on the tool itself
                 if getattr(c, key) is not None:
                     setattr(t, key, getattr(c, key))
             tools[t.name] = t
@@ -188,9 +189,11 @@ class Agent:
             return
         self._closed = True
         try:
-            for child in self.children:
-                await child.close()
-            await self.memory.close()
+            try:
+                for child in self.children:
+                    await child.close()
+            finally:
+                await self.memory.close()
         finally:
             if self.checkpoints is not None:
                 self.checkpoints.close()

@@ -13,12 +13,11 @@ from typing import Any
 
 from .agent import Agent
 from .checkpoints import RESUMABLE_STATUSES, CheckpointStore
-from .console import exit_now
 from .errors import RunFailed, SpecError, SpecErrors
 from .loop import Run
 from .memory import SQLiteMemory
 from .redact import Redactor, env_secrets
-from .resolve import resolve
+from .resolve import Resolved, resolve
 from .result import RunResult
 from .spec import AgentSpec, is_test_file, load_spec
 
@@ -26,7 +25,7 @@ __all__ = ["run_agent", "arun_agent", "make_agent", "prepare_resume", "resume_ru
            "aresume_run", "validate_paths", "drive", "resume_hint", "load_and_resolve", "model_tap"]
 
 
-def load_and_resolve(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> Any:
+def load_and_resolve(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> Resolved:
     """A spec file loaded and checked against the installed plugins (a `Resolved`)."""
     return resolve(load_spec(path, overrides))
 
@@ -42,7 +41,7 @@ def make_agent(spec: AgentSpec | str | os.PathLike[str], *, overrides: Iterable[
     memory = None
     backend = spec.memory.backend if isinstance(spec, AgentSpec) else spec.spec.memory.backend
     if session is not None and backend in ("buffer", "none"):
-        memory = SQLiteMemory(".runner/memory.db")
+        memory = SQLiteMemory(".runner/memory.db")  # opened on first use: nothing to close yet
     return Agent(spec, session=session, memory=memory, sinks=sinks, **agent_options)
 
 
@@ -71,6 +70,15 @@ def prepare_resume(run_id: str, *, db: str | os.PathLike[str] = ".runner/runs.db
     if not os.path.exists(db):
         raise SpecError(f"no run {run_id!r}: {db} does not exist (see `runner runs`)")
     store = CheckpointStore(db, secrets=env_secrets())
+    try:
+        return _resumable(store, run_id, force, agent_options)
+    except BaseException:
+        store.close()  # the agent owns it once it exists; until then, this does
+        raise
+
+
+def _resumable(store: CheckpointStore, run_id: str, force: bool,
+               agent_options: dict[str, Any]) -> tuple[Agent, dict[str, Any]]:
     state = store.load(run_id)
     if state["status"] == "finished":
         raise SpecError(f"run {state['run_id']} already finished; nothing to resume")
@@ -158,11 +166,16 @@ def drive(agent: Agent, start: Callable[[], Run],
     at the end."""
 
     async def main() -> RunResult:
-        run = start()
+        async with agent:
+            return await _with_signals(start())
+
+    async def _with_signals(run: Run) -> RunResult:
         loop = asyncio.get_running_loop()
 
         def on_signal(signum: int) -> None:
             if run.stopping and signum == signal.SIGINT:
+                from .console import exit_now
+
                 exit_now(130)
             if on_stop is not None:
                 on_stop(run, signum)
@@ -171,8 +184,7 @@ def drive(agent: Agent, start: Callable[[], Run],
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal, sig)
         try:
-            async with agent:
-                return await run.execute()
+            return await run.execute()
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)

@@ -221,11 +221,11 @@ def chat(spec: str, session: str, sets: tuple[str, ...], model: str | None, debu
                        sinks=[StderrPrinter(redact=lambda t: redact_text(t, secrets))])
 
     async def repl() -> None:
-        history = await agent.memory.load(session)
-        if history:
-            click.echo(f"(continuing session {session!r}: {len(history)} earlier messages)",
-                       err=True)
         try:
+            history = await agent.memory.load(session)
+            if history:
+                click.echo(f"(continuing session {session!r}: {len(history)} earlier "
+                           f"messages)", err=True)
             while True:
                 try:
                     line = await asyncio.to_thread(input, "you> ")
@@ -314,8 +314,11 @@ def plugins(as_json: bool) -> None:
         own = families.get(name, {})
         hidden = {p for prefixes in own.values() for p in prefixes}
         models = [p or "(bare model ids)" for p in row["models"] if p not in hidden]
-        models += [f"every {family} provider ({len(prefixes)} prefixes: "
-                   f"{', '.join(prefixes[:4])}, ...)" for family, prefixes in own.items()]
+        for family, prefixes in own.items():
+            named = [p for p in prefixes if p]
+            bare = " and bare model ids" if "" in prefixes else ""
+            models.append(f"every {family} provider ({len(named)} prefixes: "
+                          f"{', '.join(named[:4])}, ...){bare}")
         for label, names in (("tools", row["tools"]), ("model providers", models),
                              ("memory backends", row["memory"])):
             if names:

@@ -160,8 +160,8 @@ def registry() -> Registry:
             return Registration(f.name, f, plugin, origin)
 
         def model(prefix: str, factory: Any, *, plugin: str, origin: str,
-                  family: str | None = None) -> Registration:
-            return Registration(prefix, factory, plugin, origin, family=family)
+                  family: str | None = None, **extra: Any) -> Registration:
+            return Registration(prefix, factory, plugin, origin, extra, family=family)
 
         def memory(name: str, factory: Any, options: Any = None, *, plugin: str,
                    origin: str) -> Registration:

@@ -207,13 +207,13 @@ class _Env(SandboxedEnvironment):
 
 
 _PACKAGE_TEMPLATES = Path(__file__).parent / "templates"
-_envs: dict[Path, _Env] = {}
+_envs: dict[tuple[Path, Any], _Env] = {}
 
 
 def environment(root: Path, prepare: Prepare | None = None) -> _Env:
     """The sandboxed environment for one project root (cached); `prepare(env=...)` (the
     plugins' prepare_jinja2_environment hook) adjusts it once, before any template loads."""
-    env = _envs.get(root)
+    env = _envs.get((root, prepare))  # an environment prepared by other hooks is another one
     if env is None:
         env = _Env(loader=jinja2.ChoiceLoader([jinja2.FileSystemLoader(str(root)),
                                                jinja2.FileSystemLoader(str(_PACKAGE_TEMPLATES))]),
@@ -221,11 +221,11 @@ def environment(root: Path, prepare: Prepare | None = None) -> _Env:
                    trim_blocks=True, lstrip_blocks=True)
         if prepare is not None:
             prepare(env=env)
-        _envs[root] = env
+        _envs[(root, prepare)] = env
     return env
 
 
-_templates: dict[tuple[Path, str | None, str | None], PromptTemplate] = {}
+_templates: dict[tuple[Path, str | None, str | None, Any], PromptTemplate] = {}
 
 
 def load_template(src: SpecSource, prompt: PromptSpec, kind: str,
@@ -242,7 +242,7 @@ def load_template(src: SpecSource, prompt: PromptSpec, kind: str,
         if not path.is_file():
             raise src.error(("prompt", "template"), f"template file {prompt.template!r} not found")
         name = path.relative_to(src.root).as_posix()
-    key = (src.root, name, prompt.text)
+    key = (src.root, name, prompt.text, prepare)
     tmpl = _templates.get(key)
     if tmpl is None:
         try:

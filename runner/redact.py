@@ -2,8 +2,8 @@
 
 `Redactor` masks secret values, secret-looking field names, and the field names and patterns
 a spec's `trace:` asks for; `redact_text` and `redact_value` are its short forms for plain
-secrets. `SECRET_NAME` decides, for environment variables and data fields alike, whether a
-name holds a secret.
+secrets. `SECRET_NAME` says which environment variables hold secrets, `SECRET_FIELD` which
+fields of data do.
 """
 
 from __future__ import annotations
@@ -18,16 +18,16 @@ if TYPE_CHECKING:
     from .spec import TraceSpec
 
 __all__ = ["MASK", "SECRET_NAME", "Redactor", "env_secrets", "redact_text", "redact_value",
-           "json_forms"]
+           "json_forms", "clip", "SECRET_FIELD"]
 
 MASK = "***"
-SECRET_NAME = re.compile(
-    r"(?:^|[^a-z])(?:api_?key|key|token|auth|bearer)$|passw|secret|credential|authoriz", re.I)
-"""A name whose value is a secret: one that ends in the word key, token or auth, or holds
-passw, secret, credential or authoriz (`OPENAI_API_KEY`, `access_token`, `apiKey`,
-`Authorization`, `DB_PASSWORD`; not `max_tokens`, `keyword` or `api_key_env`). It decides
-for environment variables (masked wherever their values could appear) and for fields of
-data (masked in traces, recordings and output) alike."""
+SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH", re.I)
+"""An environment variable (or `${VAR}`) whose value is a secret: broad on purpose, since a
+variable's value can turn up anywhere (`AWS_ACCESS_KEY_ID`, `GH_TOKEN_2`, `PGPASSWORD`)."""
+SECRET_FIELD = re.compile(
+    r"(^|_)(api_?key|token|secret|password|passwd|authorization|credentials?)$", re.I)
+"""A field of data (a tool input, a header, an option) whose value is masked: strict, since a
+data field named `key` or `max_tokens` is usually no secret."""
 
 
 def env_secrets(env: dict[str, str] | None = None) -> set[str]:
@@ -44,6 +44,13 @@ def redact_text(text: str, secrets: Iterable[str]) -> str:
 def redact_value(value: Any, secrets: Iterable[str]) -> Any:
     """A copy of a JSON-like value with secrets and secret-named fields masked."""
     return Redactor(secrets).value(value)
+
+
+def clip(text: str, limit: int = 400) -> str:
+    """One line, at most `limit` characters, with secret-looking environment values masked:
+    for a dependency's error message."""
+    text = redact_text(" ".join(text.split()), env_secrets())
+    return text[:limit] + ("..." if len(text) > limit else "")
 
 
 def json_forms(secrets: Iterable[str]) -> set[str]:
@@ -90,7 +97,7 @@ class Redactor:
         if masked is None:
             if len(self._masked) >= 4096:  # keys from tool data can be unbounded
                 self._masked.clear()
-            masked = self._masked[key] = key.lower() in self.keys or bool(SECRET_NAME.search(key))
+            masked = self._masked[key] = key.lower() in self.keys or bool(SECRET_FIELD.search(key))
         return masked
 
     def value(self, value: Any) -> Any:

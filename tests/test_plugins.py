@@ -212,5 +212,5 @@ def test_runner_plugins_lists_the_litellm_adapter() -> None:
     proc = run_cli("plugins")
     assert proc.returncode == 0, proc.stderr
     assert "runner.models.litellm  (built-in)" in proc.stdout
-    assert re.search(r"model providers: \(bare model ids\), every LiteLLM provider \(\d+ "
-                     r"prefixes: openai, anthropic, ollama, hosted_vllm, \.\.\.\)", proc.stdout)
+    assert re.search(r"model providers: every LiteLLM provider \(\d+ prefixes: openai, "
+                     r"anthropic, ollama, hosted_vllm, \.\.\.\) and bare model ids", proc.stdout)

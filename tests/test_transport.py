@@ -242,3 +242,16 @@ def test_session_closed_with_its_loop(server: Any, monkeypatch: pytest.MonkeyPat
     assert len(sessions) == 2 and sessions[0] is not sessions[1]
     assert all(s.closed for s in sessions)
     assert not [w for w in caught if "nclosed" in str(w.message)]
+
+
+def test_embedded_model_that_cannot_load_fails_the_run_with_a_typed_error(tmp_path: Any) -> None:
+    """Weights that will not load are a model_provider_error naming the model, not a crash."""
+    import runner
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text("version: 1\nmodel: {id: local/gemma-3-270m, retries: 0, options: "
+                    f"{{model_path: {tmp_path / 'missing.gguf'}}}}}\nmemory: {{backend: none}}\n"
+                    "checkpoint: {enabled: false}\ntrace: {enabled: false}\n")
+    result = runner.run_agent(spec, "q")
+    assert result.status == "model_provider_error", result.error
+    assert result.error.startswith("local/gemma-3-270m: ") and "\n" not in result.error

@@ -22,6 +22,7 @@ from typing import Any
 from ..errors import ModelProviderError, ModelTimeout
 from ..hookspecs import hookimpl
 from ..models import Completion, Message, Usage
+from ..redact import clip
 from ..spec import ModelSpec
 
 DEFAULT = "gemma-3-270m"
@@ -139,16 +140,20 @@ class LocalModel:
 
     def _generate(self, messages: list[Message], stop: list[str]) -> dict[str, Any]:
         s = self.spec
-        params = dict(s.options)
-        llm = _load(self.id, params)
-        with _lock:
-            try:
+        # options override the spec's own settings, as they do for provider models
+        params = {"max_tokens": s.max_tokens, "temperature": s.temperature, **s.options}
+        try:
+            llm = _load(self.id, params)
+            with _lock:
                 return llm.create_completion(  # type: ignore[no-any-return]
-                    _prompt(messages), max_tokens=s.max_tokens,
-                    temperature=s.temperature or 0.0, stop=stop, seed=params.get("seed", 0),
-                    **{k: params[k] for k in _SAMPLING if k in params})
-            except Exception as exc:  # llama.cpp: a prompt past n_ctx, say
-                raise ModelProviderError(f"{self.id}: {type(exc).__name__}: {exc}") from None
+                    _prompt(messages), max_tokens=params["max_tokens"],
+                    temperature=params["temperature"] or 0.0, stop=stop,
+                    seed=params.get("seed", 0), **{k: params[k] for k in _SAMPLING if k in params})
+        except ModelProviderError:
+            raise
+        except Exception as exc:  # weights that will not load, a prompt past n_ctx, ...
+            # not retried: the same weights and prompt fail the same way
+            raise ModelProviderError(f"{self.id}: {clip(f'{type(exc).__name__}: {exc}')}") from None
 
 
 @hookimpl

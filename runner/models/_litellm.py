@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import (ModelAuthError, ModelError, ModelProviderError, ModelRateLimited,
                       ModelTimeout)
-from ..redact import env_secrets, redact_text
+from ..redact import clip, redact_text
 
 if TYPE_CHECKING:
     from ..spec import ModelSpec
 
-__all__ = ["import_litellm", "internals", "translate", "status_error", "clip"]
+__all__ = ["import_litellm", "internals", "translate", "status_error"]
 
 _litellm: Any = None
 
@@ -94,12 +94,6 @@ def _retry_after(headers: Any) -> float | None:
 def _key_hint(spec: ModelSpec, provider: str) -> str:
     var = spec.api_key_env or f"{provider.upper().replace('-', '_')}_API_KEY"
     return f"check the API key in ${var}"
-
-
-def clip(text: str, limit: int = 400) -> str:
-    """One line, at most `limit` characters, with secret-looking environment values masked."""
-    text = redact_text(" ".join(text.split()), env_secrets())
-    return text[:limit] + ("..." if len(text) > limit else "")
 
 
 def status_error(status: int, message: str, headers: Any, spec: ModelSpec,

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelError, ModelProviderError
 from . import Message
-from ..redact import redact_text
-from ._litellm import clip, import_litellm, internals, status_error
+from ..redact import clip, redact_text
+from ._litellm import import_litellm, internals, status_error
 
 if TYPE_CHECKING:
     from ..spec import ModelSpec

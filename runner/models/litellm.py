@@ -181,7 +181,7 @@ class LiteLLMModel:
 
 @hookimpl
 def register_models(register: Any) -> None:
-    register("", LiteLLMModel)  # a bare id, such as gpt-4o-mini
+    register("", LiteLLMModel, family="LiteLLM")  # a bare id, such as gpt-4o-mini
     first = ("openai", "anthropic", "ollama", "hosted_vllm")  # the examples messages give
     for prefix in (*first, *sorted(LITELLM_PROVIDERS - set(first))):
         register(prefix, LiteLLMModel, family="LiteLLM")

@@ -13,10 +13,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["ScriptedOpenAIServer", "FakeClock", "tool_call_responder", "http_date"]
+__all__ = ["ScriptedOpenAIServer", "FakeClock", "tool_call_responder", "http_date", "FAULTS"]
 
 if TYPE_CHECKING:
-    from .server import FakeClock, ScriptedOpenAIServer, http_date, tool_call_responder
+    from .server import FAULTS, FakeClock, ScriptedOpenAIServer, http_date, tool_call_responder
 
 
 def __getattr__(name: str) -> Any:
