@@ -28,7 +28,7 @@ from ._litellm import import_litellm, internals, status_error
 if TYPE_CHECKING:
     from ..spec import ModelSpec
 
-__all__ = ["DirectTransport", "Unsupported", "close_sessions", "transport_setting",
+__all__ = ["DirectTransport", "Unsupported", "transport_setting",
            "TRANSPORT_ENV"]
 
 TRANSPORT_ENV = "RUNNER_TRANSPORT"
@@ -94,13 +94,6 @@ async def _session() -> Any:
     await closer.__anext__()  # registered with the loop's async-generator shutdown
     _sessions[loop] = (session, closer)
     return session
-
-
-async def close_sessions() -> None:
-    """Close the running loop's pooled session now (it is otherwise closed with the loop)."""
-    entry = _sessions.pop(asyncio.get_running_loop(), None)
-    if entry is not None:
-        await entry[1].aclose()
 
 
 _proxies: dict[str, tuple[Any, Any]] = {}

@@ -20,8 +20,7 @@ DEFAULT_MODEL = "local/gemma-3-270m"
 class StrictModel(BaseModel):
     """Unknown keys and silent coercions are errors; field docstrings document the schema."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True,
-                              frozen=False)
+    model_config = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True)
 
 
 class ModelSpec(StrictModel):
