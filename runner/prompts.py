@@ -2,7 +2,8 @@
 
 Values (the user's input, observations, memory) are passed in as data: Jinja2 never renders
 a value as a template, so an observation containing `{{ 7*7 }}` stays literal. Templates come
-from the spec's project root or the package; StrictUndefined turns a missing variable into an
+from the spec's project root or the package, by real path (a symlink out of either is
+refused); StrictUndefined turns a missing variable into an
 error naming it. Caps: the output size; the size of any value a template builds (the
 result of every call, filter, `~`, `%`, and of `*` and `+` before they are computed); widths
 in format strings and padding filters; and the time, checked in every loop iteration and
@@ -207,6 +208,24 @@ class _Env(SandboxedEnvironment):
 
 
 _PACKAGE_TEMPLATES = Path(__file__).parent / "templates"
+
+
+class _ConfinedLoader(jinja2.FileSystemLoader):
+    """A FileSystemLoader that refuses a template whose real path (symlinks followed) is
+    outside its folder, so a symlink in the repository cannot send an outside file to the
+    model through `{% include %}`, `{% import %}` or `{% extends %}`."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder.resolve()
+        super().__init__(str(self.folder))
+
+    def get_source(self, environment: jinja2.Environment, template: str
+                   ) -> tuple[str, str, Callable[[], bool]]:
+        source, filename, uptodate = super().get_source(environment, template)
+        if not Path(filename).resolve().is_relative_to(self.folder):
+            raise jinja2.exceptions.SecurityError(
+                f"template {template!r} resolves outside the project root {self.folder}")
+        return source, filename, uptodate
 _envs: dict[tuple[Path, Any], _Env] = {}
 
 
@@ -215,8 +234,8 @@ def environment(root: Path, prepare: Prepare | None = None) -> _Env:
     plugins' prepare_jinja2_environment hook) adjusts it once, before any template loads."""
     env = _envs.get((root, prepare))  # an environment prepared by other hooks is another one
     if env is None:
-        env = _Env(loader=jinja2.ChoiceLoader([jinja2.FileSystemLoader(str(root)),
-                                               jinja2.FileSystemLoader(str(_PACKAGE_TEMPLATES))]),
+        env = _Env(loader=jinja2.ChoiceLoader([_ConfinedLoader(root),
+                                               _ConfinedLoader(_PACKAGE_TEMPLATES)]),
                    undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True,
                    trim_blocks=True, lstrip_blocks=True)
         if prepare is not None:
@@ -277,6 +296,8 @@ class PromptTemplate:
         except jinja2.TemplateNotFound as exc:
             raise TemplateError(f"template {exc.name!r} not found under {root} or the package",
                                 path=origin) from None
+        except jinja2.exceptions.SecurityError as exc:
+            raise TemplateError(f"refused: {exc}", path=origin) from None
 
     def render(self, **values: Any) -> str:
         """Render with `values` as data; raise TemplateError naming the template and line."""

@@ -209,3 +209,58 @@ def test_template_syntax_in_the_input_reaches_the_server_literally(
     assert "Question: What is {{ 7*7 }}?" in first
     assert "Action: leak[{{ 7*7 }}]\nObservation: tool says {{ 7*7 }}" in second
     assert "49" not in first + second
+
+
+# ------------------------------------------------------------------------ confinement
+
+
+@pytest.mark.parametrize("tag", ["{% include 'link.j2' %}", "{% import 'link.j2' as m %}{{ m.x }}",
+                                 "{% include 'sub/link.j2' %}", "{% extends 'link.j2' %}"])
+def test_a_template_path_through_a_symlink_out_of_the_root_is_refused(tmp_path: Path,
+                                                                      tag: str) -> None:
+    root, outside = tmp_path / "project", tmp_path / "outside"
+    (root / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "secret.txt").write_text("{% macro x() %}{% endmacro %}TOP-SECRET-CONTENT")
+    (root / "link.j2").symlink_to(outside / "secret.txt")
+    (root / "sub" / "link.j2").symlink_to("../../outside/secret.txt")
+    (root / "main.md.j2").write_text(f"before\n{tag}\nafter\n")
+    with pytest.raises(TemplateError) as info:
+        PromptTemplate(root, name="main.md.j2").render()
+    assert "TOP-SECRET-CONTENT" not in str(info.value)
+    assert "outside the project root" in info.value.reason
+
+
+def test_a_symlinked_directory_out_of_the_root_is_refused(tmp_path: Path) -> None:
+    root, outside = tmp_path / "project", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "part.j2").write_text("TOP-SECRET-CONTENT")
+    (root / "parts").symlink_to(outside, target_is_directory=True)
+    (root / "main.md.j2").write_text("{% include 'parts/part.j2' %}")
+    with pytest.raises(TemplateError) as info:
+        PromptTemplate(root, name="main.md.j2").render()
+    assert "outside the project root" in info.value.reason
+
+
+def test_a_symlink_that_stays_inside_the_root_still_works(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "part.j2").write_text("PART")
+    (tmp_path / "alias.j2").symlink_to(tmp_path / "real" / "part.j2")
+    (tmp_path / "main.md.j2").write_text("{% include 'alias.j2' %}")
+    assert PromptTemplate(tmp_path, name="main.md.j2").render() == "PART"
+
+
+def test_a_spec_template_that_is_a_symlink_out_of_the_root_is_a_spec_error(tmp_path: Path) -> None:
+    root, outside = tmp_path / "project", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "t.md.j2").write_text("TOP-SECRET-CONTENT {{ input }}")
+    (root / "t.md.j2").symlink_to(outside / "t.md.j2")
+    (root / "runner.toml").write_text("")
+    spec = root / "agent.yaml"
+    spec.write_text(yaml.safe_dump({"name": "t", "model": {"id": "fake/x"},
+                                    "prompt": {"template": "t.md.j2"}}))
+    with pytest.raises(runner.SpecError) as info:
+        runner.resolve_spec(runner.load_spec(spec))
+    assert "TOP-SECRET-CONTENT" not in str(info.value)
