@@ -348,3 +348,40 @@ def _result(answer: Any = "42", status: str = "finished", tools: tuple[str, ...]
 ])
 def test_check(expect: dict[str, Any], result: RunResult, reasons: list[str]) -> None:
     assert check(Expect.model_validate(expect), result) == reasons
+
+
+# --------------------------------------------------------------------------- confinement
+
+@pytest.mark.parametrize("key,value", [
+    ("recording", "{outside}/profile"),            # an absolute path out of the project
+    ("recording", "../../../outside/profile"),     # climbing out
+    ("recording", "recordings/link.jsonl"),        # a symlink in the repository leading out
+    ("agent", "{outside}/calc.yaml"),
+    ("agent", "../../../outside/calc.yaml"),
+])
+def test_a_test_file_cannot_name_a_path_out_of_the_project(server, tmp_path: Path, key: str,
+                                                            value: str) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    profile = outside / "profile"
+    profile.write_text("export PATH=/usr/bin\n")
+    (outside / "calc.yaml").write_text(AGENT)
+    folder = _project(project, TWO_CASES)
+    (folder / "recordings").mkdir()
+    (folder / "recordings" / "link.jsonl").symlink_to(profile)
+    line = {"recording": "recording: recordings/calc.jsonl", "agent": "agent: ../calc.yaml"}[key]
+    text = TWO_CASES.replace(line, f"{key}: {value.format(outside=outside)}")
+    (folder / "calc.test.yaml").write_text(text)
+
+    proc = run_cli("validate", str(project / "agents"), cwd=project)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"calc.test.yaml:{2 if key == 'recording' else 1}:1: {key}: path " in proc.stdout
+    assert "escapes the project root" in proc.stdout
+
+    _script_two(server)
+    proc = run_cli("test", str(folder), "--record", *_wire(server), cwd=project)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "escapes the project root" in proc.stderr
+    assert profile.read_text() == "export PATH=/usr/bin\n" and server.requests == []

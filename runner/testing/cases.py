@@ -34,7 +34,7 @@ from ..memory import BufferMemory
 from ..redact import Redactor, env_secrets, redact_text
 from ..resolve import Resolved, resolve
 from ..result import RunResult, as_text
-from ..spec import (Mark, SpecSource, StrictModel, is_test_file, load_spec, load_yaml,
+from ..spec import (Mark, SpecSource, StrictModel, find_root, is_test_file, load_spec, load_yaml,
                     pydantic_errors, read_text, shown_path, valid_regex)
 from .recording import Recorder, Replayer
 
@@ -188,7 +188,9 @@ def load_test_file(path: str | os.PathLike[str], overrides: Iterable[str] = ()) 
     if not isinstance(data, dict):
         raise SpecError("a test file is a mapping with `agent:` and `cases:`", path=shown,
                         line=1, col=1)
-    src = SpecSource(path.resolve(), path.resolve().parent, marks)
+    # confined like a spec's paths: a test file in a pull request must not make `--record`
+    # rewrite a file outside the project, nor run a spec from outside it
+    src = SpecSource(path.resolve(), find_root(path.resolve()), marks)
     try:
         tests = AgentTests.model_validate(data)
     except ValidationError as exc:
@@ -199,12 +201,12 @@ def load_test_file(path: str | os.PathLike[str], overrides: Iterable[str] = ()) 
             raise src.error(("cases", i, "name"), f"duplicate case name {case.name!r} "
                                                   f"(also cases[{seen[case.name]}])")
         seen[case.name] = i
-    agent = path.parent / tests.agent
+    agent = src.resolve(tests.agent, ("agent",))
     if not agent.is_file():
         raise src.error(("agent",), f"no such spec {tests.agent!r} (looked for {shown_path(agent)})")
     spec = _load_agent(src, agent, tests.overrides, list(overrides))
     stem = path.name.removesuffix(".yml").removesuffix(".yaml").removesuffix(".test")
-    recording = path.parent / (tests.recording or f"recordings/{stem}.jsonl")
+    recording = src.resolve(tests.recording or f"recordings/{stem}.jsonl", ("recording",))
     return LoadedTests(path, shown, tests, spec, recording)
 
 
