@@ -217,7 +217,19 @@ def test_failed_attempts_are_not_recorded(server, tmp_path: Path) -> None:
      '"request": {"messages": []}, "reply": {"txt": "x"}}\n', ":2:1: malformed reply"),
     ('{"kind": "recording", "version": 1}\n{"kind": "tape"}\n', ":2:1: unknown kind 'tape'"),
     ("", ":1:1: the recording is empty"),
-])
+    # hand-edited: each a typed error at its line, never a traceback
+    ('{"kind": "recording", "version": 1}\n' + "[" * 100_000 + "]" * 100_000 + "\n",
+     ":2:1: not JSON this runner reads: nested too deep"),
+    ('{"kind": "recording", "version": 1}\n{"kind": "exchange", "agent": "boss", "request": '
+     '{"messages": []}, "reply": {"text": "x", "usage": {"prompt_tokens": 1e400}}}\n',
+     ":2:1: malformed reply (ValueError: usage.prompt_tokens must be a whole number"),
+    ('{"kind": "recording", "version": 1}\n{"kind": "exchange", "agent": "boss", "request": '
+     '{"messages": []}, "reply": {"text": "x", "usage": {"completion_tokens": -5}}}\n',
+     ":2:1: malformed reply (ValueError: usage.completion_tokens must be a whole number"),
+    ('{"kind": "recording", "version": 1}\n{"kind": "exchange", "agent": "boss", "request": '
+     '{"messages": []}, "reply": {"text": "x", "cost_usd": "lots"}}\n',
+     ":2:1: malformed reply (ValueError: cost_usd must be a number of dollars or null"),
+], ids=lambda value: value[-60:].replace("\n", " "))
 def test_a_malformed_recording_names_file_and_line(server, tmp_path: Path, content: str,
                                                    where: str) -> None:
     boss = _write_agents(tmp_path, server, "react")
@@ -226,6 +238,16 @@ def test_a_malformed_recording_names_file_and_line(server, tmp_path: Path, conte
     proc = _without_key("run", str(boss), "q", "--replay", str(bad), cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"bad.jsonl{where}"), proc.stderr
+
+
+def test_a_replay_of_a_device_or_a_pipe_is_refused_without_reading_it(server,
+                                                                     tmp_path: Path) -> None:
+    boss = _write_agents(tmp_path, server, "react")
+    os.mkfifo(tmp_path / "pipe")  # opening a FIFO with no writer would wait for ever
+    for source, shown in [("/dev/zero", "/dev/zero"), (str(tmp_path / "pipe"), "pipe")]:
+        proc = _without_key("run", str(boss), "q", "--replay", source, cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip() == f"{shown}: not a regular file"
 
 
 def test_a_missing_recording_is_a_clear_error(tmp_path: Path) -> None:

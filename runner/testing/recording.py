@@ -42,6 +42,8 @@ from ..spec import ModelSpec, shown_path
 __all__ = ["Recorder", "Replayer", "VERSION"]
 
 VERSION = 1
+MAX_RECORDING_BYTES = 256 * 1024 * 1024
+"""A recording is read whole; past this it is refused rather than read (`--replay /dev/zero`)."""
 
 
 def _canonical(request: dict[str, Any]) -> str:
@@ -213,8 +215,15 @@ class Replayer:
     # -- reading
     def _read(self) -> None:
         try:
-            with self.path.open(encoding="utf-8") as f:
-                lines = f.read().splitlines()
+            if self.path.exists() and not self.path.is_file():
+                # a device or a pipe may never end (and opening a FIFO waits for a writer)
+                raise RecordingError("not a regular file", path=self.shown)
+            with self.path.open("rb") as f:
+                data = f.read(MAX_RECORDING_BYTES + 1)
+            if len(data) > MAX_RECORDING_BYTES:
+                raise RecordingError(f"larger than {MAX_RECORDING_BYTES // 2**20} MB",
+                                     path=self.shown)
+            lines = data.decode("utf-8").splitlines()
         except FileNotFoundError:
             raise RecordingError("no such recording file", path=self.shown) from None
         except UnicodeDecodeError as exc:
@@ -232,6 +241,8 @@ class Replayer:
             except ValueError as exc:
                 raise self._error(n, f"not JSON: {getattr(exc, 'msg', exc)}",
                                   getattr(exc, "colno", None)) from None
+            except RecursionError:
+                raise self._error(n, "not JSON this runner reads: nested too deep") from None
             if not isinstance(line, dict):
                 raise self._error(n, "each line must be a JSON object")
             kind = line.get("kind")
@@ -266,10 +277,10 @@ class Replayer:
                 tool_calls=[ToolCall(str(c["id"]), str(c["name"]), str(c["arguments"]))
                             for c in reply.get("tool_calls") or []],
                 finish_reason=reply.get("finish_reason"),
-                usage=Usage(int(usage.get("prompt_tokens", 0)),
-                            int(usage.get("completion_tokens", 0))),
-                cost_usd=reply.get("cost_usd"), model=str(reply.get("model") or ""))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                usage=Usage(_count_field(usage, "prompt_tokens"),
+                            _count_field(usage, "completion_tokens")),
+                cost_usd=_cost_field(reply), model=str(reply.get("model") or ""))
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise self._error(n, f"malformed reply ({type(exc).__name__}: {exc})") from None
         request = {"messages": request["messages"], "tools": request.get("tools"),
                    "stop": request.get("stop")}
@@ -286,6 +297,21 @@ class Replayer:
 
     def _error(self, line: int, reason: str, col: int | None = None) -> RecordingError:
         return RecordingError(reason, path=self.shown, line=line, col=col)
+
+
+def _count_field(usage: dict[str, Any], name: str) -> int:
+    value = usage.get(name, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"usage.{name} must be a whole number of tokens, not {value!r}")
+    return value
+
+
+def _cost_field(reply: dict[str, Any]) -> float | None:
+    value = reply.get("cost_usd")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not 0 <= value < float("inf")):
+        raise ValueError(f"cost_usd must be a number of dollars or null, not {value!r}")
+    return value
 
 
 class _Replay:
