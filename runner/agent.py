@@ -19,6 +19,7 @@ from .budget import Budget, Clock
 from .checkpoints import CheckpointStore, restore_run
 from .errors import SpecError
 from .loop import Run
+from .memory import NoMemory
 from .models import Model, ModelTap
 from .redact import Redactor, env_secrets, redact_text
 from .resolve import MAX_AGENT_DEPTH, Resolved, ToolRef, resolve
@@ -60,8 +61,9 @@ class Agent:
         `checkpoints`: a store, True for the spec's (top-level agents only), or False;
         `tap` stands between the agent (and its sub-agents) and their models: record, replay;
         `memory_factory(spec)` makes the memory of this agent (unless `memory` is given) and
-        of its sub-agents, instead of their specs' backends. The agent owns the memory and
-        checkpoint store it is given or builds, and closes them."""
+        of its sub-agents, instead of their specs' backends. Without a session (`session`,
+        else the spec's memory.session) runs share nothing: no memory is built or used. The
+        agent owns the memory and checkpoint store it is given or builds, and closes them."""
         resolved = spec if isinstance(spec, Resolved) else resolve(spec)
         spec = resolved.spec
         if depth > MAX_AGENT_DEPTH:
@@ -80,13 +82,17 @@ class Agent:
             if checkpoints:
                 checkpoints = CheckpointStore(spec.checkpoint.path, secrets=self.secrets)
         self.checkpoints: CheckpointStore | None = checkpoints or None
-        self.session = session or spec.memory.session
+        self.session: str | None = session or spec.memory.session
+        """The conversation the runs continue; None: each run is a conversation of its own."""
         self.models = self._models()
         self.tools = self._tools()
         self.tool_schemas = [t.schema() for t in self.tools.values()]
         self.tool_views = [{"name": t.name, "description": t.description,
                             "input_hint": t.input_hint()} for t in self.tools.values()]
         self.template = resolved.template
+        self._unused_memory: Any = None
+        if self.session is None:  # nothing to continue or keep: no run sees another's turns
+            self._unused_memory, memory = memory, NoMemory()
         self.memory = memory if memory is not None else (
             memory_factory(spec) if memory_factory is not None else resolved.memory())
         self._closed = False
@@ -160,7 +166,8 @@ class Agent:
                 "style": "tools" if self.native_tools() else "react",
                 "max_iterations": spec.loop.max_iterations,
                 "budget": spec.budget.model_dump(exclude_none=True), "depth": self.depth,
-                "memory": spec.memory.backend, "spec": str(spec.source.path)}
+                "memory": spec.memory.backend if self.session is not None else "none",
+                "spec": str(spec.source.path)}
 
     def native_tools(self) -> bool:
         style = self.spec.loop.style
@@ -177,6 +184,8 @@ class Agent:
 
     async def remember(self, input: Any, answer: Any) -> None:
         """Keep a finished run's turn in the session's memory, secrets masked."""
+        if self.session is None:
+            return
         await self.memory.append(self.session, [
             {"role": "user", "content": redact_text(as_text(input), self.secrets)},
             {"role": "assistant", "content": redact_text(as_text(answer), self.secrets)}])
@@ -194,6 +203,8 @@ class Agent:
                     await child.close()
             finally:
                 await self.memory.close()
+                if self._unused_memory is not None:  # given, so owned, though never used
+                    await self._unused_memory.close()
         finally:
             if self.checkpoints is not None:
                 self.checkpoints.close()

@@ -4,16 +4,16 @@ and the signal policy of a run driven from a terminal."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
-import socket
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from .agent import Agent
 from .checkpoints import RESUMABLE_STATUSES, CheckpointStore
-from .errors import RunFailed, SpecError, SpecErrors
+from .errors import RunFailed, RunnerError, SpecError, SpecErrors
 from .loop import Run
 from .memory import SQLiteMemory
 from .redact import Redactor, env_secrets
@@ -63,10 +63,11 @@ def run_agent(spec: AgentSpec | str | os.PathLike[str], input: Any, **kw: Any) -
 
 def prepare_resume(run_id: str, *, db: str | os.PathLike[str] = ".runner/runs.db",
                    force: bool = False, **agent_options: Any) -> tuple[Agent, dict[str, Any]]:
-    """The agent and last committed state of an unfinished run. The spec is reloaded with
-    the run's own --set values; if it changed since, resuming needs `force`. A run still
-    running in a live process on this machine is not resumed (two processes would repeat
-    each other's steps) unless `force` says that process is something else."""
+    """The agent and last committed state of an unfinished run, claimed for this process.
+    The spec is reloaded with the run's own --set values; if it changed since, resuming
+    needs `force`. A run still running (or being resumed) in a live process on this machine
+    is not resumed (two processes would repeat each other's steps) unless `force` says that
+    process is something else; of two resumes started together, one gets the run."""
     if not os.path.exists(db):
         raise SpecError(f"no run {run_id!r}: {db} does not exist (see `runner runs`)")
     store = CheckpointStore(db, secrets=env_secrets())
@@ -80,20 +81,23 @@ def prepare_resume(run_id: str, *, db: str | os.PathLike[str] = ".runner/runs.db
 def _resumable(store: CheckpointStore, run_id: str, force: bool,
                agent_options: dict[str, Any]) -> tuple[Agent, dict[str, Any]]:
     state = store.load(run_id)
+    run_id = state["run_id"]
     if state["status"] == "finished":
-        raise SpecError(f"run {state['run_id']} already finished; nothing to resume")
-    owner = state.get("owner") or {}
-    if (state["status"] == "running" and not force and owner.get("host") == socket.gethostname()
-            and owner.get("pid") != os.getpid() and _alive(owner.get("pid"))):
-        raise SpecError(f"run {state['run_id']} is still running in process {owner['pid']}; "
-                        f"stop it first (resume with --force if that process is not this run)")
+        raise SpecError(f"run {run_id} already finished; nothing to resume")
     spec = load_spec(state["spec_path"], state["overrides"])
     if spec.source.digest != state["spec_digest"] and not force:
-        raise SpecError(f"{state['spec_path']} changed since run {state['run_id']} started; "
+        raise SpecError(f"{state['spec_path']} changed since run {run_id} started; "
                         f"resume with --force to continue with the new spec")
     store.secrets |= spec.source.secrets
-    session = state["session"] if state["session"] != spec.memory.session else None
-    agent = make_agent(spec, session=session, checkpoints=store, **agent_options)
+    resolved = resolve(spec)  # before the claim: a missing plugin leaves the run as it was
+    before, state = state, store.claim(run_id, force)
+    try:
+        session = state["session"] if state["session"] != spec.memory.session else None
+        agent = make_agent(resolved, session=session, checkpoints=store, **agent_options)
+    except BaseException:
+        with contextlib.suppress(RunnerError):
+            store.save(before)  # give the run back as it was
+        raise
     return agent, state
 
 
@@ -102,23 +106,6 @@ async def aresume_run(run_id: str, **kw: Any) -> RunResult:
     agent, state = prepare_resume(run_id, **kw)
     async with agent:
         return await agent.restore(state).execute()
-
-
-def _alive(pid: Any) -> bool:
-    """Whether a process with this id exists and has not exited (a zombie has)."""
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
-    except (OSError, IndexError):
-        return True
 
 
 def resume_run(run_id: str, **kw: Any) -> RunResult:
@@ -205,9 +192,10 @@ def model_tap(spec: AgentSpec, secrets: set[str], record: str | None,
 
 
 def resume_hint(agent: Agent, result: RunResult) -> str | None:
-    """The command that continues a run that stopped for a reason a resume can get past."""
+    """The command that continues a run that stopped for a reason a resume can get past,
+    if its checkpoint was ever written (a location that could never be written has none)."""
     store = agent.checkpoints
-    if store is None or result.status not in RESUMABLE_STATUSES:
+    if store is None or result.status not in RESUMABLE_STATUSES or not store.has(result.run_id):
         return None
     db = "" if str(store.path) == ".runner/runs.db" else f" --db {store.path}"
     return f"resume with: runner resume {result.run_id}{db}"

@@ -4,11 +4,12 @@ the clock it is measured by (tests inject a fake one instead of waiting)."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from typing import Any
 
 from .errors import LimitExceeded
-from .models import Completion, Usage
+from .models import Completion, Usage, token_count
 from .spec import BudgetSpec
 
 __all__ = ["Budget", "Clock"]
@@ -31,10 +32,11 @@ class Budget:
                  spent: dict[str, Any] | None = None) -> None:
         self.spec, self.clock = spec, clock or Clock()
         spent = spent or {}
+        # a hand-edited or hostile checkpoint must not start a budget below zero
         self.usage = Usage(spent.get("prompt_tokens", 0), spent.get("completion_tokens", 0))
-        self.cost: float = spent.get("cost_usd", 0.0)
-        self.tool_calls: int = spent.get("tool_calls", 0)
-        self._elapsed_before: float = spent.get("wall_s", 0.0)
+        self.cost: float = _amount(spent.get("cost_usd")) or 0.0
+        self.tool_calls: int = token_count(spent.get("tool_calls", 0))
+        self._elapsed_before: float = _amount(spent.get("wall_s")) or 0.0
         self.started = self.clock.monotonic()
         self.deadline = (self.started + spec.wall_s - self._elapsed_before
                          if spec.wall_s else None)
@@ -68,15 +70,20 @@ class Budget:
         self._over("cost_usd", self.cost, self.spec.cost_usd)
 
     def charge(self, run: Any, reply: Completion) -> None:
-        """Count a reply's usage (for the whole budget and for `run`), then check the limits."""
-        self.usage.prompt_tokens += reply.usage.prompt_tokens
-        self.usage.completion_tokens += reply.usage.completion_tokens
-        self.cost += reply.cost_usd or 0.0
+        """Count a reply's usage (for the whole budget and for `run`), then check the limits.
+
+        Only ever adds: what a server reports is clamped to >= 0 first, so negative usage or
+        cost can never refund the budget and turn it off."""
+        used = Usage(reply.usage.prompt_tokens, reply.usage.completion_tokens)
+        price = _amount(reply.cost_usd)
+        self.usage.prompt_tokens += used.prompt_tokens
+        self.usage.completion_tokens += used.completion_tokens
+        self.cost += price or 0.0
         usage, cost = self._runs.get(id(run), (Usage(), None))
-        usage.prompt_tokens += reply.usage.prompt_tokens
-        usage.completion_tokens += reply.usage.completion_tokens
-        if reply.cost_usd is not None:
-            cost = (cost or 0.0) + reply.cost_usd
+        usage.prompt_tokens += used.prompt_tokens
+        usage.completion_tokens += used.completion_tokens
+        if price is not None:
+            cost = (cost or 0.0) + price
         self._runs[id(run)] = (usage, cost)
         if self.spec.tokens is not None and self.usage.total > self.spec.tokens:
             raise LimitExceeded("budget_tokens", self.usage.total, self.spec.tokens)
@@ -102,3 +109,13 @@ class Budget:
     def cost_since(self, run: Any) -> float | None:
         """The run's own cost, or None when no reply had a known price."""
         return self._runs.get(id(run), (Usage(), None))[1]
+
+
+def _amount(value: Any) -> float | None:
+    """A reported cost or time, safe to add: None stays unknown; a negative, non-numeric or
+    non-finite amount counts as 0.0 (never a refund)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return 0.0
+    return max(0.0, float(value))

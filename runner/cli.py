@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 from typing import Any, NoReturn
 
@@ -16,14 +17,14 @@ SET_HELP = "Override a spec value: --set model.temperature=0.2 (repeatable)."
 
 
 def _fail(exc: BaseException, debug: bool, secrets: set[str] | None = None) -> NoReturn:
-    from .redact import env_secrets, redact_text
+    from .redact import env_secrets, printable, redact_text
 
     if debug:
         import traceback
 
         traceback.print_exception(exc)
     text = exc.render() if isinstance(exc, SpecError) else f"error: {exc}"
-    click.echo(redact_text(text, (secrets or set()) | env_secrets()), err=True)
+    click.echo(printable(redact_text(text, (secrets or set()) | env_secrets())), err=True)
     raise SystemExit(exit_code_for(exc) if isinstance(exc, RunnerError) else EXIT_FAILED)
 
 
@@ -162,24 +163,29 @@ def runs(db: str, limit: int, as_json: bool) -> None:
     import time
 
     from .checkpoints import CheckpointStore
+    from .redact import printable
 
     if not os.path.exists(db):
         click.echo(f"no runs yet ({db} does not exist)", err=True)
         return
+    from .result import to_json
+
     try:
         rows = CheckpointStore(db).list(limit)
     except RunnerError as exc:
         _fail(exc, False)
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(to_json(rows, indent=2))
         return
     click.echo(f"{'RUN':<14}{'AGENT':<16}{'STATUS':<18}{'STEPS':>5}{'TOKENS':>9}  UPDATED")
     for r in rows:
         b = r["budget"]
         tokens = b.get("prompt_tokens", 0) + b.get("completion_tokens", 0)
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["updated"]))
-        click.echo(f"{r['run_id']:<14}{r['agent'][:15]:<16}{r['status'][:17]:<18}"
-                   f"{r['steps']:>5}{tokens:>9}  {when}")
+        when = "-" if r["updated"] is None else time.strftime(
+            "%Y-%m-%d %H:%M:%S", time.localtime(r["updated"]))
+        line = (f"{r['run_id']:<14}{r['agent'][:15]:<16}{r['status'][:17]:<18}"
+                f"{r['steps']:>5}{tokens:>9}  {when}")
+        click.echo(printable(line + (f"  {r['error']}" if "error" in r else "")))
 
 
 def _stopping(run: Any, signum: int) -> None:
@@ -213,7 +219,7 @@ def chat(spec: str, session: str, sets: tuple[str, ...], model: str | None, debu
 
     from .api import make_agent
     from .console import StderrPrinter
-    from .redact import env_secrets, redact_text
+    from .redact import env_secrets, printable, redact_text
 
     loaded = _load(spec, sets, model, debug)
     secrets = loaded.spec.source.secrets | env_secrets()
@@ -237,7 +243,7 @@ def chat(spec: str, session: str, sets: tuple[str, ...], model: str | None, debu
                     continue
                 result = await agent.run(line)
                 text = result.answer if result.ok else f"[{result.status}] {result.error}"
-                click.echo(redact_text(f"{loaded.spec.name}> {text}", secrets))
+                click.echo(printable(redact_text(f"{loaded.spec.name}> {text}", secrets)))
         finally:
             await agent.close()
 
@@ -341,11 +347,12 @@ def trace() -> None:
 @json_option
 def trace_list(folder: str, limit: int, as_json: bool) -> None:
     """Recent runs, newest first: status, agent, steps, tokens, cost, duration."""
+    from .result import to_json
     from .trace.reader import list_traces
 
     rows = list_traces(folder, limit)
     if as_json:
-        click.echo(json.dumps(rows, indent=2, ensure_ascii=False, default=str))
+        click.echo(to_json(rows, indent=2))
         return
     if not rows:
         click.echo(f"no traces in {folder}", err=True)
@@ -356,15 +363,13 @@ def trace_list(folder: str, limit: int, as_json: bool) -> None:
 
 
 def _load_trace(folder: str, run_id: str) -> tuple[Any, dict[str, Any]]:
-    from .trace.reader import build_tree, find_trace, read_trace
+    from .trace.reader import find_trace, read_tree
 
     try:
         path = find_trace(folder, run_id)
-        return path, build_tree(read_trace(path))
+        return path, read_tree(path)
     except RunnerError as exc:
         _fail(exc, False)
-    except ValueError as exc:
-        _fail(RunnerError(f"{run_id}: not a readable trace: {exc}"), False)
 
 
 @trace.command("show")
@@ -395,7 +400,16 @@ def trace_view(run_id: str, folder: str, output: str | None) -> None:
 
     path, tree = _load_trace(folder, run_id)
     out = Path(output) if output else path.with_suffix(".html")
-    out.write_text(render_page(tree), encoding="utf-8")
+    page = render_page(tree).encode("utf-8")
+    try:  # private, as the trace it shows (a page written before is made so too)
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid():
+                os.fchmod(fd, 0o600)
+            f.write(page)
+    except OSError as exc:
+        _fail(RunnerError(f"cannot write {out}: {exc.strerror or exc}"), False)
     click.echo(str(out))
 
 

@@ -5,14 +5,18 @@ terminal: the same lines as they happen, and one transient spinner line with the
 time of the model call or tool call in progress, redrawn by a background thread so the event
 loop never waits on it. Anything else written to `sys.stderr` meanwhile (an approval prompt,
 the Ctrl-C notice, a library's warning) goes through a proxy that clears the spinner line
-first; a prompt left waiting on its line holds the spinner back until the run moves on."""
+first; a prompt left waiting on its line holds the spinner back until the run moves on.
+
+Everything from a run that reaches the terminal is masked, then made `printable`: a model's
+or a tool's escape sequences are shown, never obeyed. The answer on stdout is escaped when
+stdout is a terminal and written exactly as the model gave it otherwise (`> answer.txt`);
+`--json` writes every control code as a JSON escape, so it decodes to the exact text."""
 
 from __future__ import annotations
 
 import asyncio
 import atexit
 import itertools
-import json
 import os
 import sys
 import threading
@@ -28,7 +32,8 @@ from . import events as ev
 from .events import (ActionTaken, Event, ModelCalled, Observed, Retried, RunEnded, RunStarted,
                      Thought, Warned)
 from .errors import EXIT_FAILED, exit_code_for
-from .redact import redact_text, redact_value
+from .redact import json_printable, printable, redact_text, redact_value
+from .result import to_json
 
 __all__ = ["StderrPrinter", "LivePrinter", "restore_terminal", "printer", "terminal_approver",
            "exit_now", "report"]
@@ -63,12 +68,14 @@ def report(result: Any, as_json: bool, debug: bool, secrets: set[str],
     """Print the answer (or the JSON result) on stdout and, unless the run finished, its
     error on stderr, then exit with the run's code."""
     if as_json:
-        click.echo(json.dumps(redact_value(result.to_dict(), secrets), ensure_ascii=False,
-                              default=str))
-    elif result.ok:
-        answer = result.answer if isinstance(result.answer, str) else json.dumps(
-            result.answer, ensure_ascii=False)
-        click.echo(redact_text(answer, secrets))
+        click.echo(json_printable(to_json(redact_value(result.to_dict(), secrets))))
+    elif isinstance(result.answer, str) and result.ok:
+        answer = redact_text(result.answer, secrets)
+        # a terminal sees control codes escaped; a pipe or a file gets the model's text byte
+        # for byte (color=True: click would strip some escape sequences from it)
+        click.echo(printable(answer) if _isatty(sys.stdout) else answer, color=True)
+    elif result.ok:  # structured output: JSON, its control codes as JSON escapes
+        click.echo(json_printable(redact_text(to_json(result.answer), secrets)))
     if not result.ok:
         if debug and result.exception is not None:
             import traceback
@@ -77,7 +84,7 @@ def report(result: Any, as_json: bool, debug: bool, secrets: set[str],
         if not as_json:
             error = result.error or ""
             line = error if error.startswith(result.status) else f"{result.status}: {error}"
-            click.echo(redact_text(line, secrets), err=True)
+            click.echo(printable(redact_text(line, secrets)), err=True)
         if hint:
             click.echo(hint, err=True)
         raise SystemExit(exit_code_for(result.exception) if result.exception else EXIT_FAILED)
@@ -98,8 +105,12 @@ def terminal_approver() -> Callable[[str, dict[str, Any]], Any] | None:
         return None
 
     async def ask(tool: str, args: dict[str, Any]) -> bool:
+        # exactly what will run, as JSON, every control code escaped: an input cannot erase
+        # this line or draw another prompt
+        shown = json_printable(to_json(args))
+
         def prompt() -> str:
-            sys.stderr.write(f"Allow {tool} {json.dumps(args, ensure_ascii=False)}? [y/N] ")
+            sys.stderr.write(f"Allow {printable(tool)} {shown}? [y/N] ")
             sys.stderr.flush()
             return sys.stdin.readline()
 
@@ -122,7 +133,7 @@ class StderrPrinter:
         if line and self.redact is not None:
             line = self.redact(line)
         if line:
-            self.stream.write(line + "\n")
+            self.stream.write(printable(line) + "\n")
             self.stream.flush()
 
     @staticmethod
@@ -146,6 +157,13 @@ class StderrPrinter:
         if isinstance(ev, RunEnded):
             return f"■ {ev.status} in {ev.duration_s:.2f}s"  # the error follows, once
         return None
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # replaced or closed
+        return False
 
 
 def restore_terminal() -> None:
@@ -222,7 +240,7 @@ class LivePrinter:
                 del self._busy[key]
         line = StderrPrinter.format(event)
         if line:
-            self._line(INDENT * depth + self.redact(line), _style(event))
+            self._line(INDENT * depth + printable(self.redact(line)), _style(event))
         if isinstance(event, ev.RunEnded):
             self._depth.pop(rid, None)
             return rid == self._top
@@ -258,7 +276,8 @@ class LivePrinter:
     # -- drawing (always under the lock) ----------------------------------------------
 
     def _begin(self, key: tuple[str, str, int], label: str, depth: int) -> None:
-        self._busy[key] = _Busy(self.redact(label), time.monotonic(), depth, next(self._order))
+        self._busy[key] = _Busy(printable(self.redact(label)), time.monotonic(), depth,
+                                next(self._order))
 
     def _line(self, text: str, style: str) -> None:
         """A permanent line: above the spinner, which is redrawn under it."""

@@ -107,15 +107,18 @@ class Run:
             # committed before anything runs: a location that cannot be written fails the run
             # now, not after its first tool call, and `runner runs` shows the run at once
             self.checkpoint()
-            history = await agent.memory.load(agent.session, spec.memory.window)
-            self.emit(ev.MemoryRead(self.run_id, len(r.steps), agent.session, len(history)))
+            session = agent.session  # None: this run neither reads nor keeps a history
+            history = [] if session is None else await agent.memory.load(session,
+                                                                         spec.memory.window)
+            if session is not None:
+                self.emit(ev.MemoryRead(self.run_id, len(r.steps), session, len(history)))
             if spec.kind == "chain":
                 await run_chain(self)
             else:
                 await self._loop(history)
-            if r.status == "finished":
+            if r.status == "finished" and session is not None:
                 await agent.remember(r.input, r.answer)
-                self.emit(ev.MemoryWritten(self.run_id, len(r.steps), agent.session, 2))
+                self.emit(ev.MemoryWritten(self.run_id, len(r.steps), session, 2))
         except asyncio.CancelledError:
             if self._stop is None:
                 r.fail(Interrupted(2), self._partial)
@@ -215,7 +218,8 @@ class Run:
                       model_s=reply.latency_s) for i, a in enumerate(parsed.actions)] or \
             [Step(n, parsed.thought, model_s=reply.latency_s)]
         ok = await self._act(ctx, parsed, steps)
-        answers = {s.call_id: s.observation or "" for s in steps if s.call_id}
+        # by position (one step per call, in order): calls may share an id
+        answers = [s.observation or "" for s in steps] if parsed.actions else []
         messages.extend(tool_messages(reply, answers, parsed.failure))
         return ok
 

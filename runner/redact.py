@@ -1,9 +1,12 @@
-"""Masking secrets before anything is shown, logged or stored: the one masking path.
+"""Masking secrets before anything is shown, logged or stored: the one masking path; and
+the one escaping of terminal control codes in what is shown.
 
-`Redactor` masks secret values, secret-looking field names, and the field names and patterns
-a spec's `trace:` asks for; `redact_text` and `redact_value` are its short forms for plain
+`Redactor` masks secret values (in text and in the keys and values of data), passwords inside
+URLs (`postgres://u:***@h`), secret-looking field names, and the field names and patterns a
+spec's `trace:` asks for; `redact_text` and `redact_value` are its short forms for plain
 secrets. `SECRET_NAME` says which environment variables hold secrets, `SECRET_FIELD` which
-fields of data do.
+fields of data do. `printable` and `json_printable` make text from a model or a tool safe to
+write to a terminal or a log: control codes are shown as escapes, never obeyed.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ if TYPE_CHECKING:
     from .spec import TraceSpec
 
 __all__ = ["MASK", "SECRET_NAME", "Redactor", "env_secrets", "redact_text", "redact_value",
-           "json_forms", "clip", "SECRET_FIELD"]
+           "json_forms", "clip", "SECRET_FIELD", "URL_PASSWORD", "printable", "json_printable"]
 
 MASK = "***"
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH", re.I)
@@ -28,12 +31,27 @@ SECRET_FIELD = re.compile(
     r"(^|_)(api_?key|token|secret|password|passwd|authorization|credentials?)$", re.I)
 """A field of data (a tool input, a header, an option) whose value is masked: strict, since a
 data field named `key` or `max_tokens` is usually no secret."""
+URL_PASSWORD = re.compile(
+    r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]{0,31}://[^\s/?#@:\"'<>\\]{0,256}:)"
+    r"(?P<password>[^\s/?#\"'<>\\]{1,256})@")
+"""The password of a URL's userinfo (`scheme://user:PASSWORD@host`, the user may be empty):
+masked in any text, known secret or not. Up to the last `@` before the host, since a
+password with an unescaped `@` is a common mistake; a URL without a password never matches.
+Each part is bounded, so hostile text cannot make the search quadratic."""
+CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+"""What a terminal obeys rather than shows: C0 controls but tab and newline (which are layout;
+a carriage return is not), DEL, C1 controls (a lone 0x9b is a CSI), and the bidirectional
+controls that reorder what is shown (Trojan Source)."""
 
 
 def env_secrets(env: dict[str, str] | None = None) -> set[str]:
     """Values of secret-looking environment variables (long enough to be worth masking)."""
     env = dict(os.environ) if env is None else env
-    return {v for k, v in env.items() if SECRET_NAME.search(k) and len(v) >= 6}
+    found = {v for k, v in env.items() if SECRET_NAME.search(k) and len(v) >= 6}
+    # a password inside a URL (DATABASE_URL=postgres://u:pw@h) is a secret on its own too
+    found |= {m["password"] for v in env.values() if "://" in v
+              for m in URL_PASSWORD.finditer(v) if len(m["password"]) >= 6}
+    return found
 
 
 def redact_text(text: str, secrets: Iterable[str]) -> str:
@@ -53,6 +71,25 @@ def clip(text: str, limit: int = 400) -> str:
     return text[:limit] + ("..." if len(text) > limit else "")
 
 
+def printable(value: object) -> str:
+    """Text safe to write to a terminal or a log: control codes (escape sequences, carriage
+    returns, C1, bidi overrides) shown as `\\x1b` or `\\u202e`, never obeyed; tabs and
+    newlines kept."""
+    text = str(value)
+    return CONTROL.sub(_shown, text) if CONTROL.search(text) else text
+
+
+def json_printable(text: str) -> str:
+    """JSON text with the control codes `json.dumps(ensure_ascii=False)` leaves raw (DEL, C1,
+    bidi) written as `\\u` escapes: safe on a terminal, and it decodes to the same value."""
+    return CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def _shown(m: re.Match[str]) -> str:
+    c = ord(m.group())
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+
 def json_forms(secrets: Iterable[str]) -> set[str]:
     """Each secret as it is and as it stands inside a JSON string (a quote or \\ escaped)."""
     return {f for s in secrets if s for f in (s, json.dumps(s, ensure_ascii=False)[1:-1])}
@@ -62,6 +99,8 @@ def _mask(text: str, longest_first: list[str]) -> str:
     for s in longest_first:
         if s in text:
             text = text.replace(s, MASK)
+    if "://" in text:  # most text holds no URL: skip the pattern
+        text = URL_PASSWORD.sub(lambda m: f"{m['head']}{MASK}@", text)
     return text
 
 
@@ -78,8 +117,9 @@ class Redactor:
         self.keys = {k.lower() for k in keys}
         joined = "|".join(f"(?:{p})" for p in patterns)
         self.pattern = re.compile(joined) if joined else None
-        self._masked: dict[str, bool] = {}
-        """Key -> whether its values are masked: the same few keys come back in every event."""
+        self._keys: dict[str, tuple[str, bool]] = {}
+        """Key -> (the key as shown, whether its values are masked): the same few keys come
+        back in every event."""
 
     @classmethod
     def for_trace(cls, trace: TraceSpec, secrets: Iterable[str]) -> Redactor:
@@ -90,15 +130,18 @@ class Redactor:
         text = _mask(text, self.secrets)
         return self.pattern.sub(MASK, text) if self.pattern is not None else text
 
-    def _masked_key(self, key: Any) -> bool:
+    def _key(self, key: Any) -> tuple[Any, bool]:
+        """A dict key as shown (a secret used as a key is masked like any text) and whether
+        its value is masked."""
         if not isinstance(key, str):
-            return False
-        masked = self._masked.get(key)
-        if masked is None:
-            if len(self._masked) >= 4096:  # keys from tool data can be unbounded
-                self._masked.clear()
-            masked = self._masked[key] = key.lower() in self.keys or bool(SECRET_FIELD.search(key))
-        return masked
+            return key, False
+        known = self._keys.get(key)
+        if known is None:
+            if len(self._keys) >= 4096:  # keys from tool data can be unbounded
+                self._keys.clear()
+            known = self._keys[key] = (self.text(key), key.lower() in self.keys
+                                       or bool(SECRET_FIELD.search(key)))
+        return known
 
     def value(self, value: Any) -> Any:
         if type(value) in _SCALARS:  # most leaves of an event: nothing to mask
@@ -112,8 +155,16 @@ class Redactor:
                 return self.text(json.dumps(self.value(parsed), ensure_ascii=False))
             return self.text(value)
         if isinstance(value, dict):
-            return {k: MASK if v and self._masked_key(k) else self.value(v)
-                    for k, v in value.items()}
+            out: dict[Any, Any] = {}
+            for k, v in value.items():
+                shown, masked = self._key(k)
+                if shown in out:  # two keys masked alike: keep both
+                    n = 2
+                    while f"{shown}#{n}" in out:
+                        n += 1
+                    shown = f"{shown}#{n}"
+                out[shown] = MASK if v and masked else self.value(v)
+            return out
         if isinstance(value, (list, tuple)):
             return [self.value(v) for v in value]
         return value

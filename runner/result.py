@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from .models import Message, Usage
 
-__all__ = ["Step", "RunResult", "as_text"]
+__all__ = ["RunResult", "Step", "as_text", "to_json"]
 
 
 @dataclass
@@ -75,4 +76,34 @@ class RunResult:
 
 def as_text(value: Any) -> str:
     """A value as message text: strings as they are, anything else as JSON."""
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return value if isinstance(value, str) else to_json(value)
+
+
+_standard = json.JSONEncoder(ensure_ascii=False, default=str, allow_nan=False).encode
+_NON_FINITE = "Out of range float values are not JSON compliant"
+
+
+def to_json(value: Any, indent: int | None = None) -> str:
+    """`value` as standard JSON (RFC 8259, what SQLite, jq and browsers read): NaN and
+    ±Infinity, which Python's json.loads takes from a model, become "NaN", "Infinity" and
+    "-Infinity"; anything else JSON cannot hold becomes its str()."""
+    encode = _standard if indent is None else json.JSONEncoder(
+        ensure_ascii=False, default=str, allow_nan=False, indent=indent).encode
+    try:
+        return encode(value)
+    except ValueError as exc:
+        if _NON_FINITE not in str(exc):
+            raise
+        return encode(_finite(value))  # only then: walking every value costs on each save
+
+
+def _finite(value: Any) -> Any:
+    """A copy of a JSON-like value with every non-finite float (a value or a key) as text."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value).replace("inf", "Infinity").replace(
+            "nan", "NaN")
+    if isinstance(value, dict):
+        return {_finite(k) if isinstance(k, float) else k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

@@ -62,9 +62,17 @@ def scripted(server: ScriptedOpenAIServer) -> list[str]:
     return ["model.id=openai/scripted", f"model.api_base={server.url}"]
 
 
-def run_cli(*args: str, cwd: Path | str = ROOT, env: dict[str, str] | None = None,
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test starts in its own temporary folder, so what a run writes relative to the
+    current directory (`.runner/` traces, checkpoints, memory) never lands in the repository."""
+    monkeypatch.chdir(tmp_path)
+
+
+def run_cli(*args: str, cwd: Path | str | None = None, env: dict[str, str] | None = None,
             input: str | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """Run `python -m runner ARGS` in a subprocess, as a user would."""
+    """Run `python -m runner ARGS` in a subprocess, as a user would (in the test's own
+    temporary folder unless `cwd` is given)."""
     full_env = {**os.environ, "OPENAI_API_KEY": "sk-test-not-a-real-key", **(env or {})}
     return subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd, env=full_env,
                           input=input, capture_output=True, text=True, timeout=timeout)

@@ -315,7 +315,7 @@ def test_validate_reports_a_broken_spec_once(tmp_path: Path) -> None:
 
 
 def test_the_repository_agents_validate() -> None:
-    proc = run_cli("validate", "agents/")
+    proc = run_cli("validate", "agents/", cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -385,3 +385,15 @@ def test_a_test_file_cannot_name_a_path_out_of_the_project(server, tmp_path: Pat
     assert proc.returncode == 2 and proc.stdout == ""
     assert "escapes the project root" in proc.stderr
     assert profile.read_text() == "export PATH=/usr/bin\n" and server.requests == []
+
+
+def test_a_test_files_set_cannot_send_output_out_of_the_project(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    folder = _project(project, TWO_CASES.replace(
+        "recording:", f"set: [trace.path={tmp_path / 'elsewhere'}]\nrecording:"))
+    with pytest.raises(SpecError) as caught:
+        load_test_file(folder / "calc.test.yaml")
+    assert caught.value.render().startswith("project/agents/tests/calc.test.yaml:2:1: set: "
+                                            "trace.path: path ")  # shown from the cwd
+    assert "outside the project root" in str(caught.value)

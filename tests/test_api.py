@@ -69,9 +69,9 @@ def test_events_stream_while_the_run_is_in_progress(gate: _Gate, tmp_path: Path)
         return kinds, run.result
 
     kinds, result = asyncio.run(go())
-    assert kinds == ["run_started", "memory_read", "model_started", "model_called", "thought",
+    assert kinds == ["run_started", "model_started", "model_called", "thought",  # no session
                      "action", "observation", "model_started", "model_called", "final_answer",
-                     "memory_written", "run_ended"]
+                     "run_ended"]
     assert result.status == "finished" and result.steps[0].observation == "opened door"
 
 
@@ -125,7 +125,7 @@ def _nested_memory_specs(tmp_path: Path) -> Path:
             model: {{id: fake/script, options: {{replies: {json.dumps(replies)}}}}}
             loop: {{style: react}}
             tools: {tools}
-            memory: {{backend: sqlite, path: {tmp_path / (name + '.db')}}}
+            memory: {{backend: sqlite, session: s, path: {tmp_path / (name + '.db')}}}
             checkpoint: {{path: {tmp_path / 'runs.db'}}}
             trace: {{enabled: false}}
             """))

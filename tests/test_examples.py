@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -34,7 +35,7 @@ def test_example_plugin_is_installed_through_its_entry_point() -> None:
 @pytest.mark.embedded
 def test_calculator_cli_on_embedded_model() -> None:
     """The README's first command: stdout is the answer alone, the steps go to stderr."""
-    proc = run_cli("run", "agents/calculator.yaml", "What is 17 times 23?",
+    proc = run_cli("run", str(ROOT / "agents" / "calculator.yaml"), "What is 17 times 23?",
                    env={"OPENAI_API_KEY": ""})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "391"
@@ -52,16 +53,18 @@ def probe(code):
     print("TOP=" + ",".join(top), file=sys.stderr)
     real_exit(code)
 os._exit = probe
-sys.argv = ["runner", "run", "agents/calculator.yaml", "What is 17 times 23?"]
+sys.argv = ["runner", "run", sys.argv[1], "What is 17 times 23?"]
 from runner.cli import main
 main()
 """
 
 
 @pytest.mark.embedded
-def test_the_embedded_run_imports_no_litellm() -> None:
-    proc = subprocess.run([sys.executable, "-c", _IMPORT_PROBE], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "OPENAI_API_KEY": ""})
+def test_the_embedded_run_imports_no_litellm(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-c", _IMPORT_PROBE,
+                           str(ROOT / "agents" / "calculator.yaml")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OPENAI_API_KEY": ""})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "391"
     top = set(proc.stderr.splitlines()[-1].removeprefix("TOP=").split(","))
@@ -143,7 +146,7 @@ def test_every_example_runs_on_the_wire(name: str, server, scripted) -> None:
 
 
 def test_validate_accepts_every_example() -> None:
-    proc = run_cli("validate", "agents/")
+    proc = run_cli("validate", "agents/", cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     tests = len(list((ROOT / "agents").rglob("*.test.yaml")))  # agent test files are checked too
     assert tests >= 1

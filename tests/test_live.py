@@ -296,3 +296,29 @@ def test_plain_lines_when_stderr_is_not_a_terminal(project: Path, server: Any) -
     assert lines[0] == "▶ boss on openai/scripted"
     assert lines[2:5] == ["Thought: multiply", "Action: calculator[17*23]", "Observation: 391"]
     assert re.fullmatch(r"■ finished in \d\.\d\ds", lines[-1]) and len(lines) == 7
+
+
+HOSTILE = ("\x1b]0;pwned\x07 \x1b]52;c;cGF5bG9hZA==\x07 \x1b[2J \x1b[8mhidden "
+           "\x9b31mred \u202eevil")
+"""A title, the clipboard (OSC 52), a cleared screen, concealed text, a C1 CSI, an RTL
+override: what a hostile model's reply can hold."""
+
+
+def test_control_codes_from_the_model_are_shown_not_obeyed(project: Path, server: Any) -> None:
+    server.script({"delay": 0.6, "content": f"Thought: {HOSTILE}\nAction: nap[0.6 {HOSTILE}]"},
+                  "Final Answer: done")
+    term = Terminal(project, "run", "boss.yaml", "q", *wire(server))
+    stdout, code = term.finish()
+    raw = term.text
+    assert code == 0 and stdout == "done\n", raw
+    # the view's own codes are its line erase and its colours; nothing else gets through
+    own = re.sub(r"\r\x1b\[2K|\x1b\[[0-9;]*m", "", raw)
+    for c in ("\x1b", "\x07", "\x9b", "\u202e"):
+        assert c not in own, (c, own)
+    assert "\x1b[8m" not in raw and "\x1b[2J" not in raw
+    shown = "\\x1b]0;pwned\\x07 \\x1b]52;c;cGF5bG9hZA==\\x07 \\x1b[2J \\x1b[8mhidden " \
+            "\\x9b31mred \\u202eevil"
+    lines = screen(raw)
+    assert f"Thought: {shown}" in lines and f"Action: nap[0.6 {shown}]" in lines
+    # the spinner's label is escaped too
+    assert re.search(rf"[{FRAMES}] nap\[0\.6 {re.escape(shown[:30])}", CSI.sub("", raw))

@@ -1,11 +1,15 @@
-"""Memory backends: buffer (with a window) and SQLite (per session, WAL, lock timeout)."""
+"""Memory backends: buffer (with a window) and SQLite (per session, WAL, lock timeout); runs
+share a conversation only when a session is named."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import textwrap
+import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -94,3 +98,79 @@ def test_agent_memory_window_reaches_the_prompt(tmp_path: Path) -> None:
     assert "Earlier in this conversation" not in prompts[0]
     assert "User: q1\nAssistant: one" in prompts[1]
     assert "User: q1" not in prompts[2] and "User: q2\nAssistant: two" in prompts[2]
+
+
+# ------------------------------------------------- runs are independent unless a session is named
+
+
+def _native_spec(tmp_path: Path, server: Any, memory: str) -> Path:
+    (tmp_path / "pyproject.toml").write_text("")
+    spec = tmp_path / "chat.yaml"
+    spec.write_text(textwrap.dedent(f"""\
+        version: 1
+        name: chat
+        model: {{id: openai/scripted, api_base: '{server.url}'}}
+        loop: {{style: tools}}
+        tools: [calculator]
+        memory: {memory}
+        checkpoint: {{enabled: false}}
+        trace: {{enabled: false}}
+        """))
+    return spec
+
+
+@pytest.mark.parametrize("backend", ["buffer", "sqlite"])
+def test_runs_of_one_agent_share_nothing_unless_a_session_is_named(
+        tmp_path: Path, server: Any, backend: str) -> None:
+    """One Agent, three runs, no session: each request holds only that run's question (the
+    default buffer used to keep one process-wide conversation, `default`, for every run)."""
+    server.default = "an answer"
+    path = tmp_path / "m.db"
+    spec = _native_spec(tmp_path, server, f"{{backend: {backend}, path: '{path}'}}"
+                        if backend == "sqlite" else "{backend: buffer}")
+    agent = runner.Agent(runner.load_spec(spec))
+
+    async def go() -> None:
+        for q in ("first caller's secret", "second", "third"):
+            assert (await agent.run(q)).ok
+        await agent.close()
+
+    asyncio.run(go())
+    sent = [r["messages"] for r in server.requests]
+    assert len(sent) == 3 and len(sent[0]) == len(sent[1]) == len(sent[2])
+    assert "first caller's secret" not in json.dumps(sent[1:])
+    # and another Agent of the same spec in the same process does not see them either
+    server.requests.clear()
+    assert runner.run_agent(spec, "fourth").ok
+    assert len(server.requests[0]["messages"]) == len(sent[0])
+    assert not path.exists()  # nothing to keep: the database was never even created
+
+
+def test_a_named_session_carries_over_runs_agents_and_processes(tmp_path: Path,
+                                                                server: Any) -> None:
+    server.default = "noted"
+    db = tmp_path / "m.db"
+    spec = _native_spec(tmp_path, server, f"{{backend: sqlite, path: '{db}', session: team}}")
+    agent = runner.Agent(runner.load_spec(spec))
+
+    async def go() -> None:
+        for q in ("one", "two"):
+            assert (await agent.run(q)).ok
+        await agent.close()
+
+    asyncio.run(go())
+    from conftest import run_cli
+
+    proc = run_cli("run", str(spec), "three", cwd=tmp_path)  # another process
+    assert proc.returncode == 0, proc.stderr
+    counts = [len(r["messages"]) for r in server.requests]
+    assert counts[1] == counts[0] + 2 and counts[2] == counts[0] + 4
+    assert "one" in json.dumps(server.requests[2]["messages"])
+
+    # a buffer session named in the spec lives as long as the process, across agents
+    server.requests.clear()
+    name = f"buffer-{uuid.uuid4().hex}"
+    spec = _native_spec(tmp_path, server, f"{{backend: buffer, session: {name}}}")
+    for q in ("a", "b"):
+        assert runner.run_agent(spec, q).ok
+    assert [len(r["messages"]) for r in server.requests] == [counts[0], counts[0] + 2]

@@ -242,8 +242,10 @@ def test_failing_tool_marks_its_span_as_an_error(server: Any, rx: OtlpReceiver,
 def test_model_auth_failure_marks_the_run_and_the_call(server: Any, rx: OtlpReceiver,
                                                        tmp_path: Path) -> None:
     server.script({"status": 401, "body": json.dumps({"error": {"message": "bad key"}})})
+    # the spec names the key's variable: an api_base gets no key otherwise
     proc = _cli("run", CALC, QUESTION, *_wire(server, f"trace.otlp.endpoint={rx.url}",
-                                              "model.retries=0"), cwd=tmp_path)
+                                              "model.retries=0",
+                                              "model.api_key_env=OPENAI_API_KEY"), cwd=tmp_path)
     assert proc.returncode == 1
     spans = rx.spans
     assert sorted(s.name for s in spans) == ["chat scripted", "invoke_agent calculator",
@@ -320,6 +322,25 @@ def test_captured_content_is_redacted(server: Any, rx: OtlpReceiver, api_env: Pa
         {"type": "text", "content": "Thought: add them\nAction: calculator[2+2]"}]}
     assert tool.attributes["gen_ai.tool.call.arguments"] == "2+2"
     assert tool.attributes["gen_ai.tool.call.result"] == "4"
+
+
+def test_names_and_ids_from_the_model_are_redacted_without_content(
+        server: Any, rx: OtlpReceiver, api_env: Path) -> None:
+    # a tool name and a call id are the model's text: a secret in them is masked in the
+    # span's name and attributes even though content capture is off
+    server.script({"tool_calls": [{"id": f"call-{KEY}", "name": f"x{KEY}",
+                                   "arguments": {KEY: 1}}]}, "done")
+    result = runner.run_agent(CALC, "q", overrides=[
+        "model.id=openai/scripted", f"model.api_base={server.url}", "loop.style=tools",
+        f"trace.otlp.endpoint={rx.url}"])
+    assert result.answer == "done"
+    runner.trace.otel.flush()
+    spans = rx.spans
+    assert KEY not in json.dumps([s.name for s in spans]) + _all_values(spans)
+    (tool,) = _by_name(spans)["execute_tool x***"]
+    assert tool.attributes["gen_ai.tool.name"] == "x***"
+    assert tool.attributes["gen_ai.tool.call.id"] == "call-***"
+    assert "gen_ai.tool.call.arguments" not in tool.attributes
 
 
 def test_capture_content_from_the_spec_with_native_calls(server: Any, rx: OtlpReceiver,

@@ -60,6 +60,7 @@ import asyncio
 import os
 import random
 import signal
+import time
 
 import runner
 from runner.tools import ToolContext, run_process
@@ -125,8 +126,23 @@ async def tree(expression: str) -> str:
     return f"exit {code}: {out.strip()}"
 
 
+def barrier():
+    """With $CRASHTEST_BARRIER set, say so (PATH.PID) and wait until PATH exists: processes
+    started together pass this point together."""
+    path = _env("CRASHTEST_BARRIER")
+    if not path:
+        return
+    open(f"{path}.{os.getpid()}", "w").close()
+    for _ in range(6000):
+        if os.path.exists(path):
+            return
+        time.sleep(0.01)
+    raise RuntimeError("the barrier never opened")
+
+
 @runner.hookimpl
 def register_tools(register):
+    barrier()  # plugins load once a resume has read the run's state and checked its spec
     for t in (steplog, steplog_once, nap, tree):
         register(t)
 '''
@@ -608,6 +624,38 @@ def test_every_call_of_a_resumed_turn_is_answered(
         [(call_ids[0], "steplog did a"), (call_ids[1], "steplog did b")]
 
 
+def test_a_resumed_turn_is_answered_when_the_server_reuses_call_ids(
+        tmp_path: Path, server: ScriptedOpenAIServer, plugin_site: Path, crash_plugin: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that numbers calls per reply (call_1 in every turn): the call in flight at a
+    crash is answered on resume even though an earlier turn's answer carries its id."""
+    server.script({"tool_calls": [{"id": "call_1", "name": "first",
+                                   "arguments": {"expression": "a"}}]},
+                  {"tool_calls": [{"id": "call_1", "name": "second",
+                                   "arguments": {"expression": "b"}}]}, "done")
+    spec = write_spec(tmp_path / "a.yaml", [{"steplog": {"name": "first"}},
+                                            {"steplog_once": {"name": "second"}}],
+                      checkpoint={"path": str(tmp_path / "runs.db")})
+    log = tmp_path / "tools.log"
+    proc = subprocess.run([sys.executable, "-m", "runner", "run", str(spec), "q", *wire(server)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OPENAI_API_KEY": "sk-test-not-a-real-key",
+                               **plugin_env(plugin_site, log, CRASHTEST_CRASH="after:b")})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    state = only_state(tmp_path / "runs.db")
+    assert [(s["action"], s["observation"]) for s in state["steps"]] == \
+        [("first", "steplog did a"), ("second", None)]
+
+    monkeypatch.setenv("CRASHTEST_LOG", str(log))
+    requests = len(server.requests)
+    result = runner.resume_run(state["run_id"], db=str(tmp_path / "runs.db"))
+    assert result.status == "finished" and result.answer == "done", result.error
+    sent = server.requests[requests]["messages"]
+    assert [(m["tool_call_id"], m["content"]) for m in sent if m["role"] == "tool"] == \
+        [("call_1", "steplog did a"), ("call_1", result.steps[1].observation)]
+    assert UNKNOWN in result.steps[1].observation  # committed before it ran; not run again
+
+
 def test_resuming_a_finished_or_unknown_run_is_refused(tmp_path: Path,
                                                        server: ScriptedOpenAIServer,
                                                        plugin_site: Path) -> None:
@@ -707,6 +755,52 @@ def test_a_run_still_running_is_not_resumed_by_a_second_process(
     proc = run_cli("resume", run_id, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     assert [line.split(" ", 1)[1] for line in log_lines(log)] == ["nap 0+1", "nap 0+1", "nap 1+1"]
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_two_resumes_started_together_exactly_one_continues_the_run(
+        tmp_path: Path, server: ScriptedOpenAIServer, plugin_site: Path, round_: int) -> None:
+    """Two `runner resume` of one crashed run, released at the same moment once each has
+    read the run and checked its spec: one continues it, the other is refused naming the
+    process that has it, and no step of a tool marked idempotent: false runs twice."""
+    n = 4
+    server.responder = tool_call_responder(n)
+    log = tmp_path / "tools.log"
+    spec = write_spec(tmp_path / "a.yaml", [{"steplog_once": {"name": "calculator"}}])
+    env = {**os.environ, "OPENAI_API_KEY": "sk-test-not-a-real-key",
+           **plugin_env(plugin_site, log, CRASHTEST_SLEEP="0.01")}
+    proc = run_cli("run", str(spec), f"together {round_}", *wire(server), cwd=tmp_path,
+                   env={**env, "CRASHTEST_CRASH": "after:1+1"})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    db = tmp_path / ".runner" / "runs.db"
+    run_id = only_state(db)["run_id"]
+    gate = tmp_path / "gate"
+    resumes = [subprocess.Popen([sys.executable, "-m", "runner", "resume", run_id], cwd=tmp_path,
+                                env={**env, "CRASHTEST_BARRIER": str(gate)}, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+               for _ in range(2)]
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(tmp_path.glob("gate.*"))) < 2 and time.monotonic() < deadline:
+            assert all(p.poll() is None for p in resumes), [p.communicate() for p in resumes]
+            time.sleep(0.01)
+        gate.touch()
+        outcomes = sorted((p.wait(120), *p.communicate()) for p in resumes)
+    finally:
+        for p in resumes:
+            p.kill()
+            p.wait()
+    (won, out, _), (lost, _, err) = outcomes
+    assert won == 0 and out == "done\n", outcomes
+    winner = next(p.pid for p in resumes if p.returncode == 0)
+    assert lost == 2 and (f"run {run_id} is being resumed by process {winner}" in err
+                          or f"run {run_id} already finished" in err), err
+    assert "Traceback" not in err
+    ran = executions(log, run_id)
+    assert ran == ["0+1", "1+1", "2+1", "3+1"], ran  # 1+1 was in flight: reported, not re-run
+    state = only_state(db)
+    assert_complete(state, n)
+    assert UNKNOWN in state["steps"][1]["observation"]
 
 
 # ------------------------------------------------------- unwritable, full or locked databases
@@ -953,6 +1047,7 @@ class Child:
                  zygote: Zygote | None) -> None:
         self.out, self.zygote = out, zygote
         if zygote is not None:
+            out.touch()  # made here: a child killed before it opens the file leaves it empty
             self.pid = zygote.ask({"cwd": str(cwd), "out": str(out), "args": args})
             self.pidfd = os.pidfd_open(self.pid)
         else:

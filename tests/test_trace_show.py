@@ -26,8 +26,9 @@ def project(tmp_path: Path, server: Any) -> Path:
         f"loop: {{style: react}}\ntools: [calculator]\n"
         f"model: {{id: openai/scripted, api_base: '{server.url}'}}\n")
     (tmp_path / "boss.yaml").write_text(
-        "version: 1\nname: boss\nmemory: {backend: none}\nloop: {style: react}\n"
-        "checkpoint: {enabled: false}\ntools:\n  - calculator\n  - agent: writer.yaml\n")
+        "version: 1\nname: boss\nmemory: {backend: none, session: default}\n"
+        "loop: {style: react}\ncheckpoint: {enabled: false}\n"
+        "tools:\n  - calculator\n  - agent: writer.yaml\n")
     return tmp_path
 
 

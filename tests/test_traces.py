@@ -47,9 +47,8 @@ def test_a_run_writes_its_events_and_the_exact_messages_the_model_got(server, tm
     assert oct(path.stat().st_mode & 0o777) == "0o600"  # prompts are private
     events = read_trace(path)
     assert [e["kind"] for e in events] == [
-        "run_started", "memory_read", "model_started", "model_called", "thought", "action",
-        "observation", "model_started", "model_called", "thought", "final_answer",
-        "memory_written", "run_ended"]
+        "run_started", "model_started", "model_called", "thought", "action",  # no session
+        "observation", "model_started", "model_called", "thought", "final_answer", "run_ended"]
     calls = [e for e in events if e["kind"] == "model_called"]
     sent = [e["messages"] for e in events if e["kind"] == "model_started"]
     # what the trace says was sent is what the server received, message for message
@@ -157,7 +156,7 @@ def test_a_killed_run_keeps_every_event_before_the_kill(server, tmp_path: Path) 
     server.script("Thought: first\nAction: calculator[6*7]", {"delay": 60, "content": "late"})
     env = {**os.environ, "OPENAI_API_KEY": KEY}
     proc = subprocess.Popen([sys.executable, "-m", "runner", "run", CALC, "q",
-                             *_wire(server, tmp_path)], cwd=ROOT, env=env,
+                             *_wire(server, tmp_path)], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60

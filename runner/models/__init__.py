@@ -8,7 +8,8 @@ replay). Nothing here imports LiteLLM.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -16,16 +17,32 @@ if TYPE_CHECKING:
     from ..spec import ModelSpec
 
 __all__ = ["Model", "Completion", "ToolCall", "Usage", "ModelTap", "Message",
-           "assistant_message", "tool_messages"]
+           "assistant_message", "tool_messages", "token_count"]
 
 Message = dict[str, Any]
 """One chat message, as the OpenAI wire format has it."""
 
 
+def token_count(value: Any) -> int:
+    """A token count as a server reported it, made safe to add up: a negative, non-numeric or
+    non-finite count is 0 (a budget must never be refunded by what a server says)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0
+    if isinstance(value, float) and not math.isfinite(value):
+        return 0
+    return max(0, int(value))
+
+
 @dataclass
 class Usage:
+    """Tokens a reply used; counts are clamped to whole numbers >= 0 (see `token_count`)."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        self.prompt_tokens = token_count(self.prompt_tokens)
+        self.completion_tokens = token_count(self.completion_tokens)
 
     @property
     def total(self) -> int:
@@ -85,11 +102,16 @@ def assistant_message(reply: Completion) -> Message:
     return {"role": "assistant", "content": reply.text or None, "tool_calls": calls}
 
 
-def tool_messages(reply: Completion, answers: dict[str, str], failure: str | None) -> list[Message]:
-    """The messages answering a reply's tool calls: each call's answer (else `failure`, since
-    providers reject a call left unanswered, even one not run), or `failure` as the user's
-    word when the reply made no call."""
+def tool_messages(reply: Completion, answers: Sequence[str], failure: str | None
+                  ) -> list[Message]:
+    """The messages answering a reply's tool calls, by position: call i gets `answers[i]`
+    (else `failure`, since providers reject a call left unanswered, even one not run), or
+    `failure` as the user's word when the reply made no call.
+
+    By position, not by id: a server may give several calls one id, and each must still get
+    its own result."""
     if not reply.tool_calls:
         return [{"role": "user", "content": failure}] if failure else []
-    return [{"role": "tool", "tool_call_id": c.id, "content": answers.get(c.id, failure or "")}
-            for c in reply.tool_calls]
+    return [{"role": "tool", "tool_call_id": c.id,
+             "content": answers[i] if i < len(answers) else failure or ""}
+            for i, c in enumerate(reply.tool_calls)]

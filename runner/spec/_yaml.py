@@ -7,9 +7,16 @@ alias expansion are bounded so that a hostile file fails within a second.
 
 The node graph is composed here from the parser's events, without recursion: PyYAML's own
 composer recurses once per nesting level, so a 10,000-deep document would exhaust the stack
-(or, with libyaml, the C stack) before any limit could be checked. Sizes and depths are
-counted as nodes close, with aliases counted at their expanded size, so an alias bomb is
-refused after reading it once, without expanding it.
+(or, with libyaml, the C stack) before any limit could be checked. Sizes, text lengths and
+depths are counted as nodes close, with aliases counted at their expanded size, so an alias
+bomb (of many values or of one long string) is refused after reading it once, without
+expanding it.
+
+Nesting is also pre-scanned before any parser sees the text: parsers spend time superlinear in
+the depth of flow nesting (`[[[[...`), and libyaml from PyYAML 6.0.4 refuses it past 1,000
+levels before the composer can, with its own message. Only the text up to the first collection
+nested too deep is parsed, so the composer refuses it there, naming its key path, whichever
+PyYAML and libyaml are installed.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from ..errors import SpecError
 MAX_BYTES = 256 * 1024
 MAX_DEPTH = 64
 MAX_NODES = 100_000
+MAX_CHARS = 1_000_000
+"""Characters of scalar text (keys and values) a document may stand for, aliases expanded."""
 
 Path = tuple[Any, ...]
 
@@ -130,6 +139,8 @@ class _Node:
     """An untagged plain scalar: typed by the core schema (after `${VAR}` substitution)."""
     size: int = 1
     """How many values this node stands for, aliases expanded."""
+    chars: int = 0
+    """How many characters of scalar text it stands for, aliases expanded."""
     depth: int = 0
     """How deep it nests, aliases expanded."""
     closed: bool = True
@@ -157,10 +168,14 @@ def _compose(loader: _Loader, file: str) -> _Node | None:
             node, path = stack.pop()
             node.closed = True
             node.size = 1 + sum(child.size for child in node.value)
+            node.chars = sum(child.chars for child in node.value)
             node.depth = 1 + max((child.depth for child in node.value), default=0)
             if node.size > MAX_NODES:
                 raise fail(node.line, node.col, path, f"document expands to more than "
                                                       f"{MAX_NODES} values (an alias bomb?)")
+            if node.chars > MAX_CHARS:
+                raise fail(node.line, node.col, path, f"document expands to more than "
+                                                      f"{MAX_CHARS} characters (an alias bomb?)")
             if node.depth > MAX_DEPTH:
                 raise fail(node.line, node.col, path, f"nesting deeper than {MAX_DEPTH} levels")
             if not stack:
@@ -208,7 +223,7 @@ def _new_node(loader: _Loader, event: Any, line: int, col: int) -> _Node:
     if isinstance(event, ScalarEvent):
         tag = event.tag if explicit else loader.resolve(ScalarNode, event.value, event.implicit)
         return _Node("scalar", tag, line, col, event.value,
-                     plain=event.tag is None and bool(event.implicit[0]))
+                     plain=event.tag is None and bool(event.implicit[0]), chars=len(event.value))
     if isinstance(event, SequenceStartEvent):
         tag = event.tag if explicit else loader.resolve(SequenceNode, None, event.implicit)
         return _Node("seq", tag, line, col, [], closed=False)
@@ -299,29 +314,58 @@ def load(text: str, file: str, marks: dict[Path, Mark],
     """
     if len(text) > MAX_BYTES:
         raise SpecError(f"file is larger than {MAX_BYTES} bytes", path=file)
+    cut = _too_deep_at(text)
+    if cut is not None:
+        _refuse_deep_prefix(text[:cut], file)
+    node = _parse(text, file)
+    if node is None:
+        return None
+    return _Builder(file, marks, scalar_hook).build(node)
+
+
+def _parse(text: str, file: str) -> _Node | None:
     loader = _Loader(text)
     try:
-        node = _compose(loader, file)
+        return _compose(loader, file)
     except yaml.MarkedYAMLError as exc:
         raise _syntax_error(_clearer_error(text) or exc, file) from None
     except yaml.YAMLError as exc:
         raise SpecError(f"YAML error: {exc}", path=file) from None
     finally:
         loader.dispose()
-    if node is None:
-        return None
-    return _Builder(file, marks, scalar_hook).build(node)
+
+
+def _refuse_deep_prefix(prefix: str, file: str) -> None:
+    """Compose the text up to where the pre-scan found nesting too deep: the composer refuses
+    it there. If the parser disagrees with the pre-scan (the cut text just ends), the whole
+    text decides, which is still bounded: the composer stops at MAX_DEPTH and so does
+    `_clearer_error`."""
+    loader = _Loader(prefix)
+    try:
+        _compose(loader, file)
+    except yaml.YAMLError:
+        pass
+    finally:
+        loader.dispose()
 
 
 def _clearer_error(text: str) -> yaml.MarkedYAMLError | None:
     """The pure-Python parser's account of a syntax error (it names tabs and the expected
-    token, where libyaml is vague); only for ordinary-sized files, since it is ~10x slower."""
+    token, where libyaml is vague); only for ordinary-sized files, since it is ~10x slower,
+    and only as deep as MAX_DEPTH: its time grows with the square of the nesting depth."""
     if _PyLoader is _Loader or len(text) > 32 * 1024:
         return None
     loader = _PyLoader(text)
+    depth = 0
     try:
         while not loader.check_event(StreamEndEvent):
-            loader.get_event()
+            event = loader.get_event()
+            if isinstance(event, (SequenceStartEvent, MappingStartEvent)):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    return None
+            elif isinstance(event, (SequenceEndEvent, MappingEndEvent)):
+                depth -= 1
     except yaml.MarkedYAMLError as exc:
         return exc
     except yaml.YAMLError:
@@ -329,6 +373,159 @@ def _clearer_error(text: str) -> yaml.MarkedYAMLError | None:
     finally:
         loader.dispose()
     return None
+
+
+# ---------------------------------------------------------------------------- pre-scan
+
+_SINGLE_END = re.compile(r"[^']*(?:''[^']*)*'")
+_DOUBLE_END = re.compile(r'[^"\\]*(?:\\.[^"\\]*)*"')
+_PLAIN_END = re.compile(r":(?=[ \t\r]|$)|[ \t]#")
+_FLOW_PLAIN = re.compile(r"[^\[\]{},:?'\"#&! \t\r]*")
+_WORD = re.compile(r"[^ \t\r,\[\]{}]*")
+
+
+def _quote_end(line: str, i: int, quote: str) -> int:
+    """The index just past the quote closing a scalar whose text starts at `i`, or -1."""
+    m = (_SINGLE_END if quote == "'" else _DOUBLE_END).match(line, i)
+    return m.end() if m else -1
+
+
+def _too_deep_at(text: str) -> int | None:
+    """Where the first collection nested deeper than MAX_DEPTH opens (the offset just past
+    the token that opens it), or None: a linear scan that no parser version can make slow.
+
+    It counts block collections by their indentation, as the YAML scanner does, and flow
+    brackets, skipping comments, quoted scalars, block scalars and plain text. It only has to
+    be close: the composer decides, on the text up to this point.
+    """
+    scan = _DepthScan()
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end
+        at = scan.line(text[start:end])
+        if at is not None:
+            return start + at
+        start = end + 1
+    return None
+
+
+class _DepthScan:
+    """The pre-scan's state from one line to the next."""
+
+    def __init__(self) -> None:
+        self.indents: list[int] = []  # columns of the open block collections
+        self.flow = 0                 # open flow collections
+        self.quote = ""               # a quoted scalar running on to the next line
+        self.block: int | None = None  # lines this indented (or blank) are a block scalar's
+        self.block_min = 0            # a block scalar's least indentation, until known
+        self.node = True              # in flow: a node may start here (a quote opens one)
+        self.key = -1                 # the column of a possible block mapping key
+
+    def line(self, line: str) -> int | None:
+        """Scan one line; the index just past the token that nests too deep, if one does."""
+        indent = len(line) - len(line.lstrip(" "))
+        if self.block is not None:
+            if not line.strip(" \t\r"):
+                return None
+            if self.block < 0:
+                self.block = indent if indent >= self.block_min else None
+            if self.block is not None and indent >= self.block:
+                return None
+            self.block = None
+        i, self.key = 0, -1  # a block mapping key never spans lines
+        if self.quote:
+            i = _quote_end(line, 0, self.quote)
+            if i < 0:
+                return None
+            self.quote, self.node = "", False
+        while i < len(line):
+            ch = line[i]
+            if ch in " \t\r":
+                i += 1
+                continue
+            if ch == "#" and (i == 0 or line[i - 1] in " \t"):
+                return None  # a comment
+            i, opened = self._flow(line, i) if self.flow else self._block(line, i)
+            if i < 0:
+                return None
+            if opened and len(self.indents) + self.flow > MAX_DEPTH:
+                return i
+        return None
+
+    def _flow(self, line: str, i: int) -> tuple[int, bool]:
+        """The token at `i` inside a flow collection: (where the next one starts, or -1 to
+        leave the line; whether it opened a collection)."""
+        ch = line[i]
+        if ch in "[{":
+            self.flow += 1
+            self.node = True
+            return i + 1, True
+        if ch in "]}":
+            self.flow -= 1
+            self.node = False
+        elif ch in ",:?":
+            self.node = True
+        elif ch in "'\"" and self.node:
+            return self._quoted(line, i), False
+        elif ch in "&!":  # an anchor or a tag: a node still starts after it
+            return _WORD.match(line, i).end(), False
+        else:  # plain text (a quote inside it is text too)
+            self.node = False
+            return max(_FLOW_PLAIN.match(line, i).end(), i + 1), False
+        return i + 1, False
+
+    def _block(self, line: str, i: int) -> tuple[int, bool]:
+        """The token at `i` outside flow collections, as `_flow`."""
+        while self.indents and self.indents[-1] > i:  # a token left of a collection ends it
+            self.indents.pop()
+        top = self.indents[-1] if self.indents else -1
+        ch = line[i]
+        gap = i + 1 >= len(line) or line[i + 1] in " \t\r"
+        if ch in "-?" and gap:  # a sequence entry or an explicit key
+            opened = i > top
+            if opened:
+                self.indents.append(i)
+            return i + 1, opened
+        if ch == ":" and gap:  # a value: the key before it may open a mapping
+            opened = top < self.key
+            if opened:
+                self.indents.append(self.key)
+            self.key = -1
+            return i + 1, opened
+        if ch in "[{":
+            self.key, self.flow, self.node = i, 1, True
+            return i + 1, True
+        if ch in "'\"":
+            self.key = i
+            return self._quoted(line, i), False
+        if ch in "|>":  # a block scalar: the lines indented past the collection's are its text
+            header = line[i + 1:].split("#", 1)[0]
+            digits = [int(c) for c in header if c.isdigit()]
+            least = max(top + 1, 1)
+            self.block, self.block_min = (least + digits[0] - 1 if digits else -1), least
+            return -1, False
+        if ch in "&!":
+            return _WORD.match(line, i).end(), False
+        if ch == "*":
+            self.key = i
+            return _WORD.match(line, i).end(), False
+        if i == 0 and ch == "%":  # a directive
+            return -1, False
+        if i == 0 and line[:3] in ("---", "...") and line[3:4] in ("", " ", "\t", "\r"):
+            self.indents.clear()  # a document marker ends every block collection
+            return i + 3, False
+        self.key = i  # plain text, up to a `: ` that makes it a key, or a comment
+        m = _PLAIN_END.search(line, i)
+        return (m.start() if m is not None and m.group() == ":" else -1), False
+
+    def _quoted(self, line: str, i: int) -> int:
+        """Past the quoted scalar opening at `i`, or -1 when it runs on to the next line."""
+        end = _quote_end(line, i + 1, line[i])
+        if end < 0:
+            self.quote = line[i]
+        self.node = False
+        return end
 
 
 def _syntax_error(exc: yaml.MarkedYAMLError, file: str) -> SpecError:

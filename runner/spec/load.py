@@ -18,10 +18,18 @@ from ..errors import SpecError, SpecErrors
 from ..redact import SECRET_NAME, redact_value
 from . import _yaml
 from ._yaml import Mark, format_path
-from .locate import SpecSource, find_root, pydantic_errors, redact_errors, shown_path
+from .locate import (SpecSource, confined, find_root, pydantic_errors, redact_errors,
+                     shown_path)
 from .schema import AgentSpec
 
-__all__ = ["load_spec", "explain", "is_test_file", "read_text"]
+__all__ = ["load_spec", "explain", "is_test_file", "read_text", "output_path_problems",
+           "MAX_EXTENDS", "OUTPUT_PATHS"]
+
+MAX_EXTENDS = 32
+"""Most base specs one spec may stand on through `extends:`, one on the next."""
+
+OUTPUT_PATHS = (("trace", "path"), ("checkpoint", "path"), ("memory", "path"))
+"""Keys naming files or folders a run writes: confined to the project root like spec paths."""
 
 _VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -94,32 +102,52 @@ def read_text(path: Path, shown: str) -> str:
         raise SpecError(f"cannot read: {exc.strerror}", path=shown) from None
 
 
-def _read(path: Path, root: Path, env: Mapping[str, str], secrets: set[str],
-          marks: dict[tuple[Any, ...], Mark], stack: tuple[Path, ...]) -> dict[str, Any]:
+def _read_one(path: Path, env: Mapping[str, str], secrets: set[str],
+              marks: dict[tuple[Any, ...], Mark]) -> dict[str, Any]:
     shown = shown_path(path)
     text = read_text(path, shown)
-    own: dict[tuple[Any, ...], Mark] = {}
-    data = _yaml.load(text, shown, own, lambda v, plain, p, m: _interpolate(
+    data = _yaml.load(text, shown, marks, lambda v, plain, p, m: _interpolate(
         v, plain, p, m, env, secrets))
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise SpecError("a spec must be a mapping of keys to values", path=shown, line=1, col=1)
-    base_rel = data.get("extends")
-    if base_rel is not None:
-        src = SpecSource(path, root, own)
+    return data
+
+
+def _read(path: Path, root: Path, env: Mapping[str, str], secrets: set[str],
+          marks: dict[tuple[Any, ...], Mark]) -> dict[str, Any]:
+    """A spec merged onto its `extends:` bases, read one after the other (a loop, not
+    recursion: a chain is bounded by MAX_EXTENDS and never by the stack)."""
+    chain: list[Path] = [path]
+    layers: list[tuple[dict[str, Any], dict[tuple[Any, ...], Mark]]] = []
+    while True:
+        own: dict[tuple[Any, ...], Mark] = {}
+        data = _read_one(chain[-1], env, secrets, own)
+        layers.append((data, own))
+        base_rel = data.pop("extends", None)
+        if base_rel is None:
+            break
+        src = SpecSource(chain[-1], root, own)
         if not isinstance(base_rel, str):
             raise src.error(("extends",), "must be a path to another spec")
         base_path = src.resolve(base_rel, ("extends",))
-        if base_path in stack or base_path == path:
-            raise src.error(("extends",), f"extends cycle: {' -> '.join(shown_path(p) for p in (*stack, path, base_path))}")
-        base_marks: dict[tuple[Any, ...], Mark] = {}
-        base = _read(base_path, root, env, secrets, base_marks, (*stack, path))
-        base.pop("extends", None)
-        data = _merge(base, {k: v for k, v in data.items() if k != "extends"})
-        marks.update(base_marks)
-    marks.update(own)
-    return data
+        if base_path in chain:
+            raise src.error(("extends",), "extends cycle: " + _chain(chain + [base_path]))
+        if len(chain) > MAX_EXTENDS:
+            raise src.error(("extends",), f"extends chain of more than {MAX_EXTENDS} base "
+                                          f"specs ({_chain(chain + [base_path])})")
+        chain.append(base_path)
+    merged: dict[str, Any] = {}
+    for data, own in reversed(layers):  # the deepest base first; each spec overrides it
+        merged = _merge(merged, data)
+        marks.update(own)
+    return merged
+
+
+def _chain(paths: list[Path]) -> str:
+    shown = [shown_path(p) for p in paths]
+    return " -> ".join(shown if len(shown) <= 6 else [*shown[:2], "...", *shown[-2:]])
 
 
 
@@ -176,8 +204,7 @@ def load_spec(path: str | os.PathLike[str], overrides: Iterable[str] = (),
 
 def _load(src: SpecSource, overrides: Iterable[str]) -> AgentSpec:
     env = os.environ if src.env is None else src.env
-    data = _read(src.path, src.root, env, src.secrets, src.marks, ())
-    data.pop("extends", None)
+    data = _read(src.path, src.root, env, src.secrets, src.marks)
     src.overrides = list(overrides)
     _apply_overrides(data, src.overrides, src.marks)
     src.raw = data
@@ -187,7 +214,43 @@ def _load(src: SpecSource, overrides: Iterable[str]) -> AgentSpec:
     except ValidationError as exc:
         raise SpecErrors(pydantic_errors(exc, src, AgentSpec, data=data)) from None
     spec._source = src
+    problems = output_path_problems(spec)
+    if problems:
+        raise SpecErrors(problems)
     return spec
+
+
+def output_path_problems(spec: AgentSpec, *, confine_set: bool = False) -> list[SpecError]:
+    """Output paths that lead out of the project root (relative ones are taken from the
+    current directory, as the run will). A path the spec names is always checked; a default
+    only when it would be inside the root but a symlink leads it out; one given by `--set`
+    only with `confine_set` (the command line's is the caller's own choice; a test file's
+    `set:` is not)."""
+    src, cwd = spec.source, Path.cwd()
+    problems = []
+    for key in OUTPUT_PATHS:
+        section = getattr(spec, key[0])
+        value = getattr(section, key[1], None) if key[0] != "memory" else \
+            (section.model_extra or {}).get(key[1])
+        if not isinstance(value, str) or (value == ":memory:" and key[0] != "trace"):
+            continue  # not a path (the backend's own check says so), or SQLite's in-memory db
+        nearest = next((src.marks[key[:n]] for n in range(len(key), 0, -1)
+                        if key[:n] in src.marks), None)
+        by_set = nearest is not None and nearest.file == "--set"
+        if by_set and not confine_set:
+            continue
+        field = type(section).model_fields.get(key[1])
+        default = key not in src.marks and field is not None and value == field.default
+        if default and (  # only a symlink can lead a default out, and only if it is used
+                not getattr(section, "enabled", True)
+                or not Path(os.path.normpath(cwd / value)).is_relative_to(src.root)):
+            continue
+        try:
+            confined(src.root, cwd, value)
+        except ValueError as exc:
+            problems.append(src.error(key, f"{exc}; output paths are relative to the current "
+                                           "directory"))
+    return problems
 
 
 def is_test_file(path: Path) -> bool:

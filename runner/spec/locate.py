@@ -18,8 +18,8 @@ from ..errors import SpecError, did_you_mean
 from ..redact import redact_text
 from ._yaml import Mark, format_path
 
-__all__ = ["SpecSource", "find_root", "shown_path", "pydantic_errors", "redact_errors",
-           "ROOT_MARKERS"]
+__all__ = ["SpecSource", "find_root", "confined", "shown_path", "pydantic_errors",
+           "redact_errors", "ROOT_MARKERS"]
 
 ROOT_MARKERS = ("pyproject.toml", ".git", ".runner")
 
@@ -53,11 +53,14 @@ class SpecSource:
                          key=format_path(path) or None)
 
     def resolve(self, rel: str, key: tuple[Any, ...]) -> Path:
-        """A path from the spec, relative to its file and confined to the project root."""
-        p = (self.path.parent / os.path.expanduser(rel)).resolve()
-        if not p.is_relative_to(self.root):
-            raise self.error(key, f"path {rel!r} escapes the project root {self.root}")
-        return p
+        """A path from the spec, relative to its file (`~` expanded) and confined to the
+        project root, symlinks followed; SpecError at `key` otherwise."""
+        try:
+            return confined(self.root, self.path.parent, os.path.expanduser(rel))
+        except ValueError as exc:
+            through = " (through a symlink)" if "through a symlink" in str(exc) else ""
+            raise self.error(key, f"path {rel!r} escapes the project root "
+                                  f"{self.root}{through}") from None
 
 
 
@@ -71,6 +74,25 @@ def find_root(spec_path: Path) -> Path:
             return d
     return spec_path.parent
 
+
+
+def confined(root: Path, base: Path, rel: str | os.PathLike[str]) -> Path:
+    """`rel` taken relative to the folder `base` (an absolute `rel` stands alone) and
+    resolved, symlinks followed; ValueError saying where it leads when that is outside `root`.
+
+    No `~` expansion: callers whose paths allow it expand first. Resolving is what catches a
+    symlink inside the root that points out of it; `..` is judged after symlinks, as the OS
+    would.
+    """
+    root = Path(root).resolve()
+    p = (Path(base) / rel).resolve()
+    if p.is_relative_to(root):
+        return p
+    # only for the message: whether it looked inside before symlinks were followed
+    through = (" (through a symlink)"
+               if Path(os.path.normpath(Path(base) / rel)).is_relative_to(root) else "")
+    raise ValueError(f"path {os.fspath(rel)!r} leads to {p}, outside the project root "
+                     f"{root}{through}")
 
 
 def shown_path(path: str | os.PathLike[str]) -> str:

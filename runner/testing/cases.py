@@ -31,11 +31,12 @@ from ..console import StderrPrinter
 from ..errors import (EXIT_FAILED, EXIT_OK, EXIT_SPEC, ReplayMismatch, RunnerError, SpecError,
                       SpecErrors)
 from ..memory import BufferMemory
-from ..redact import Redactor, env_secrets, redact_text
+from ..redact import Redactor, env_secrets, printable, redact_text
 from ..resolve import Resolved, resolve
 from ..result import RunResult, as_text
 from ..spec import (Mark, SpecSource, StrictModel, find_root, is_test_file, load_spec, load_yaml,
                     pydantic_errors, read_text, shown_path, valid_regex)
+from ..spec.load import output_path_problems
 from .recording import Recorder, Replayer
 
 __all__ = ["AgentTests", "Case", "Expect", "AnswerCheck", "ToolsCheck", "StepsCheck",
@@ -213,7 +214,7 @@ def load_test_file(path: str | os.PathLike[str], overrides: Iterable[str] = ()) 
 def _load_agent(src: SpecSource, agent: Path, own: list[str], given: list[str]) -> Resolved:
     """The spec under test; a bad entry of the file's `set` is reported at that key."""
     try:
-        return resolve(load_spec(agent, [*own, *given]))
+        resolved = resolve(load_spec(agent, [*own, *given]))
     except SpecError as exc:
         if not _from_overrides(exc) or not own:
             raise
@@ -225,6 +226,12 @@ def _load_agent(src: SpecSource, agent: Path, own: list[str], given: list[str]) 
                 raise src.error(("set",), "; ".join(
                     f"{e.key}: {e.reason}" if e.key else e.reason for e in errors)) from None
         raise  # the command line's --set is at fault
+    # the command line's --set may send output anywhere; a test file's `set:` is not the user's
+    mine = [e for e in output_path_problems(load_spec(agent, own), confine_set=True)
+            if e.path == "--set"] if own else []
+    if mine:
+        raise src.error(("set",), "; ".join(f"{e.key}: {e.reason}" for e in mine))
+    return resolved
 
 
 def _from_overrides(exc: SpecError) -> bool:
@@ -380,8 +387,9 @@ async def _run_all(suites: list[_Suite], verbose: bool) -> tuple[int, int]:
                 reasons = await _run_case(s, case, verbose)
                 if reasons:
                     failed += 1
-                    print(redact_text(f"FAIL {label}: {'; '.join(reasons)}", s.secrets),
-                          flush=True)
+                    # the reasons quote the model's answer: escaped, never obeyed
+                    print(printable(redact_text(f"FAIL {label}: {'; '.join(reasons)}",
+                                                s.secrets)), flush=True)
                 else:
                     passed += 1
                     print(f"PASS {label}", flush=True)

@@ -37,6 +37,7 @@ from typing import IO, Any
 from ..errors import RecordingError, ReplayMismatch
 from ..models import Completion, Message, Model, ToolCall, Usage
 from ..redact import Redactor
+from ..result import to_json
 from ..spec import ModelSpec, shown_path
 
 __all__ = ["Recorder", "Replayer", "VERSION"]
@@ -101,7 +102,7 @@ class Recorder:
     def _write(self, line: dict[str, Any]) -> None:
         if self._file is None:
             raise RecordingError("the recording is closed", path=shown_path(self.path))
-        self._file.write(json.dumps(line, ensure_ascii=False, default=str) + "\n")
+        self._file.write(to_json(line) + "\n")
         self._file.flush()
 
     def close(self) -> None:

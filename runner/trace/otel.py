@@ -5,7 +5,9 @@ holding its `chat {model}` call and its `execute_tool {tool}` calls; a sub-agent
 `invoke_agent` nests under the `execute_tool` span that called it. Spans are built from the
 run's events as they arrive, with the events' own times, and sent by a batch processor in
 the background; a collector that is down never slows or fails a run. Prompts, replies and
-tool inputs/outputs are exported only when asked (`capture_content`), and redacted first.
+tool inputs/outputs are exported only when asked (`capture_content`), and redacted first;
+so is every other string a span carries (its name, tool names and call ids from the model,
+model ids, sessions, errors): nothing leaves the process without the run's redactor.
 
 The OpenTelemetry SDK is imported only when export is configured, and the global tracer
 provider is left alone: an application's own OpenTelemetry setup is not touched.
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..redact import Redactor
+from ..result import to_json
 from ..spec import OtlpSpec
 from .otlp import flush, pipeline_for, warn_once
 
@@ -59,13 +62,8 @@ def _model(model_id: str) -> tuple[str, str]:
     return _PROVIDERS.get(prefix, prefix), name
 
 
-def _attrs(values: dict[str, Any]) -> dict[str, Any]:
-    """Span attributes without the unknown values (OpenTelemetry rejects None)."""
-    return {k: v for k, v in values.items() if v is not None}
-
-
 def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, default=str)
+    return to_json(value)
 
 
 def _decoded(value: Any) -> Any:
@@ -146,14 +144,32 @@ class SpanSink:
                        f"{type(exc).__name__}: {exc}")
 
     def _start(self, name: str, ctx: Any, t: float, attributes: dict[str, Any],
-               client: bool = False) -> Any:
+               content: dict[str, str] | None = None, client: bool = False) -> Any:
+        """A span named `name`, with `attributes` redacted and `content` (redacted already)."""
         kind = self.trace.SpanKind.CLIENT if client else self.trace.SpanKind.INTERNAL
-        return self.tracer.start_span(name, context=ctx, kind=kind,
-                                      attributes=_attrs(attributes), start_time=_ns(t))
+        return self.tracer.start_span(self.redactor.text(name), context=ctx, kind=kind,
+                                      attributes={**self._attrs(attributes), **(content or {})},
+                                      start_time=_ns(t))
+
+    def _attrs(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Attributes redacted, without the unknown values (OpenTelemetry rejects None)."""
+        return {k: self._redacted(v) for k, v in values.items() if v is not None}
+
+    def _redacted(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.redactor.text(value)
+        if isinstance(value, (list, tuple)):
+            return [self.redactor.text(v) if isinstance(v, str) else v for v in value]
+        return value
+
+    def _clip(self, text: str) -> str:
+        """A message for an event or a status: redacted first, so no cut leaves half a secret."""
+        return self.redactor.text(text)[:500]
 
     def _fail(self, span: Any, error_type: str, description: str | None = None) -> None:
-        span.set_attribute("error.type", error_type)
-        span.set_status(self.trace.Status(self.trace.StatusCode.ERROR, description))
+        span.set_attribute("error.type", self.redactor.text(error_type))
+        span.set_status(self.trace.Status(self.trace.StatusCode.ERROR, description and
+                                          self.redactor.text(description)))
 
     def _content(self, value: Any) -> str:
         """Content as an attribute value: redacted, then JSON unless it is text."""
@@ -176,13 +192,14 @@ class SpanSink:
                       "gen_ai.agent.name": e.agent, "gen_ai.request.model": model,
                       "runner.run_id": e.run_id, "runner.parent_run_id": e.parent_run_id,
                       "runner.resumed": e.resumed or None}
+        content: dict[str, str] = {}
         if self.content:
             text = e.input if isinstance(e.input, str) else _json(e.input)
-            attributes["gen_ai.input.messages"] = self._content(
+            content["gen_ai.input.messages"] = self._content(
                 [{"role": "user", "parts": [{"type": "text", "content": text}]}])
             if e.tools:
-                attributes["gen_ai.tool.definitions"] = self._content(e.tools)
-        span = self._start(f"invoke_agent {e.agent}", ctx, e.t, attributes)
+                content["gen_ai.tool.definitions"] = self._content(e.tools)
+        span = self._start(f"invoke_agent {e.agent}", ctx, e.t, attributes, content)
         descriptions = {t["function"]["name"]: t["function"].get("description")
                         for t in e.tools if isinstance(t.get("function"), dict)}
         self.runs[e.run_id] = _RunSpans(span, self.trace.set_span_in_context(span), descriptions,
@@ -208,16 +225,16 @@ class SpanSink:
     def _retried(self, e: Any) -> None:
         run = self.runs.get(e.run_id)
         if run is not None and run.chat is not None:
-            run.chat.add_event("retry", {
+            run.chat.add_event("retry", self._attrs({
                 "runner.attempt": e.attempt, "runner.wait_s": e.wait_s, "runner.model": e.model,
-                "runner.error": self.redactor.text(e.error)[:500]}, timestamp=_ns(e.t))
+                "runner.error": self._clip(e.error)}), timestamp=_ns(e.t))
 
     def _model_called(self, e: Any) -> None:
         run = self.runs.get(e.run_id)
         if run is None or run.chat is None:
             return
         chat, run.chat = run.chat, None
-        chat.set_attributes(_attrs({
+        chat.set_attributes(self._attrs({
             "gen_ai.response.model": _model(e.model)[1],
             "gen_ai.usage.input_tokens": e.prompt_tokens,
             "gen_ai.usage.output_tokens": e.completion_tokens,
@@ -240,10 +257,10 @@ class SpanSink:
         attributes = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": e.tool,
                       "gen_ai.tool.type": "function", "gen_ai.tool.call.id": e.call_id,
                       "gen_ai.tool.description": run.tool_descriptions.get(e.tool) or None}
-        if self.content:
-            attributes["gen_ai.tool.call.arguments"] = self._content(_decoded(e.input))
+        content = {"gen_ai.tool.call.arguments": self._content(_decoded(e.input))} \
+            if self.content else None
         run.tools[(e.step, e.tool)] = self._start(f"execute_tool {e.tool}", run.parent(), e.t,
-                                                  attributes)
+                                                  attributes, content)
 
     def _observed(self, e: Any) -> None:
         run = self.runs.get(e.run_id)
@@ -251,8 +268,8 @@ class SpanSink:
             return
         if e.tool is None:  # a reply that could not be parsed or checked: no tool ran
             if run.step is not None:
-                run.step.add_event("parse_error", _attrs({
-                    "runner.message": self.redactor.text(e.text)[:500] if self.content else None}),
+                run.step.add_event("parse_error", self._attrs({
+                    "runner.message": self._clip(e.text) if self.content else None}),
                     timestamp=_ns(e.t))
             return
         span = run.tools.pop((e.step, e.tool), None)
@@ -260,8 +277,7 @@ class SpanSink:
             return
         run.called.discard(id(span))
         if e.error:  # the error text may quote the tool's input: content
-            text = self.redactor.text(e.text)[:500] if self.content else None
-            self._fail(span, "tool_error", text)
+            self._fail(span, "tool_error", self._clip(e.text) if self.content else None)
         elif self.content:
             span.set_attribute("gen_ai.tool.call.result", self._content(e.text))
         span.end(end_time=_ns(e.t))
@@ -270,7 +286,7 @@ class SpanSink:
         run = self.runs.get(e.run_id)
         if run is not None:
             span = run.step if run.step is not None else run.span
-            span.add_event("warning", {"runner.message": self.redactor.text(e.message)[:500]},
+            span.add_event("warning", self._attrs({"runner.message": self._clip(e.message)}),
                            timestamp=_ns(e.t))
 
     def _memory(self, e: Any) -> None:
@@ -279,9 +295,9 @@ class SpanSink:
             # a session is a conversation only when a memory backend keeps it (the settings
             # name the backend once the loop reports it)
             if e.kind == "memory_read" and run.settings.get("memory", "none") != "none":
-                run.span.set_attribute("gen_ai.conversation.id", e.session)
-            run.span.add_event(e.kind, {"runner.memory.session": e.session,
-                                        "runner.memory.messages": e.messages},
+                run.span.set_attribute("gen_ai.conversation.id", self.redactor.text(e.session))
+            run.span.add_event(e.kind, self._attrs({"runner.memory.session": e.session,
+                                                    "runner.memory.messages": e.messages}),
                                timestamp=_ns(e.t))
 
     def _end_step(self, run: _RunSpans, t: float, error_type: str) -> None:
@@ -305,7 +321,7 @@ class SpanSink:
         failed = e.status != "finished"
         self._end_step(run, e.t, e.status if failed else "_OTHER")
         span = run.span
-        span.set_attributes(_attrs({
+        span.set_attributes(self._attrs({
             "runner.status": e.status, "runner.steps": e.steps,
             "gen_ai.usage.input_tokens": e.prompt_tokens,
             "gen_ai.usage.output_tokens": e.completion_tokens, "runner.cost_usd": e.cost_usd}))
@@ -315,5 +331,5 @@ class SpanSink:
                 "role": "assistant", "parts": [{"type": "text", "content": text}],
                 "finish_reason": "stop"}]))
         if failed:
-            self._fail(span, e.status, self.redactor.text(e.error)[:500] if e.error else None)
+            self._fail(span, e.status, self._clip(e.error) if e.error else None)
         span.end(end_time=_ns(e.t))

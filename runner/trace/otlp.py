@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from ..errors import SpecError
+from ..redact import env_secrets, printable, redact_text
 from ..spec import OtlpSpec
 
 __all__ = ["pipeline_for", "flush", "warn_once", "Pipeline"]
@@ -91,7 +92,8 @@ def _check_protocol() -> None:
 def warn_once(message: str) -> None:
     if not _warned.is_set():
         _warned.set()
-        sys.stderr.write(f"warning: {message}\n")
+        # it may quote a collector's reply, or an endpoint with a token in it
+        sys.stderr.write(f"warning: {printable(redact_text(message, env_secrets()))}\n")
         sys.stderr.flush()
 
 

@@ -1,44 +1,155 @@
 """Reading traces back: a trace file's events with every model call's messages restored
 from their deltas, finding a run's file by a prefix of its id, listing recent runs, and the
-tree of runs, steps and calls that `trace show` and `trace view` draw."""
+tree of runs, steps and calls that `trace show` and `trace view` draw.
+
+A trace may have been edited, cut or replaced by anything: reads are bounded (a line, a
+file), only regular files are read, and an event whose fields have the wrong types is a
+RunnerError naming the file and line; `list_traces` lists such a file as unreadable."""
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ..errors import RunnerError
 from ..models import Message
 
-__all__ = ["read_trace", "find_trace", "list_traces", "summarize", "build_tree", "iter_runs",
-           "expand_delta"]
+__all__ = ["MAX_LINE_BYTES", "MAX_TRACE_BYTES", "build_tree", "expand_delta", "find_trace",
+           "iter_runs", "list_traces", "read_trace", "read_tree", "summarize"]
 
+MAX_LINE_BYTES = 32 << 20
+"""The longest event read back (the longest is a model call's first prompt)."""
+MAX_TRACE_BYTES = 1 << 30
+"""The largest trace file `trace show` and `trace view` read."""
+
+_NONE = type(None)
+_INT, _NUM, _TEXT = (int, _NONE), (int, float, _NONE), (str, _NONE)
+_FIELDS: dict[str, tuple[type, ...]] = {
+    "kind": (str,), "run_id": (str,), "t": (int, float), "step": _INT, "steps": _INT,
+    "attempt": _INT, "attempts": _INT, "prompt_tokens": _INT, "completion_tokens": _INT,
+    "latency_s": _NUM, "duration_s": _NUM, "wait_s": _NUM, "cost_usd": _NUM,
+    "parent_run_id": _TEXT, "agent": _TEXT, "model": _TEXT, "tool": _TEXT, "call_id": _TEXT,
+    "text": _TEXT, "status": _TEXT, "message": _TEXT, "session": _TEXT,
+    "finish_reason": _TEXT, "error": (str, bool, _NONE), "resumed": (bool, _NONE),
+    "settings": (dict, _NONE), "budget": (dict, _NONE), "tools": (list, _NONE),
+    "tool_calls": (list, _NONE), "stop": (list, _NONE), "messages": (list, int),
+    "messages_delta": (dict,)}
+"""The type of each field an event may have (a memory event's `messages` is a count)."""
 
 
 def read_trace(path: str | Path) -> list[dict[str, Any]]:
     """A trace's events, with every model call's full `messages` restored (on its
-    model_started). A last line cut short by a crash is skipped."""
+    model_started). A line that is not a JSON object (a last line cut short by a crash, say)
+    is skipped; an event with fields of the wrong type, a line longer than MAX_LINE_BYTES, a
+    file larger than MAX_TRACE_BYTES or one that is not a regular file (a FIFO, /dev/zero)
+    is a RunnerError naming the file."""
     events: list[dict[str, Any]] = []
     sent: dict[str, list[Message]] = {}
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                e = json.loads(line)
-            except ValueError:
+    with _open_regular(path) as f:
+        if os.fstat(f.fileno()).st_size > MAX_TRACE_BYTES:
+            raise RunnerError(f"{path}: larger than {MAX_TRACE_BYTES} bytes")
+        total = 0
+        for number, line in enumerate(_lines(f, path), 1):
+            total += len(line)
+            if total > MAX_TRACE_BYTES:  # it grew while being read
+                raise RunnerError(f"{path}: larger than {MAX_TRACE_BYTES} bytes")
+            e = _event(line, path, number)
+            if e is None:
                 continue
-            if not isinstance(e, dict):
-                continue
-            if e.get("kind") == "run_started":
-                sent.pop(e.get("run_id"), None)
+            rid = e["run_id"]
+            if e["kind"] == "run_started":
+                sent.pop(rid, None)
             delta = e.pop("messages_delta", None)
-            if isinstance(delta, dict):
-                e["messages"] = sent[e.get("run_id")] = expand_delta(sent.get(e.get("run_id"), []),
-                                                                delta)
+            if delta is not None:
+                e["messages"] = sent[rid] = _expand(sent.get(rid, []), delta, path, number)
             events.append(e)
     return events
+
+
+def read_tree(path: str | Path) -> dict[str, Any]:
+    """The run of a trace file as a tree (see build_tree), or a RunnerError naming the file."""
+    events = read_trace(path)
+    try:
+        return build_tree(events)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        raise RunnerError(f"{path}: not a readable trace: {exc}") from None
+
+
+def _open_regular(path: str | Path) -> IO[bytes]:
+    """The file opened for reading, if it is a regular file: never blocks on a FIFO, never
+    reads a device."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise RunnerError(f"{path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RunnerError(f"{path}: not a regular file")
+    return os.fdopen(fd, "rb")
+
+
+def _lines(f: IO[bytes], path: str | Path) -> Iterator[bytes]:
+    """The file's lines, each at most MAX_LINE_BYTES (else a RunnerError naming the line)."""
+    number = 0
+    while line := f.readline(MAX_LINE_BYTES + 1):
+        number += 1
+        if len(line) > MAX_LINE_BYTES:
+            raise RunnerError(f"{path}: line {number} is longer than {MAX_LINE_BYTES} bytes")
+        yield line
+
+
+def _event(line: bytes | str, path: str | Path, number: int) -> dict[str, Any] | None:
+    """Line `number` (0: not known) as an event; None if it is not a JSON object; a
+    RunnerError naming the file and line if it is one whose fields have the wrong types."""
+    try:
+        e = json.loads(line.decode("utf-8", "replace") if isinstance(line, bytes) else line)
+    except (ValueError, RecursionError):  # cut short, or nested past the parser's stack
+        return None
+    if not isinstance(e, dict):
+        return None
+    where = f"{path}: line {number}" if number else f"{path}: an event near its end"
+    for key, types in _FIELDS.items():
+        if (key in e or key in ("kind", "run_id")) and not isinstance(e.get(key), types):
+            raise RunnerError(f"{where}: {key} is a {type(e.get(key)).__name__}")
+    problem = _messages_problem(e.get("messages")) if isinstance(e.get("messages"), list) \
+        else None
+    problem = problem or next((f"{key} holds something other than objects" for key in (
+        "tool_calls", "tools") if not all(isinstance(c, dict) for c in e.get(key) or [])), None)
+    if problem is None and not all(isinstance(s, str) for s in e.get("stop") or []):
+        problem = "stop holds something other than text"
+    if problem is not None:
+        raise RunnerError(f"{where}: {problem}")
+    return e
+
+
+def _messages_problem(messages: list[Any]) -> str | None:
+    if all(isinstance(m, dict) and isinstance(m.get("content"), (str, list, _NONE))
+           for m in messages):
+        return None
+    return "messages holds something other than messages"
+
+
+def _expand(before: list[Message], delta: dict[str, Any], path: str | Path,
+            number: int) -> list[Message]:
+    """expand_delta, once the delta is checked."""
+    same, prefix, new = delta.get("same", 0), delta.get("prefix", 0), delta.get("new", [])
+    problem = None
+    if not (isinstance(same, int) and isinstance(prefix, int) and isinstance(new, list)) \
+            or same < 0 or prefix < 0:
+        problem = "messages_delta is not a delta"
+    else:
+        problem = _messages_problem(new)
+        if problem is None and prefix and new and same < len(before) and not (
+                isinstance(before[same].get("content"), str)
+                and isinstance(new[0].get("content"), str)):
+            problem = "messages_delta continues a message that is not text"
+    if problem is not None:
+        raise RunnerError(f"{path}: line {number}: {problem}")
+    return expand_delta(before, delta)
 
 
 def expand_delta(before: list[Message], delta: dict[str, Any]) -> list[Message]:
@@ -69,24 +180,41 @@ def _glob_safe(text: str) -> str:
 
 def list_traces(folder: str | Path, limit: int = 20) -> list[dict[str, Any]]:
     """Summaries of the most recent traces, newest first: reads each file's first line and
-    its last run_ended, not the whole file."""
+    its last run_ended, not the whole file. A file that cannot be read that way is listed
+    with status `unreadable` and an `error`, among the rest."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    files = sorted(folder.glob("*.jsonl"), key=lambda p: p.stat().st_mtime, reverse=True)
-    return [s for s in (summarize(p) for p in files[:limit]) if s is not None]
+    files = sorted(((_mtime(p), p) for p in folder.glob("*.jsonl")), reverse=True)
+    return [summarize(p, mtime) for mtime, p in files[:limit]]
 
 
-def summarize(path: Path) -> dict[str, Any] | None:
-    """One line of `runner trace list`: status, agent, steps, tokens, cost, duration."""
-    head, tail = _head_and_tail(path)
+def _mtime(path: Path) -> float:
     try:
-        first = json.loads(head)
-    except ValueError:
-        return None
-    run_id = first.get("run_id", path.stem)
-    end = next((e for e in (_loads(line) for line in reversed(tail))
-                if e and e.get("kind") == "run_ended" and e.get("run_id") == run_id), None)
+        return path.stat().st_mtime
+    except OSError:  # a dangling symlink: its own time
+        try:
+            return path.lstat().st_mtime
+        except OSError:
+            return 0.0
+
+
+def summarize(path: Path, mtime: float | None = None) -> dict[str, Any]:
+    """One line of `runner trace list`: status, agent, steps, tokens, cost, duration."""
+    try:
+        head, tail = _head_and_tail(path)
+        first = _event(head, path, 1)
+        if first is None or first["kind"] != "run_started":
+            raise RunnerError(f"{path}: " + ("empty" if not head.strip() else
+                                             "the first line is not a run_started event"))
+        run_id = first["run_id"]
+        ends = (_event(line, path, 0) for line in reversed(tail[1:]))  # tail[0] may be cut
+        end = next((e for e in ends if e and e["kind"] == "run_ended" and
+                    e["run_id"] == run_id), None)
+    except RunnerError as exc:
+        return {"run_id": path.stem, "agent": "?", "model": "?", "started": mtime,
+                "input": None, "status": "unreadable", "steps": None, "tokens": None,
+                "cost_usd": None, "duration_s": None, "path": str(path), "error": str(exc)}
     summary = {"run_id": run_id, "agent": first.get("agent", "?"),
                "model": first.get("model", "?"), "started": first.get("t"),
                "input": first.get("input"), "status": "unfinished", "steps": None,
@@ -98,21 +226,15 @@ def summarize(path: Path) -> dict[str, Any] | None:
     return summary
 
 
-def _head_and_tail(path: Path, tail_bytes: int = 1 << 16) -> tuple[str, list[str]]:
-    with open(path, "rb") as f:
-        head = f.readline().decode("utf-8", "replace")
+def _head_and_tail(path: Path, tail_bytes: int = 1 << 16) -> tuple[bytes, list[bytes]]:
+    """The first line (at most MAX_LINE_BYTES) and the lines of the last `tail_bytes`."""
+    with _open_regular(path) as f:
+        head = next(_lines(f, path), b"")
         size = f.seek(0, os.SEEK_END)
-        f.seek(max(0, size - tail_bytes))
-        tail = f.read().decode("utf-8", "replace").splitlines()
-    return head, tail
-
-
-def _loads(line: str) -> dict[str, Any] | None:
-    try:
-        e = json.loads(line)
-    except ValueError:
-        return None
-    return e if isinstance(e, dict) else None
+        start = max(len(head), size - tail_bytes)
+        f.seek(start)
+        tail = f.read(tail_bytes).splitlines()
+    return head, tail if start > len(head) else [b"", *tail]
 
 
 # -- the run as a tree ----------------------------------------------------------------------

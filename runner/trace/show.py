@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from typing import Any
+
+from ..redact import printable as plain
 
 __all__ = ["print_run"]
 
@@ -19,7 +20,6 @@ PIPE_WIDTH = 120
 
 STATUS_STYLE = {"finished": "bold green", "running": "yellow", "unfinished": "bold yellow",
                 "interrupted": "bold yellow"}
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def print_run(tree: dict[str, Any], full: bool = False) -> None:
@@ -255,8 +255,10 @@ def run_table(rows: list[dict[str, Any]]) -> str:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["started"] or 0))
         cost = "-" if r["cost_usd"] is None else f"{r['cost_usd']:.4f}"
         took = "-" if r["duration_s"] is None else f"{r['duration_s']:.2f}s"
-        lines.append(f"{r['run_id']:<14}{str(r['agent'])[:15]:<16}{str(r['status'])[:21]:<22}"
-                     f"{dash(r['steps']):>5}{dash(r['tokens']):>9}{cost:>10}{took:>9}  {when}")
+        lines.append(plain(
+            f"{r['run_id']:<14}{str(r['agent'])[:15]:<16}{str(r['status'])[:21]:<22}"
+            f"{dash(r['steps']):>5}{dash(r['tokens']):>9}{cost:>10}{took:>9}  {when}"
+            + (f"  ({r['error']})" if r.get("error") else "")))  # an unreadable file says why
     return "\n".join(lines)
 
 
@@ -267,12 +269,6 @@ def clip(text: str, chars: int, lines: int) -> str:
     if len(short) == len(text):
         return text
     return f"{short} … ({len(text) - len(short)} more characters; --full shows all)"
-
-
-def plain(value: Any) -> str:
-    """Text safe to print on a terminal: control codes (escape sequences, carriage returns)
-    shown as escapes, not obeyed."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
 
 
 def action_input(value: Any, full: bool) -> str:

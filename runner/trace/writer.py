@@ -1,5 +1,6 @@
 """Traces: every event of a run as JSON lines in `.runner/traces/RUN_ID.jsonl`, written and
-flushed as it happens (a crash keeps everything before it), redacted before it is written.
+flushed as it happens (a crash keeps everything before it), redacted before it is written,
+private (folders 0700, files 0600) and standard JSON (a model's NaN is written "NaN").
 
 A sub-agent's events go to its top-level run's file, each line carrying its own `run_id`.
 A model call's messages are stored with its `model_started` (so a call that never answers
@@ -10,15 +11,16 @@ then the rest), so a trace grows with the conversation rather than with its squa
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
 from typing import IO, Any
 
 from .. import events as ev
+from .._sqlite import private_dir
 from ..models import Message
 from ..redact import Redactor
+from ..result import to_json
 from ..spec import TraceSpec
 
 __all__ = ["TraceWriter", "common_prefix"]
@@ -65,7 +67,7 @@ class TraceWriter:
         f = self._files.get(self._root.get(run_id, run_id))
         if f is None:  # an event of a run this writer did not see start
             return
-        f.write(_encode(data) + "\n")
+        f.write(to_json(data) + "\n")
         f.flush()
         if isinstance(event, ev.RunEnded):
             self._sent.pop(run_id, None)
@@ -74,7 +76,7 @@ class TraceWriter:
             self._root.pop(run_id, None)
 
     def _open(self, run_id: str) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.dir)
         fd = os.open(self.dir / f"{run_id}.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._files[run_id] = os.fdopen(fd, "a", encoding="utf-8")
 
@@ -102,10 +104,6 @@ class TraceWriter:
                 if prefix:
                     new = [{**new[0], "content": b[prefix:]}, *new[1:]]
         return {"same": same, "prefix": prefix, "new": new}
-
-
-_encode = json.JSONEncoder(ensure_ascii=False, default=str).encode
-"""json.dumps(..., ensure_ascii=False, default=str) without building an encoder per event."""
 
 
 def common_prefix(a: str, b: str) -> int:
