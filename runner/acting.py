@@ -10,17 +10,18 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from . import events as ev
 from .budget import Budget
 from .errors import CheckpointError, LimitExceeded, LoopDetected, ToolError, did_you_mean
-from .parsing import Action
+from .parsing import Action, RawArguments
 from .result import Step
 from .spec import LoopSpec
-from .tools import Tool, ToolContext, format_output, parse_arguments, run_tool
+from .tools import (Tool, ToolContext, cut_deep, format_output, parse_arguments, run_tool,
+                    too_deep)
 
 __all__ = ["StepContext", "ToolLedger", "act", "UNKNOWN_OUTCOME"]
 
@@ -67,6 +68,8 @@ class StepContext:
 async def act(ctx: StepContext, action: Action, step: Step, warnings: list[str],
               resumed: bool = False) -> None:
     """Run one action of `step` and record its observation, with events either side."""
+    if too_deep(action.input):  # events, redaction, trace and checkpoint would recurse into it
+        action = replace(action, input=RawArguments(json.dumps(cut_deep(action.input))))
     step.action, step.input = action.tool, action.input
     ctx.emit(ev.ActionTaken(ctx.run_id, step.index, action.tool, action.input, action.call_id))
     started = time.monotonic()
@@ -115,6 +118,7 @@ async def _invoke(ctx: StepContext, action: Action, step: Step,
 
 def _repeated(ctx: StepContext, t: Tool, args: Any, step: Step) -> str | None:
     """Loop detection: the model is told once, then the run ends (loop_detected)."""
+    # parse_arguments bounded the depth (MAX_ARGUMENT_DEPTH), so this cannot recurse far
     key = f"{t.name}:{json.dumps(dict(args), sort_keys=True, default=str)}"
     repeats = ctx.ledger.repeats
     count = repeats[key] = repeats.get(key, 0) + 1

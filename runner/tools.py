@@ -1,29 +1,42 @@
 """Tools: the interface, turning a typed function into a tool, argument validation, and
-running a call with a timeout and a bounded, printable observation."""
+running a call with a timeout and a bounded, printable observation.
+
+A sync tool runs in a worker thread, or, with `isolation="process"` (`isolation: process` on
+a spec's tools entry), in a separate process that is killed with its children at the
+timeout: code that holds the GIL in C (a huge integer power, a regex that backtracks) would
+otherwise stall the event loop, and with it every timeout, deadline and signal handler."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import contextvars
+import importlib
 import inspect
 import json
+import os
+import pickle
 import queue
 import re
+import signal
+import sys
 import threading
 from dataclasses import dataclass, replace
-from typing import Annotated, Any, Callable, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Callable, Literal, get_args, get_origin, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from .errors import ToolError, ToolTimeout
-from .parsing import RawArguments
+from .parsing import MAX_DEPTH, TOO_DEEP, RawArguments, decode_arguments
 
 __all__ = ["Tool", "ToolFactory", "ToolContext", "tool", "as_factory", "NoOptions",
-           "parse_arguments", "run_tool", "format_output", "run_process", "kill_process_groups"]
+           "parse_arguments", "run_tool", "format_output", "run_process", "kill_process_groups",
+           "too_deep", "cut_deep", "MAX_ARGUMENT_DEPTH", "Isolation"]
 
 TRUNCATION_MARKER = "\n[... output truncated: {dropped} of {total} characters dropped ...]"
+MAX_ARGUMENT_DEPTH = MAX_DEPTH  # one bound for native calls and text inputs
+"""Arguments nested deeper are refused: json, pydantic, redaction and the trace writer all
+recurse, and a few hundred levels of brackets would overflow them."""
+Isolation = Literal["thread", "process"]
 
 
 class NoOptions(BaseModel):
@@ -63,6 +76,10 @@ class Tool:
     """False: a call cut short by a crash is not re-run on resume; the model is told instead."""
     max_output_chars: int | None = None
     """Longer output is cut to this size (default: the spec's loop.max_observation_chars)."""
+    isolation: Isolation = "thread"
+    """"process": each call runs in a fresh process, killed (with its children) at the timeout.
+    Its function must be importable (module level), its arguments and result must pickle, and
+    its ToolContext carries no budget or forward."""
 
     def schema(self) -> dict[str, Any]:
         """The OpenAI-style function schema passed to native tool calling."""
@@ -104,11 +121,18 @@ def as_factory(obj: Tool | ToolFactory | Callable[..., Any]) -> ToolFactory:
 
 def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None,
          description: str | None = None, timeout_s: float | None = None,
-         confirm: bool = False, idempotent: bool = True) -> Any:
+         confirm: bool = False, idempotent: bool = True,
+         isolation: Isolation = "thread") -> Any:
     """Turn a typed function (sync or async) into a Tool; its signature becomes the schema.
 
     A parameter annotated `ToolContext` receives the run's context and is hidden from the model.
+    `isolation="process"` runs each call in a separate process that is killed at the timeout,
+    for CPU-bound code that may hold the GIL (see Tool.isolation).
     """
+
+    if isolation not in get_args(Isolation):
+        raise ValueError(f"isolation must be one of {', '.join(get_args(Isolation))}, "
+                         f"not {isolation!r}")
 
     def wrap(f: Callable[..., Any]) -> Tool:
         hints = get_type_hints(f, include_extras=True)
@@ -124,7 +148,8 @@ def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None,
         model = create_model(f"{f.__name__}_args", __config__=ConfigDict(extra="forbid"), **fields)
         doc = inspect.getdoc(f) or ""
         return Tool(name or f.__name__, description or doc.split("\n\n")[0].replace("\n", " "),
-                    model, f, timeout_s, context_param, confirm, idempotent)
+                    model, f, timeout_s, context_param, confirm, idempotent,
+                    isolation=isolation)
 
     return wrap(fn) if fn is not None else wrap
 
@@ -143,8 +168,9 @@ def _described(ann: Any) -> Any:
 def parse_arguments(t: Tool, raw: str | dict[str, Any] | None) -> BaseModel:
     """Validate the model's input for `t`; raise ToolError with advice the model can act on.
 
-    Arguments are decoded with `json.loads` only (never evaluated). A one-field tool also
-    takes plain text, unless the text is evidently a broken JSON object for its fields.
+    Arguments are JSON or unambiguous near-JSON (single quotes, Python literals, a trailing
+    comma), read by a literal parser and never evaluated. A one-field tool also takes plain
+    text, unless the text is evidently a broken JSON object for its fields.
     """
     fields = t.args.model_fields
     data: Any = raw
@@ -152,13 +178,13 @@ def parse_arguments(t: Tool, raw: str | dict[str, Any] | None) -> BaseModel:
         text = raw.strip()
         if text.startswith("{") or isinstance(raw, RawArguments):
             try:
-                data = json.loads(text)
+                data = decode_arguments(text)  # ToolError past MAX_DEPTH levels
             except json.JSONDecodeError as exc:
                 if len(fields) != 1 or isinstance(raw, RawArguments) or _names_a_field(
                         text, fields):
                     raise ToolError(f"the arguments are not valid JSON ({exc.msg} at column "
-                                    f"{exc.colno}); send a JSON object with double-quoted keys "
-                                    f"and no trailing comma, with: {', '.join(fields)}") from None
+                                    f"{exc.colno}); send a JSON object with double-quoted keys, "
+                                    f"with: {', '.join(fields)}") from None
                 data = text
         if not isinstance(data, dict):
             if len(fields) == 1:
@@ -168,6 +194,8 @@ def parse_arguments(t: Tool, raw: str | dict[str, Any] | None) -> BaseModel:
                 data = {}
             else:
                 raise ToolError(f"{t.name} takes a JSON object with: {', '.join(fields)}")
+    if too_deep(data):  # before pydantic and everything after it recurses into the data
+        raise ToolError(_TOO_DEEP)
     try:
         return t.args.model_validate(data or {})
     except ValidationError as exc:
@@ -176,6 +204,35 @@ def parse_arguments(t: Tool, raw: str | dict[str, Any] | None) -> BaseModel:
         takes = ", ".join(fields) or "no arguments"
         raise ToolError(f"invalid arguments for {t.name}: {problems} ({t.name} takes: {takes})"
                         ) from None
+
+
+_TOO_DEEP = TOO_DEEP
+
+
+def too_deep(value: Any, limit: int = MAX_ARGUMENT_DEPTH) -> bool:
+    """Whether lists and dicts in `value` nest deeper than `limit` (iterative: no recursion)."""
+    if not isinstance(value, (dict, list, tuple)):
+        return False
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list, tuple)))
+    return False
+
+
+def cut_deep(value: Any, limit: int = MAX_ARGUMENT_DEPTH + 1) -> Any:
+    """`value` with containers below `limit` levels replaced by "...": still too deep, but
+    safe to show, serialise and store (it recurses `limit` levels at most)."""
+    if not isinstance(value, (dict, list, tuple)):
+        return value
+    if limit <= 0:
+        return "..."
+    if isinstance(value, dict):
+        return {k: cut_deep(v, limit - 1) for k, v in value.items()}
+    return [cut_deep(v, limit - 1) for v in value]
 
 
 def _names_a_field(text: str, fields: dict[str, Any]) -> bool:
@@ -253,6 +310,134 @@ def _in_thread(fn: Callable[..., Any], kwargs: dict[str, Any]) -> asyncio.Future
     return future
 
 
+# the folder holding this package goes last on the path: found even when not installed
+_ISOLATED_BOOT = (f"import sys; sys.path.append({os.path.dirname(os.path.dirname(__file__))!r}); "
+                  f"from runner.tools import _isolated_main; _isolated_main(%d)")
+
+
+async def _in_process(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+    """One call in a fresh `python -c` process (a spawn: never a fork of this threaded
+    process, and nothing of `__main__` is re-run). It leads its own process group, killed
+    with everything in it when the call ends, times out or is cancelled, as with run_process;
+    the event loop only waits on its pipes."""
+    try:  # pickled here: a function a fresh process cannot import fails before one starts
+        payload = pickle.dumps((sys.path, pickle.dumps((_importable(fn), kwargs))))
+    except Exception as exc:
+        raise ToolError(f"it cannot run in a separate process ({type(exc).__name__}: {exc}); "
+                        f"an isolated tool must be a module-level function whose arguments "
+                        f"pickle") from None
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _ISOLATED_BOOT % os.getpid(), stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, start_new_session=True)
+    _process_groups.add(proc.pid)
+    try:
+        out, _ = await proc.communicate(payload)
+    finally:
+        _kill_group(proc.pid)  # whatever it left running goes too
+        _process_groups.discard(proc.pid)
+        if proc.returncode is None:
+            try:
+                await asyncio.wait_for(asyncio.shield(proc.wait()), 1.0)
+            except (TimeoutError, asyncio.CancelledError):
+                pass
+    if not out:
+        raise ToolError(f"its process ended without a result ({_ended(proc.returncode)})")
+    try:
+        ok, value = pickle.loads(out)
+    except Exception as exc:  # a result or exception that does not unpickle here
+        raise ToolError(f"its result could not be read: {type(exc).__name__}: {exc}") from None
+    if ok:
+        return value
+    raise value
+
+
+def _ended(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+@dataclass(frozen=True)
+class _ToolRef:
+    """Where a fresh process finds a decorated function: `@tool` rebinds the module's name
+    to the Tool, so pickle cannot find the function itself by name."""
+
+    module: str
+    qualname: str
+
+
+def _importable(fn: Callable[..., Any]) -> Any:
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
+    if module and qualname and "<locals>" not in qualname:
+        found: Any = sys.modules.get(module)
+        for part in qualname.split("."):
+            found = getattr(found, part, None)
+        if isinstance(found, Tool) and found.fn is fn:
+            return _ToolRef(module, qualname)
+    return fn
+
+
+def _isolated_main(parent: int) -> None:
+    """The isolated process: read the call on stdin, run it, write (ok, value) on stdout."""
+    channel = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # the tool's own prints go to stderr, never into its result
+    _die_with_parent(parent)
+    path, call = pickle.loads(sys.stdin.buffer.read())
+    sys.path[:] = path  # the caller's, with whatever it added at run time
+    try:
+        target, kwargs = pickle.loads(call)
+        fn = _resolve(target) if isinstance(target, _ToolRef) else target
+        result = fn(**kwargs)
+        if inspect.isawaitable(result):
+            result = asyncio.run(_awaited(result))
+        outcome: tuple[bool, Any] = (True, result)
+    except SystemExit as exc:  # argparse and friends: a tool failure, as in a thread
+        outcome = (False, ToolError(f"SystemExit: {exc.code}"))
+    except BaseException as exc:  # delivered to the caller, not raised here
+        outcome = (False, exc)
+    try:
+        data = pickle.dumps(outcome)
+        if not outcome[0]:
+            pickle.loads(data)  # an exception whose class cannot be rebuilt from its pickle
+    except Exception:  # a result or exception that does not pickle: send it as text
+        ok, value = outcome
+        data = pickle.dumps((True, _as_text(value)) if ok else
+                            (False, ToolError(f"{type(value).__name__}: {value}")))
+    channel.write(data)
+    channel.flush()
+
+
+def _resolve(ref: _ToolRef) -> Callable[..., Any]:
+    found: Any = importlib.import_module(ref.module)
+    for part in ref.qualname.split("."):
+        found = getattr(found, part)
+    return found.fn if isinstance(found, Tool) else found
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: the kernel kills this process when the runner dies, so not even a runner
+    killed with SIGKILL leaves it behind."""
+    if sys.platform != "linux":
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the runner died before the line above
+        os._exit(1)
+
+
 def _is_async(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
         getattr(fn, "__call__", None))
@@ -260,6 +445,8 @@ def _is_async(fn: Callable[..., Any]) -> bool:
 
 async def _call(t: Tool, kwargs: dict[str, Any]) -> Any:
     try:
+        if t.isolation == "process":
+            return await _in_process(t.fn, kwargs)
         result = await (t.fn(**kwargs) if _is_async(t.fn) else _in_thread(t.fn, kwargs))
         if inspect.isawaitable(result):
             result = await result
@@ -269,10 +456,12 @@ async def _call(t: Tool, kwargs: dict[str, Any]) -> Any:
 
 
 async def run_tool(t: Tool, args: BaseModel, ctx: ToolContext, timeout_s: float) -> Any:
-    """Call the tool under a deadline; sync tools run in a worker thread."""
+    """Call the tool under a deadline; sync tools run in a worker thread, isolated tools in
+    their own process."""
     kwargs = dict(args)
-    if t.context_param:
-        kwargs[t.context_param] = ctx
+    if t.context_param:  # a budget and an event callback cannot cross to another process
+        kwargs[t.context_param] = ctx if t.isolation != "process" else ToolContext(
+            ctx.run_id, ctx.root, ctx.depth)
     try:
         return await asyncio.wait_for(_call(t, kwargs), timeout_s)
     except asyncio.TimeoutError:

@@ -206,10 +206,19 @@ def test_an_unknown_tool_becomes_an_observation_listing_the_tools(tmp_path: Path
     assert "did you mean 'echo'" in prompts_sent(agent)[1]
 
 
+@pytest.mark.parametrize("arguments", ["{'a': 1, 'b': 2}", '{"a": 1, "b": 2,}',
+                                       "{'a': 1, 'b': 2,}"])
+def test_near_json_text_arguments_are_read_without_eval(tmp_path: Path, arguments: str) -> None:
+    path = write_spec(tmp_path, [f"Action: add\nAction Input: {arguments}", "Final Answer: 3"])
+    result, _, _ = run(path)
+    assert result.status == "finished" and CALLS == [("add", (1, 2))]
+    assert result.steps[0].observation == "3"
+
+
 @pytest.mark.parametrize("arguments", [
     '{"a": 1, "b": 2',                     # unterminated
-    "{'a': 1, 'b': 2}",                   # single quotes
-    '{"a": 1, "b": 2,}',                  # trailing comma
+    "{'a': one, 'b': 2}",                 # a name: near-JSON is read, never evaluated
+    '{"a": 1 "b": 2}',                    # a missing comma
     "1, 2",                               # not an object at all
 ])
 def test_broken_json_arguments_become_an_observation(tmp_path: Path, arguments: str) -> None:
@@ -267,7 +276,9 @@ def native_spec(tmp_path: Path, **loop: Any) -> Path:
     return write_spec(tmp_path, loop={"style": "tools", **loop})
 
 
-@pytest.mark.parametrize("arguments", ['{"text": "hi', "{'text': 'hi'}", '{"text": "hi",}'])
+# unambiguous near-JSON (single quotes, a trailing comma) is decoded by a literal parser
+# (tests/test_parsing.py); what no parser can read becomes an observation
+@pytest.mark.parametrize("arguments", ['{"text": "hi', "{'text': hi}", '{"text": "hi" "x"}'])
 def test_native_calls_with_broken_json_become_an_observation(
         tmp_path: Path, server: ScriptedOpenAIServer, scripted: list[str], arguments: str) -> None:
     server.script({"tool_calls": [{"id": "c1", "name": "echo", "arguments": arguments}]},

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import socket
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,7 +16,7 @@ from runner.errors import SpecError, SpecErrors
 from runner.plugins import registry
 from runner.api import validate_paths
 from runner.resolve import resolve
-from runner.spec import AgentSpec, explain, json_schema, load_spec
+from runner.spec import COMMON_TOOL_KEYS, AgentSpec, explain, json_schema, load_spec
 
 from conftest import ROOT
 
@@ -27,11 +26,14 @@ CANARY = "sk-canary-3b1f9e77d2"
 
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty project root (pyproject.toml marks it) that is also the working directory."""
+    """An empty project root (pyproject.toml marks it) that is also the working directory;
+    it is a folder of tmp_path, so that files "outside the root" are still under tmp_path."""
     monkeypatch.delenv("RUNNER_ROOT", raising=False)
-    (tmp_path / "pyproject.toml").write_text("")
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "pyproject.toml").write_text("")
+    monkeypatch.chdir(root)
+    return root
 
 
 @pytest.fixture
@@ -202,8 +204,8 @@ def test_tool_options_list_what_is_allowed(write: Write) -> None:
     path = write("bad.yaml", "model: {id: fake/x}\ntools:\n  - calculator: {bogus: 1}\n"
                              "  - calculator: {timout_s: 2, name: c2}\n")
     assert errors_of(path) == [
-        "bad.yaml:3:18: tools[0].calculator.bogus: unknown key 'bogus'; allowed: confirm, "
-        "description, idempotent, max_output_chars, name, timeout_s",
+        "bad.yaml:3:18: tools[0].calculator.bogus: unknown key 'bogus'; allowed: "
+        + ", ".join(sorted(COMMON_TOOL_KEYS)),
         "bad.yaml:4:18: tools[1].calculator.timout_s: unknown key 'timout_s' "
         "(did you mean 'timeout_s'?)",
     ]
@@ -316,11 +318,10 @@ BILLION_LAUGHS = "".join(
     + [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 10)])
 
 
-def test_alias_bomb_is_refused_quickly_without_expanding(write: Write) -> None:
-    path = write("bad.yaml", BILLION_LAUGHS)
-    start = time.monotonic()
-    problem = error_of(path)
-    assert time.monotonic() - start < 5
+# How long the refusals below take is measured by bench/hostile_yaml.py, not asserted here.
+
+def test_alias_bomb_is_refused_without_expanding(write: Write) -> None:
+    problem = error_of(write("bad.yaml", BILLION_LAUGHS))
     # l5 is the first level past 100,000 values (9**6 > 100,000 > 9**5).
     assert problem == "bad.yaml:6:5: l5: document expands to more than 100000 values (an alias bomb?)"
 
@@ -346,12 +347,8 @@ def test_moderate_aliases_still_work(write: Write) -> None:
     ("a: " + "{a: " * 10_000 + "1" + "}" * 10_000 + "\n",
      "bad.yaml:1:256: a.a.a.a.a.a.a.a...: nesting deeper than 64 levels"),
 ], ids=["flow-sequences", "flow-mappings"])
-def test_ten_thousand_deep_nesting_is_refused_quickly(write: Write, text: str, expected: str) -> None:
-    path = write("bad.yaml", text)
-    start = time.monotonic()
-    problem = error_of(path)
-    assert time.monotonic() - start < 5
-    assert problem == expected
+def test_ten_thousand_deep_nesting_is_refused(write: Write, text: str, expected: str) -> None:
+    assert error_of(write("bad.yaml", text)) == expected
 
 
 def test_nesting_through_aliases_is_bounded_too(write: Write) -> None:
@@ -368,22 +365,19 @@ def test_a_100_mb_file_is_refused_before_reading(write: Write, project: Path) ->
         for _ in range(100 * 1024 * 1024 // len(chunk) + 1):
             f.write(chunk)
     assert path.stat().st_size > 100 * 1024 * 1024
-    start = time.monotonic()
     problem = error_of(path)
-    assert time.monotonic() - start < 5
     assert problem == f"big.yaml: file is {path.stat().st_size} bytes; specs are limited to 262144"
 
 
 def test_many_small_values_are_bounded(write: Write) -> None:
     path = write("bad.yaml", "a: [" + "1," * 120_000 + "]\n")
-    start = time.monotonic()
     problem = error_of(path)
-    assert time.monotonic() - start < 5
     assert problem == "bad.yaml:1:199999: a[99997]: document has more than 100000 values"
 
 
 def test_yaml_module_limits_are_what_the_docs_say() -> None:
-    assert (_yaml.MAX_BYTES, _yaml.MAX_DEPTH, _yaml.MAX_NODES) == (256 * 1024, 64, 100_000)
+    assert (_yaml.MAX_BYTES, _yaml.MAX_DEPTH, _yaml.MAX_NODES, _yaml.MAX_CHARS) == \
+        (256 * 1024, 64, 100_000, 1_000_000)
     with pytest.raises(SpecError, match="larger than 262144 bytes"):
         _yaml.load("a: 1\n" * 60_000, "x.yaml", {})
 

@@ -21,7 +21,7 @@ import runner
 from conftest import tools_plugin
 from runner.default_plugins.calculator import evaluate
 from runner.errors import ToolError, ToolTimeout
-from runner.tools import ToolContext, format_output, parse_arguments, run_tool, tool
+from runner.tools import ToolContext, as_factory, format_output, parse_arguments, run_tool, tool
 
 # ------------------------------------------------------------------------------ test tools
 
@@ -238,14 +238,16 @@ def test_parse_arguments_accepts_text_json_and_quoted_text() -> None:
     assert parse_arguments(boom, '{"reason": "json"}').reason == "json"
     assert parse_arguments(boom, {"reason": "native"}).reason == "native"
     assert parse_arguments(flood, "3").megabytes == 3
+    # unambiguous near-JSON is read by a literal parser
+    assert parse_arguments(boom, "{'reason': 'quoted',}").reason == "quoted"
     # a one-field tool takes text that merely starts with a brace
     assert parse_arguments(boom, "{not json} but text").reason == "{not json} but text"
 
 
 @pytest.mark.parametrize("raw,expected", [
     ('{"reason": "x"', "not valid JSON"),            # unterminated
-    ("{'reason': 'x'}", "not valid JSON"),           # single quotes
-    ('{"reason": "x",}', "not valid JSON"),          # trailing comma
+    ("{'reason': x}", "not valid JSON"),             # a bare name: near-JSON, not code
+    ('{"reason": "x" "y"}', "not valid JSON"),       # joined strings (a missed comma?)
     ({"reason": "x", "extra": 1}, "extra: Extra inputs are not permitted"),
     ({}, "reason: Field required"),
 ])
@@ -355,6 +357,43 @@ def test_format_output_marker_counts_what_was_dropped() -> None:
     assert format_output(None, 100) == "null"
 
 
+def test_isolation_is_declared_on_the_tool_and_kept_by_its_factory() -> None:
+    def crunch(n: int) -> int:
+        """Crunches."""
+        return n
+
+    isolated = tool(crunch, isolation="process")
+    assert isolated.isolation == "process" and tool(crunch).isolation == "thread"
+    built = as_factory(isolated).build(None, None)
+    assert built is not isolated and built.isolation == "process"
+    with pytest.raises(ValueError, match="isolation must be one of thread, process"):
+        tool(crunch, isolation="fork")  # type: ignore[arg-type]
+
+
+def test_arguments_nested_past_the_bound_are_refused_before_validation() -> None:
+    from runner.tools import MAX_ARGUMENT_DEPTH, too_deep
+
+    @tool
+    def keep(data: Any) -> str:
+        """Keeps anything."""
+        return "kept"
+
+    def nested(levels: int) -> Any:
+        value: Any = []
+        for _ in range(levels - 1):
+            value = [value]
+        return value
+
+    assert parse_arguments(keep, {"data": nested(MAX_ARGUMENT_DEPTH - 1)})
+    for raw in ({"data": nested(MAX_ARGUMENT_DEPTH)},
+                json.dumps({"data": nested(MAX_ARGUMENT_DEPTH)}),
+                '{"data": ' + "[" * 100_000 + "]" * 100_000 + "}"):
+        with pytest.raises(ToolError, match=f"nested more than {MAX_ARGUMENT_DEPTH} levels"):
+            parse_arguments(keep, raw)
+    assert not too_deep("[" * 1000) and not too_deep({"a": 1, "b": [1, {"c": 2}]})
+    assert too_deep(nested(MAX_ARGUMENT_DEPTH + 1))
+
+
 # ------------------------------------------------------------------------------ calculator
 
 
@@ -362,7 +401,9 @@ def test_format_output_marker_counts_what_was_dropped() -> None:
     ("17*23", 391), ("2*(3+4)", 14), ("sqrt(16)", 4), ("2^10", 1024), ("7/2", 3.5),
     ("7//2", 3), ("-3**2", -9), ("10 % 3", 1), ("abs(-3) + max(1, 2, 3)", 6),
     ("round(2.567, 2)", 2.57), ("17 × 23", 391), ("8 ÷ 2", 4), ("2**0.5", 2 ** 0.5),
-    ("pi * 2", 6.283185307179586), ("1e3 + 1", 1001.0),
+    ("pi * 2", 6.283185307179586), ("1e3 + 1", 1001.0), ("round(1234, -2)", 1200),
+    ("round(2.5)", 2), ("round(1.23456, 1000)", 1.23456), ("17 << 2", 68), ("1024 >> 3", 128),
+    ("(2**10) ** 3", 2 ** 30),
 ])
 def test_calculator_computes_normal_expressions(expression: str, expected: float) -> None:
     assert evaluate(expression) == pytest.approx(expected)

@@ -1,11 +1,16 @@
 """The `calculator` tool: arithmetic on simpleeval, with no eval, no strings, no attribute
-access, and bounded expression length, exponents and result size."""
+access, and bounded expression length, exponents, shifts, round()'s digits and result size.
+
+It runs in-process (a call costs microseconds): every operation is bounded before CPython
+runs it in C, so no call can hold the GIL past its timeout. `- calculator: {isolation:
+process}` in a spec adds a hard backstop, at the cost of a process per call."""
 
 from __future__ import annotations
 
 import ast
 import math
 import operator
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from pydantic import Field
@@ -16,30 +21,78 @@ from ..tools import tool
 MAX_EXPRESSION = 500
 MAX_EXPONENT = 10_000
 MAX_RESULT_BITS = 100_000
+MAX_NDIGITS = 1_000
+"""round()'s digits: round(1, -10**8) would compute 10**(10**8) in C, holding the GIL."""
 
-_FUNCTIONS = {"sqrt": math.sqrt, "abs": abs, "round": round, "min": min, "max": max,
-              "floor": math.floor, "ceil": math.ceil, "log": math.log, "log10": math.log10,
-              "exp": math.exp, "sin": math.sin, "cos": math.cos, "tan": math.tan}
-_NAMES = {"pi": math.pi, "e": math.e}
-_ALLOWED = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Constant, ast.Call, ast.Name, ast.Load,
-            ast.operator, ast.unaryop)
+# Every operation on a big number is bounded before CPython runs it in C (where it holds the
+# GIL, so no timeout, signal or deadline can interrupt it): results stay under
+# MAX_RESULT_BITS, so each step is milliseconds and the 500-character expression is too.
+# Our own table, not simpleeval's defaults, so a simpleeval release cannot widen it.
+
+
+def _size(x: Any) -> str:
+    """A number as text for an error message; never str() of a huge int (slow, and capped)."""
+    if isinstance(x, int) and x.bit_length() > 64:
+        return f"a {int(x.bit_length() * 0.30103) + 1}-digit number"
+    return repr(x)
 
 
 def _power(a: Any, b: Any) -> Any:
     if abs(b) > MAX_EXPONENT or (abs(a) > 1 and abs(b) * math.log2(abs(a)) > MAX_RESULT_BITS):
-        raise ValueError(f"{a} ** {b} is too large to compute")
+        raise ValueError(f"{_size(a)} ** {_size(b)} is too large to compute (exponents are "
+                         f"limited to {MAX_EXPONENT} and results to {MAX_RESULT_BITS} bits)")
     return operator.pow(a, b)
 
 
 def _mul(a: Any, b: Any) -> Any:
     if isinstance(a, int) and isinstance(b, int) and a.bit_length() + b.bit_length() > MAX_RESULT_BITS:
-        raise ValueError("the product is too large to compute")
+        raise ValueError(f"the product is too large to compute (results are limited to "
+                         f"{MAX_RESULT_BITS} bits)")
     return operator.mul(a, b)
+
+
+def _shift(op: Callable[[Any, Any], Any], symbol: str) -> Callable[[Any, Any], Any]:
+    def shift(a: Any, b: Any) -> Any:
+        if isinstance(a, int) and isinstance(b, int) and abs(b) > MAX_RESULT_BITS:
+            raise ValueError(f"{_size(a)} {symbol} {_size(b)} is too large to compute (shifts "
+                             f"are limited to {MAX_RESULT_BITS} bits)")
+        if symbol == "<<" and isinstance(a, int) and isinstance(b, int) and \
+                a.bit_length() + b > MAX_RESULT_BITS:
+            raise ValueError(f"{_size(a)} << {b} is too large to compute (results are limited "
+                             f"to {MAX_RESULT_BITS} bits)")
+        return op(a, b)
+
+    return shift
+
+
+def _round(number: Any, ndigits: Any = None) -> Any:
+    if ndigits is None:
+        return round(number)
+    if not isinstance(ndigits, int):
+        raise ValueError("round's second argument (the digits) must be a whole number")
+    if abs(ndigits) > MAX_NDIGITS:
+        raise ValueError(f"round's digits must be between -{MAX_NDIGITS} and {MAX_NDIGITS} "
+                         f"(got {_size(ndigits)})")
+    return round(number, ndigits)
+
+
+_OPERATORS: dict[type, Callable[..., Any]] = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: _mul, ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: _power,
+    ast.LShift: _shift(operator.lshift, "<<"), ast.RShift: _shift(operator.rshift, ">>"),
+    ast.BitAnd: operator.and_, ast.BitOr: operator.or_, ast.BitXor: operator.xor,
+    ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Invert: operator.invert}
+_FUNCTIONS = {"sqrt": math.sqrt, "abs": abs, "round": _round, "min": min, "max": max,
+              "floor": math.floor, "ceil": math.ceil, "log": math.log, "log10": math.log10,
+              "exp": math.exp, "sin": math.sin, "cos": math.cos, "tan": math.tan}
+_NAMES = {"pi": math.pi, "e": math.e}
+_ALLOWED = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Constant, ast.Call, ast.Name, ast.Load,
+            *_OPERATORS)
 
 
 def evaluate(expression: str) -> int | float:
     """Evaluate an arithmetic expression safely; raise ValueError with a reason."""
-    from simpleeval import DEFAULT_OPERATORS, SimpleEval
+    from simpleeval import SimpleEval
 
     expr = expression.strip().replace("×", "*").replace("÷", "/").replace("^", "**")
     if not expr:
@@ -55,10 +108,8 @@ def evaluate(expression: str) -> int | float:
                 isinstance(node.value, bool) or not isinstance(node.value, (int, float)))):
             raise ValueError(f"only numbers, + - * / // % ** and {', '.join(_FUNCTIONS)} are "
                              f"allowed (found {type(node).__name__})")
-    ops = dict(DEFAULT_OPERATORS)
-    ops[ast.Pow], ops[ast.Mult] = _power, _mul
     try:
-        value = SimpleEval(operators=ops, functions=_FUNCTIONS, names=_NAMES).eval(
+        value = SimpleEval(operators=_OPERATORS, functions=_FUNCTIONS, names=_NAMES).eval(
             expr, previously_parsed=tree.body)
     except ZeroDivisionError:
         raise ValueError("division by zero") from None

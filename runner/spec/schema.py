@@ -6,11 +6,12 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr,
+                      SerializerFunctionWrapHandler, model_serializer)
 
 from .locate import SpecSource
 
-__all__ = ["StrictModel", "AgentSpec", "ModelSpec", "PromptSpec", "LoopSpec", "BudgetSpec",
+__all__ = ["StrictModel", "AgentSpec", "ModelSpec", "FallbackSpec", "PromptSpec", "LoopSpec", "BudgetSpec",
            "MemorySpec", "CheckpointSpec", "TraceSpec", "OtlpSpec", "OutputSpec", "InputSpec",
            "CommonToolOptions", "COMMON_TOOL_KEYS", "DEFAULT_MODEL", "json_schema", "valid_regex"]
 
@@ -21,6 +22,42 @@ class StrictModel(BaseModel):
     """Unknown keys and silent coercions are errors; field docstrings document the schema."""
 
     model_config = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True)
+
+
+API_KEY_ENV = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class FallbackSpec(StrictModel):
+    """A model tried when the ones before it fail for good, with its own connection settings:
+    it never gets the primary's `api_base`, key or `options`."""
+
+    id: str
+    """A model id, as in `model.id`."""
+    api_base: str | None = None
+    """Base URL of its server; unset: its provider's own (as LiteLLM finds it)."""
+    api_key_env: str | None = Field(None, pattern=API_KEY_ENV)
+    """Name of the variable that holds its key; unset: its provider's own variable, or no key
+    at all when `api_base` is set."""
+    options: dict[str, Any] = {}
+    """Its extra provider parameters (the primary's `options` are not passed on)."""
+
+    @model_serializer(mode="wrap")
+    def _as_id(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """A fallback with nothing but an id is written back as the id alone."""
+        return self.id if self.model_fields_set <= {"id"} else handler(self)
+
+
+def _fallback_entry(value: Any) -> Any:
+    if isinstance(value, str):
+        return {"id": value}
+    if not isinstance(value, (dict, FallbackSpec)):
+        raise ValueError("a fallback is a model id (- openai/gpt-4o-mini) or a mapping with "
+                         "id: and its own api_base:, api_key_env:")
+    return value
+
+
+FallbackEntry = Annotated[FallbackSpec, BeforeValidator(
+    _fallback_entry, json_schema_input_type=str | FallbackSpec)]
 
 
 class ModelSpec(StrictModel):
@@ -40,18 +77,32 @@ class ModelSpec(StrictModel):
     """First wait before a retry; it doubles each attempt, with jitter (0.5x to 1x)."""
     max_backoff_s: float = Field(30.0, ge=0, le=3600)
     """Longest wait between retries (a longer Retry-After is still honoured)."""
-    fallbacks: list[str] = []
-    """Model ids tried in order when this one fails for good."""
+    fallbacks: list[FallbackEntry] = []
+    """Tried in order when this model fails for good: a model id (its provider's own server and
+    key) or `{id, api_base, api_key_env, options}`; never with this model's api_base, key or
+    options."""
     api_base: str | None = None
     """Base URL of an OpenAI-compatible or self-hosted server."""
-    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    """Name of the environment variable that holds the API key (never the key itself)."""
+    api_key_env: str | None = Field(None, pattern=API_KEY_ENV)
+    """Name of the environment variable that holds the API key (never the key itself); with
+    `api_base` and no `api_key_env`, no key from the environment is sent."""
     stop: list[str] = Field([], max_length=4)
     """Extra stop sequences (a ReAct agent always stops before an invented `Observation:`)."""
     stream: bool = False
     """Stream tokens from the provider (only worth it when a person watches)."""
     options: dict[str, Any] = {}
     """Extra provider parameters passed through unchanged (`top_p`, `seed`, plugin options)."""
+    max_reply_bytes: int = Field(16 * 1024 * 1024, ge=1024, le=1024 ** 3)
+    """Largest reply read from the provider, in bytes, counted before and after decompression
+    (a stream counts all its events); a larger reply fails the call."""
+
+    def for_fallback(self, i: int) -> ModelSpec:
+        """The settings fallback `i` is called with: this model's call settings, and the
+        fallback's own id, api_base, api_key_env and options."""
+        fb = self.fallbacks[i]
+        return self.model_copy(update={"id": fb.id, "api_base": fb.api_base,
+                                       "api_key_env": fb.api_key_env, "options": fb.options,
+                                       "fallbacks": []})
 
 
 class PromptSpec(StrictModel):
@@ -107,8 +158,9 @@ class MemorySpec(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True, use_attribute_docstrings=True)
     backend: str = "buffer"
     """`buffer` (in-process), `sqlite`, `none`, or a plugin's backend."""
-    session: str = "default"
-    """Which conversation to continue; `--session` overrides it."""
+    session: str | None = Field(None, min_length=1)
+    """Which conversation to continue; `--session` overrides it. Without one, each run
+    starts with an empty history and keeps nothing for the next."""
     window: int | None = Field(None, ge=1)
     """Keep only the last N messages in the prompt."""
 
@@ -250,6 +302,9 @@ class CommonToolOptions(StrictModel):
     """Ask before each call (see loop.approve); default: what the tool's plugin says."""
     idempotent: bool | None = None
     """false: a call interrupted by a crash is not re-run on resume; the model is told instead."""
+    isolation: Literal["thread", "process"] | None = None
+    """process: each call runs in its own process, killed with its children at the timeout (for
+    CPU-bound tools that may hold the GIL); default: what the tool's plugin says."""
 
 
 COMMON_TOOL_KEYS = frozenset(CommonToolOptions.model_fields)
