@@ -3,6 +3,7 @@ commands that need them, so `runner --help` starts fast."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -401,15 +402,23 @@ def trace_view(run_id: str, folder: str, output: str | None) -> None:
     path, tree = _load_trace(folder, run_id)
     out = Path(output) if output else path.with_suffix(".html")
     page = render_page(tree).encode("utf-8")
-    try:  # private, as the trace it shows (a page written before is made so too)
-        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    # private, as the trace it shows (a page written before is made so too). The default
+    # page sits beside a trace that may have come with the repository: a symlink there is
+    # refused, never followed (it could point at any file the user can write)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        fd = os.open(out, flags | (0 if output else os.O_NOFOLLOW), 0o600)
         with os.fdopen(fd, "wb") as f:
             st = os.fstat(fd)
-            if stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid():
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError(0, "not a regular file")
+            os.ftruncate(fd, 0)
+            if st.st_uid == os.getuid():
                 os.fchmod(fd, 0o600)
             f.write(page)
     except OSError as exc:
-        _fail(RunnerError(f"cannot write {out}: {exc.strerror or exc}"), False)
+        reason = "a symlink, not followed" if exc.errno == errno.ELOOP else exc.strerror or exc
+        _fail(RunnerError(f"cannot write {out}: {reason}"), False)
     click.echo(str(out))
 
 

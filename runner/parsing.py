@@ -209,10 +209,15 @@ def _decode(text: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError:
-        value = _near_json(text)
+        try:
+            value = _near_json(text)
+        except ValueError:  # a literal past CPython's int digit limit
+            value = None
         if value is None:
             raise
         return value
+    except ValueError as exc:  # an integer past CPython's 4,300-digit limit
+        raise json.JSONDecodeError(f"a number too long to read ({exc})", text, 0) from None
 
 
 def decode_arguments(text: str) -> Any:

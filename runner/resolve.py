@@ -9,6 +9,7 @@ else reads the plugin registry.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,14 +20,18 @@ from .errors import SpecError, SpecErrors, did_you_mean
 from .memory import Memory, NoMemory
 from .plugins import Registration, Registry, hooks, registry
 from .prompts import PromptTemplate, load_template
-from .spec import (COMMON_TOOL_KEYS, AgentSpec, CommonToolOptions, MemorySpec, load_spec,
-                   pydantic_errors, redact_errors)
+from .spec import (COMMON_TOOL_KEYS, AgentSpec, CommonToolOptions, MemorySpec, ModelSpec,
+                   load_spec, pydantic_errors, redact_errors)
+from .spec import shown_path
 from .tools import ToolFactory
 
-__all__ = ["Resolved", "ToolRef", "resolve", "resolve_spec", "MAX_AGENT_DEPTH"]
+__all__ = ["Resolved", "ToolRef", "resolve", "resolve_spec", "MAX_AGENT_DEPTH", "MAX_SUB_AGENTS"]
 
 MAX_AGENT_DEPTH = 5
 """Sub-agents may nest this deep below the top-level agent (checked when a spec is resolved)."""
+
+MAX_SUB_AGENTS = 100
+"""Most sub-agents below one agent, each use of a spec counted: the agents a run builds."""
 
 
 @dataclass
@@ -54,7 +59,8 @@ class Resolved:
     spec: AgentSpec
     tools: list[ToolRef]
     models: list[tuple[str, Callable[..., Any]]]
-    """(model id, factory) for `model.id` and then each fallback."""
+    """(model id, factory) for `model.id` and then each fallback; each factory takes the spec's
+    `model` settings, and a fallback's applies the fallback's own connection settings to them."""
     template: PromptTemplate
     memory: Callable[[], Memory]
     """Makes the spec's memory backend (not opened until the agent is built)."""
@@ -62,14 +68,35 @@ class Resolved:
     """The plugins' lifecycle hooks (`on_event`), for the composition root."""
 
 
+@dataclass
+class _SubAgents:
+    """The sub-agents met while resolving one top-level spec, so that a spec named many times
+    is read once: without this, six specs each naming the next eight times were 37,449 loads."""
+
+    done: dict[tuple[Path, int], tuple[Resolved, int] | SpecError] = field(default_factory=dict)
+    """By (file, depth): the resolved spec and how many agents it brings, or its problems."""
+    below: dict[tuple[Path, ...], int] = field(default_factory=dict)
+    """Agents counted so far below each spec being resolved (keyed by its stack)."""
+
+
+_SUB_AGENTS: ContextVar[_SubAgents | None] = ContextVar("runner_sub_agents", default=None)
+
+
 def resolve(spec: AgentSpec, _stack: tuple[Path, ...] = ()) -> Resolved:
     """Check `spec` against the installed plugins; raise SpecErrors listing every problem
     (no message shows a value that came from a secret variable)."""
+    token = _SUB_AGENTS.set(_SubAgents()) if not _stack or _SUB_AGENTS.get() is None else None
     try:
         return _resolve(spec, _stack)
     except SpecError as exc:
+        if isinstance(exc, SpecErrors):  # a sub-agent named several times: its problems once
+            exc.errors = list({id(e): e for e in exc.errors}.values())
+            exc.args = (exc.render(),)
         redact_errors(exc, spec.source.secrets)
         raise
+    finally:
+        if token is not None:
+            _SUB_AGENTS.reset(token)
 
 
 def _resolve(spec: AgentSpec, _stack: tuple[Path, ...]) -> Resolved:
@@ -88,11 +115,13 @@ def _resolve(spec: AgentSpec, _stack: tuple[Path, ...]) -> Resolved:
     reg = registry()
     stack = (*_stack, src.path)
     models = []
-    for key, model_id in [(("model", "id"), spec.model.id),
-                          *((("model", "fallbacks", i), f) for i, f in enumerate(spec.model.fallbacks))]:
-        provider = attempt(_provider, spec, key, model_id, reg)
+    provider = attempt(_provider, spec, ("model", "id"), spec.model.id, reg)
+    if provider is not None:
+        models.append((spec.model.id, provider.value))
+    for i, fallback in enumerate(spec.model.fallbacks):
+        provider = attempt(_provider, spec, ("model", "fallbacks", i), fallback.id, reg)
         if provider is not None:
-            models.append((model_id, provider.value))
+            models.append((fallback.id, _fallback_factory(provider.value, i)))
     memory = attempt(_memory, spec, reg)
     seen: dict[str, int] = {}
     refs = []
@@ -139,6 +168,16 @@ def _provider(spec: AgentSpec, key: tuple[Any, ...], model_id: str, reg: Registr
                    for family, names in families.items())
     raise spec.source.error(key, f"unknown model provider {prefix!r}{did_you_mean(prefix, known)}; "
                                  f"plugins provide: {', '.join(own)}{more}")
+
+
+def _fallback_factory(factory: Callable[..., Any], i: int) -> Callable[..., Any]:
+    """The factory of fallback `i`: given the spec's `model` settings, as every model factory
+    is, it builds the fallback from its own id, api_base, key and options, never the primary's."""
+
+    def make(model: ModelSpec, model_id: str) -> Any:
+        return factory(model.for_fallback(i), model_id)
+
+    return make
 
 
 def _memory(spec: AgentSpec, reg: Registry) -> Callable[[], Memory]:
@@ -213,13 +252,35 @@ def _tool_ref(spec: AgentSpec, i: int, entry: Any, reg: Registry,
 
 def _sub_agent(spec: AgentSpec, key: tuple[Any, ...], path_key: tuple[Any, ...], rel: str,
                stack: tuple[Path, ...]) -> Resolved:
-    path = spec.source.resolve(rel, path_key)
+    """The sub-agent `rel` of the spec at the end of `stack`: each file is loaded once per
+    depth (what lies below it depends on the depth limit), its problems reported once, and
+    the agents below one spec are capped at MAX_SUB_AGENTS, each use counted."""
+    src = spec.source
+    path = src.resolve(rel, path_key)
     if path in stack:
         chain = " -> ".join(p.name for p in (*stack, path))
-        raise spec.source.error(key, f"sub-agent cycle: {chain}")
+        raise src.error(key, f"sub-agent cycle: {chain}")
     if len(stack) > MAX_AGENT_DEPTH:
-        raise spec.source.error(key, f"sub-agents nested deeper than {MAX_AGENT_DEPTH}")
-    return resolve(load_spec(path, env=spec.source.env), stack)
+        raise src.error(key, f"sub-agents nested deeper than {MAX_AGENT_DEPTH}")
+    seen = _SUB_AGENTS.get() or _SubAgents()
+    done = seen.done.get((path, len(stack)))
+    if done is None:
+        try:
+            sub = resolve(load_spec(path, env=src.env), stack)
+        except SpecError as exc:
+            seen.done[(path, len(stack))] = exc
+            raise
+        done = seen.done[(path, len(stack))] = (sub, 1 + seen.below.get((*stack, path), 0))
+    if isinstance(done, SpecError):
+        raise done
+    sub, size = done
+    before = seen.below.get(stack, 0)
+    seen.below[stack] = before + size
+    if before <= MAX_SUB_AGENTS < before + size:
+        raise src.error(key, f"more than {MAX_SUB_AGENTS} sub-agents in all below "
+                             f"{shown_path(src.path)} (each use of a spec counts; "
+                             f"{shown_path(path)} brings {size})")
+    return sub
 
 
 def _check_schema(spec: AgentSpec) -> None:

@@ -379,14 +379,17 @@ def test_malformed_200_is_a_typed_provider_error(h: Harness, server: Any, fault:
 
 # --------------------------------------------------------------------------- fallbacks
 
-FALLBACKS = ["openai/fallback-a", "openai/fallback-b"]
+def fallbacks(server: ScriptedOpenAIServer, **entry: Any) -> list[dict[str, Any]]:
+    """Two fallbacks on the scripted server: each names its own api_base, since a fallback
+    never inherits the primary's (tests/test_hostile_models.py)."""
+    return [{"id": f"openai/fallback-{n}", "api_base": server.url, **entry} for n in "ab"]
 
 
 def test_fallbacks_in_order_after_the_primary_fails_for_good(h: Harness, server: Any) -> None:
     retries = 1
     server.script(*[{"status": 503}] * (2 * (retries + 1)), ANSWER)
     clock = FakeClock()
-    result = h.run(clock, retries=retries, fallbacks=FALLBACKS)
+    result = h.run(clock, retries=retries, fallbacks=fallbacks(server))
     assert result.status == "finished" and result.answer == "recovered"
     assert h.models_asked == ["scripted"] * 2 + ["fallback-a"] * 2 + ["fallback-b"]
     called = h.called()
@@ -398,7 +401,7 @@ def test_every_model_gets_retries_plus_one_requests(h: Harness, server: Any) -> 
     retries = 2
     server.script(*[{"status": 500}] * 20)
     clock = FakeClock()
-    result = h.run(clock, retries=retries, fallbacks=FALLBACKS)
+    result = h.run(clock, retries=retries, fallbacks=fallbacks(server))
     assert h.models_asked == (["scripted"] * 3 + ["fallback-a"] * 3 + ["fallback-b"] * 3)
     assert len(clock.sleeps) == 3 * retries
     assert result.status == "model_provider_error" and "openai/fallback-b" in result.error
@@ -407,7 +410,7 @@ def test_every_model_gets_retries_plus_one_requests(h: Harness, server: Any) -> 
 def test_a_non_retryable_error_moves_to_the_fallback_at_once(h: Harness, server: Any) -> None:
     server.script({"status": 404, "body": error_body("no such model")}, ANSWER)
     clock = FakeClock()
-    result = h.run(clock, retries=3, fallbacks=FALLBACKS)
+    result = h.run(clock, retries=3, fallbacks=fallbacks(server))
     assert result.status == "finished" and h.models_asked == ["scripted", "fallback-a"]
     assert clock.sleeps == []
 
@@ -415,26 +418,29 @@ def test_a_non_retryable_error_moves_to_the_fallback_at_once(h: Harness, server:
 def test_a_wait_past_the_budget_moves_to_the_fallback(h: Harness, server: Any) -> None:
     server.script({"status": 429, "headers": {"Retry-After": "120"}}, ANSWER)
     clock = FakeClock()
-    result = h.run(clock, budget={"wall_s": 30}, retries=3, fallbacks=FALLBACKS)
+    result = h.run(clock, budget={"wall_s": 30}, retries=3, fallbacks=fallbacks(server))
     assert result.status == "finished" and h.models_asked == ["scripted", "fallback-a"]
     assert clock.sleeps == []
 
 
-def test_an_auth_error_does_not_try_the_fallbacks(h: Harness, server: Any,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """Current rule (runner/models/retry.py): the fallbacks share model.api_key_env, so a rejected
-    key ends the run."""
+def test_an_auth_error_tries_the_fallbacks_with_their_own_keys(
+        h: Harness, server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fallback never shares the primary's key (issue 9, item 2), so a rejected key is no
+    reason to skip it; the rejected key is not retried."""
     monkeypatch.setenv("FAULTS_TEST_API_KEY", CANARY)
+    monkeypatch.setenv("FAULTS_FALLBACK_KEY", "sk-fallback-not-a-real-key")
     server.script({"status": 401, "body": error_body("bad key")}, ANSWER)
-    result = h.run(retries=3, fallbacks=FALLBACKS, api_key_env="FAULTS_TEST_API_KEY")
-    assert result.status == "model_auth_error" and h.models_asked == ["scripted"]
-
-
-def test_an_auth_error_without_a_shared_key_tries_the_fallbacks(h: Harness, server: Any) -> None:
-    """Without model.api_key_env each model finds its own key, so a fallback may work."""
-    server.script({"status": 401, "body": error_body("bad key")}, ANSWER)
-    result = h.run(retries=3, fallbacks=FALLBACKS)
+    result = h.run(retries=3, fallbacks=fallbacks(server, api_key_env="FAULTS_FALLBACK_KEY"),
+                   api_key_env="FAULTS_TEST_API_KEY")
     assert result.status == "finished" and h.models_asked == ["scripted", "fallback-a"]
+    assert_no_canary(result, h.events)
+
+
+def test_an_auth_error_of_every_model_is_the_last_models_error(h: Harness, server: Any) -> None:
+    server.script(*[{"status": 401, "body": error_body("bad key")}] * 3)
+    result = h.run(retries=3, fallbacks=fallbacks(server))
+    assert result.status == "model_auth_error" and "openai/fallback-b" in result.error
+    assert h.models_asked == ["scripted", "fallback-a", "fallback-b"]
 
 
 # --------------------------------------------------------------------------- CLI

@@ -102,6 +102,23 @@ def test_the_files_of_a_run_are_private_whatever_the_umask(
     assert mode(older) == 0o600 and "old page" not in older.read_text()
 
 
+def test_trace_view_never_follows_a_symlink_left_where_its_page_goes(
+        tmp_path: Path, server: ScriptedOpenAIServer) -> None:
+    """A repository can ship `.runner/traces/X.jsonl` with `X.html` a symlink to a file of
+    the user's: `runner trace view X` must not truncate and rewrite that file."""
+    spec = project(tmp_path, server)
+    server.script("Final Answer: 4")
+    proc = run_cli("run", str(spec), "2+2?", "--json", cwd=tmp_path)
+    run_id = json.loads(proc.stdout)["run_id"]
+    profile = tmp_path / "profile"
+    profile.write_text("export PATH=/usr/bin\n")
+    (tmp_path / ".runner" / "traces" / f"{run_id}.html").symlink_to(profile)
+    proc = run_cli("trace", "view", run_id, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().endswith(f"{run_id}.html: a symlink, not followed")
+    assert profile.read_text() == "export PATH=/usr/bin\n"
+
+
 def test_sqlite_files_and_their_journals_are_private(tmp_path: Path, umask_022: None) -> None:
     db = tmp_path / "deep" / "er" / "runs.db"
     store = CheckpointStore(db)

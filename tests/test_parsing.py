@@ -446,3 +446,14 @@ def test_native_reply_without_calls_is_the_final_answer() -> None:
 def test_native_calls_cut_at_the_token_limit_run_nothing() -> None:
     parsed = parse_tool_calls("", [ToolCall("c1", "calculator", '{"expression": "2+')], "length")
     assert parsed.actions == [] and parsed.failure is not None
+
+
+@pytest.mark.parametrize("arguments", ['{"expression": ' + "9" * 5000 + "}",
+                                       "{'expression': " + "9" * 5000 + "}"])
+def test_a_number_past_pythons_digit_limit_is_broken_arguments_not_a_crash(arguments: str
+                                                                            ) -> None:
+    # CPython refuses integers over 4,300 digits with a bare ValueError
+    native = parse_tool_calls("", [ToolCall("c1", "calculator", arguments)], "tool_calls")
+    assert isinstance(native.actions[0].input, RawArguments)
+    blob = parse_text('{"action": "calculator", "action_input": ' + arguments + "}")
+    assert blob.actions == [] and blob.failure

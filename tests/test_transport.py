@@ -111,14 +111,26 @@ def test_cost_from_litellm_prices(server: Any, transport: str) -> None:
 
 
 @pytest.mark.parametrize("status", [401, 403])
-def test_auth_error_names_the_variable_not_the_key(server: Any, transport: str,
-                                                   status: int) -> None:
+def test_auth_error_names_the_variable_not_the_key(server: Any, transport: str, status: int,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """No api_base: the provider's own server (here OPENAI_API_BASE) and its own variable."""
+    monkeypatch.setenv("OPENAI_API_BASE", server.url)
     server.script({"status": status, "body": json.dumps({"error": {
         "message": "Incorrect API key provided: sk-test-not-a-real-key"}})})
     with pytest.raises(ModelAuthError) as info:
-        complete(model(server))
-    assert "OPENAI_API_KEY" in str(info.value) and "sk-test" not in str(info.value)
+        complete(LiteLLMModel(ModelSpec(id="openai/scripted", retries=0)))
+    assert "$OPENAI_API_KEY" in str(info.value) and "sk-test" not in str(info.value)
     assert not info.value.retryable
+
+
+def test_auth_error_at_an_api_base_without_api_key_env_says_no_key_was_sent(
+        server: Any, transport: str) -> None:
+    """An api_base without api_key_env gets no key from the environment (issue 9, item 2)."""
+    server.script({"status": 401, "body": json.dumps({"error": {"message": "key needed"}})})
+    with pytest.raises(ModelAuthError) as info:
+        complete(model(server))
+    assert "no key was sent" in str(info.value) and "api_key_env" in str(info.value)
+    assert "OPENAI_API_KEY" not in str(info.value)
 
 
 def test_auth_error_names_api_key_env(server: Any, transport: str,

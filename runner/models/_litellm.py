@@ -5,17 +5,28 @@ LITELLM_LOCAL_MODEL_COST_MAP it tries the network), offline, quietly and with th
 collector paused. Nobody above `runner.models` sees a LiteLLM exception type: `translate`
 turns each into a runner ModelError, and HTTP statuses from either transport go through
 `status_error`.
+
+It also holds what both transports share about reaching a provider: the key a model sends
+(`api_key_for`: never one from the environment to an `api_base` the spec names) and the cap
+on a reply's size (`reply_limit`, `Inflater`), which LiteLLM's own httpx clients honour
+through hooks added when LiteLLM is imported.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import gc
 import os
 import time
+import zlib
+from collections.abc import AsyncIterator, Iterator
+from contextvars import ContextVar
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
+
+import httpx  # LiteLLM's HTTP client; this module is imported only when LiteLLM is needed
 
 from ..errors import (ModelAuthError, ModelError, ModelProviderError, ModelRateLimited,
                       ModelTimeout)
@@ -24,7 +35,17 @@ from ..redact import clip, redact_text
 if TYPE_CHECKING:
     from ..spec import ModelSpec
 
-__all__ = ["import_litellm", "internals", "translate", "status_error"]
+__all__ = ["import_litellm", "internals", "translate", "status_error", "api_key_for", "NO_KEY",
+           "Inflater", "ReplyLimit", "reply_limit"]
+
+NO_KEY = "no-key"
+"""The key sent to an `api_base` the spec names without `api_key_env`: LiteLLM needs one, and
+no key from the environment may go to a host the spec names."""
+
+# Their credentials are a cloud identity, not a key: a placeholder key would switch their
+# authentication, so LiteLLM finds theirs as usual.
+_CLOUD_AUTH = frozenset({"bedrock", "sagemaker", "sagemaker_chat", "sagemaker_nova",
+                         "vertex_ai", "vertex_ai_beta"})
 
 _litellm: Any = None
 
@@ -51,9 +72,178 @@ def import_litellm() -> Any:
         litellm.telemetry = False
         litellm.drop_params = True
         litellm.suppress_debug_info = True
+        _cap_clients()
         _litellm = litellm
     return _litellm
 
+
+def api_key_for(spec: ModelSpec, provider: str) -> str | None:
+    """The key a call sends: from `spec.api_key_env`; NO_KEY to an `api_base` without one;
+    otherwise None, for the provider's own variable (as LiteLLM finds it)."""
+    if spec.api_key_env:
+        key = os.environ.get(spec.api_key_env)
+        if not key:
+            raise ModelAuthError(f"{spec.id}: environment variable {spec.api_key_env} is not set")
+        return key
+    if spec.api_base and provider not in _CLOUD_AUTH:
+        return NO_KEY
+    return None
+
+
+# ------------------------------------------------------------------ the size of a reply
+
+class ReplyLimit:
+    """The size cap of one model call's reply, and the error once it was passed."""
+
+    def __init__(self, cap: int, name: str) -> None:
+        self.cap, self.name = cap, name
+        self.error: ModelProviderError | None = None
+
+    def exceeded(self, decoded: bool) -> ModelProviderError:
+        """Note and return the error: the reply passed the cap (decompressed, if `decoded`)."""
+        self.error = ModelProviderError(
+            f"{self.name}: the reply is larger than model.max_reply_bytes ({self.cap:,} bytes"
+            f"{' decompressed' if decoded else ''}); the rest was not read", retryable=False)
+        return self.error
+
+    def refuse(self, encoding: str) -> ModelProviderError:
+        """Note and return the error: the reply has an encoding that cannot be decoded bounded."""
+        self.error = ModelProviderError(
+            f"{self.name}: the reply's Content-Encoding {encoding[:40]!r} is not gzip or deflate, "
+            "the ones the runner decodes", retryable=False)
+        return self.error
+
+
+_limit: ContextVar[ReplyLimit | None] = ContextVar("runner_reply_limit", default=None)
+
+
+@contextlib.contextmanager
+def reply_limit(spec: ModelSpec, name: str) -> Iterator[ReplyLimit]:
+    """Cap the replies LiteLLM reads within the block (its transports consult this)."""
+    limit = ReplyLimit(spec.max_reply_bytes, name)
+    token = _limit.set(limit)
+    try:
+        yield limit
+    finally:
+        _limit.reset(token)
+
+
+class Inflater:
+    """Decodes a gzip or deflate body piece by piece, never more than asked for at once."""
+
+    ENCODINGS = frozenset({"gzip", "x-gzip", "deflate"})
+
+    def __init__(self, encoding: str) -> None:
+        self._wbits = 31 if "gzip" in encoding else 15
+        self._d = zlib.decompressobj(self._wbits)
+        self._started = False
+
+    def feed(self, data: bytes, room: int) -> bytes:
+        """Up to `room` decoded bytes of `data`: fewer only when all of it is decoded (once a
+        call fills `room`, the rest of its input is dropped: the caller stops there)."""
+        out = bytearray()
+        while data and len(out) < room:
+            try:
+                out += self._d.decompress(data, room - len(out))
+            except zlib.error:
+                if self._wbits != 15 or self._started:
+                    raise ValueError("the reply's compressed body is corrupt") from None
+                self._wbits = -15  # `deflate` sent raw, without its zlib header
+                self._d = zlib.decompressobj(self._wbits)
+                continue
+            self._started = True
+            if not self._d.eof:
+                data = self._d.unconsumed_tail
+            elif self._d.unused_data[:2] == b"\x1f\x8b" and self._wbits == 31:
+                data = self._d.unused_data  # the next member of a multi-member gzip body
+                self._d = zlib.decompressobj(self._wbits)
+            else:
+                break  # trailing bytes after the end of the stream are ignored
+        return bytes(out)
+
+
+async def _on_request(request: httpx.Request) -> None:
+    """An httpx request hook: within a `reply_limit` block, ask only for the encodings decoded
+    here, and send nothing more once the cap was passed (a client retrying inside LiteLLM)."""
+    limit = _limit.get()
+    if limit is None:
+        return
+    if limit.error is not None:
+        raise httpx.ReadError(str(limit.error), request=request)
+    request.headers["Accept-Encoding"] = "gzip, deflate"
+
+
+async def _on_response(response: httpx.Response) -> None:
+    """An httpx response hook: within a `reply_limit` block, the body is read through the cap,
+    gzip and deflate decoded here in bounded pieces instead of whole by httpx."""
+    limit = _limit.get()
+    if limit is None:
+        return
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    inflater = None
+    if encoding in Inflater.ENCODINGS:
+        inflater = Inflater(encoding)
+        for name in ("content-encoding", "content-length"):  # decoded here, not by httpx
+            response.headers.pop(name, None)
+    elif encoding not in ("", "identity"):
+        raise httpx.DecodingError(str(limit.refuse(encoding)), request=response.request)
+    response.stream = _CappedStream(response.stream, limit, inflater)
+
+
+def _capped(client: Any) -> Any:
+    """`client` (an httpx.AsyncClient LiteLLM made) with the hooks that cap replies."""
+    if isinstance(client, httpx.AsyncClient) and _on_response not in client.event_hooks["response"]:
+        hooks = client.event_hooks
+        client.event_hooks = {"request": [*hooks["request"], _on_request],
+                              "response": [*hooks["response"], _on_response]}
+    return client
+
+
+class _CappedStream(httpx.AsyncByteStream):
+    """A reply's bytes, decoded, failing once the raw or the decoded count passes the cap."""
+
+    def __init__(self, inner: Any, limit: ReplyLimit, inflater: Inflater | None) -> None:
+        self._inner, self._limit, self._inflater = inner, limit, inflater
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        cap, raw, decoded = self._limit.cap, 0, 0
+        async for chunk in self._inner:
+            raw += len(chunk)
+            if raw > cap:
+                raise httpx.ReadError(str(self._limit.exceeded(False)))
+            if self._inflater is not None:
+                try:
+                    chunk = self._inflater.feed(chunk, cap - decoded + 1)
+                except ValueError as exc:
+                    raise httpx.DecodingError(str(exc)) from None
+            decoded += len(chunk)
+            if decoded > cap:
+                raise httpx.ReadError(str(self._limit.exceeded(True)))
+            if chunk:
+                yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def _cap_clients() -> None:
+    """Give every httpx client LiteLLM makes for model calls the hooks that cap replies: LiteLLM
+    has no setting that bounds a chat reply, so its two client factories are wrapped, once
+    (whatever the transport: its aiohttp one, httpx's own, a proxy's)."""
+    from litellm.llms.custom_httpx.http_handler import AsyncHTTPHandler
+    from litellm.llms.openai.common_utils import BaseOpenAILLM
+
+    create_client = AsyncHTTPHandler.create_client  # every AsyncHTTPHandler's client
+    sdk_client = BaseOpenAILLM._get_async_http_client  # the openai SDK route's
+
+    def create(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return _capped(create_client(self, *args, **kwargs))
+
+    def sdk(*args: Any, **kwargs: Any) -> Any:
+        return _capped(sdk_client(*args, **kwargs))
+
+    AsyncHTTPHandler.create_client = create  # type: ignore[method-assign]
+    BaseOpenAILLM._get_async_http_client = staticmethod(sdk)  # type: ignore[method-assign]
 
 
 _internals: SimpleNamespace | None = None
@@ -92,6 +282,9 @@ def _retry_after(headers: Any) -> float | None:
 
 
 def _key_hint(spec: ModelSpec, provider: str) -> str:
+    if not spec.api_key_env and spec.api_base and provider not in _CLOUD_AUTH:
+        return ("no key was sent: a key goes to an api_base only from the variable that "
+                "api_key_env names")
     var = spec.api_key_env or f"{provider.upper().replace('-', '_')}_API_KEY"
     return f"check the API key in ${var}"
 

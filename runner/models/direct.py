@@ -10,6 +10,8 @@ non-streaming calls only. The provider's chat config builds the request
 parses the reply (`transform_response`); LiteLLM's per-call logging object, callbacks, client
 lookup and dispatch, which cost the most, are skipped. Measured by bench/step_overhead.py:
 about 0.6-0.8 ms of client CPU per call, against 4-5 ms through `litellm.acompletion`.
+The reply is read in pieces, and no further than `model.max_reply_bytes` raw or decoded
+(gzip and deflate are decoded here, a bounded piece at a time).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ModelError, ModelProviderError
 from . import Message
 from ..redact import clip, redact_text
-from ._litellm import import_litellm, internals, status_error
+from ._litellm import Inflater, ReplyLimit, api_key_for, import_litellm, internals, status_error
 
 if TYPE_CHECKING:
     from ..spec import ModelSpec
@@ -32,6 +34,9 @@ __all__ = ["DirectTransport", "Unsupported", "transport_setting",
            "TRANSPORT_ENV"]
 
 TRANSPORT_ENV = "RUNNER_TRANSPORT"
+
+_ERROR_BODY_BYTES = 64 * 1024
+"""Most of an error reply's body that is read: only a clipped snippet of it is shown."""
 
 # Providers LiteLLM 1.106 sends through its generic OpenAI-compatible chat path
 # (`_complete_custom_openai` / `_complete_hosted_vllm` in litellm/main.py, which hand the
@@ -82,7 +87,8 @@ async def _session() -> Any:
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=1000, limit_per_host=500, ttl_dns_cache=300,
                                        keepalive_timeout=120),
-        auto_decompress=True)  # proxies from the environment: _proxy_for, resolved once
+        # decoded by _read_body in bounded pieces; proxies from the environment: _proxy_for
+        auto_decompress=False)
 
     async def close_with_loop() -> Any:
         try:
@@ -187,6 +193,9 @@ class DirectTransport:
         litellm = self.litellm
         _, provider, dynamic_key, api_base = litellm.get_llm_provider(
             self.id, api_base=self.spec.api_base, api_key=api_key)
+        if self.spec.api_base:  # a host the spec names gets the key the spec names, or none
+            key = api_key if api_key is not None else api_key_for(self.spec, provider)
+            return provider, key, api_base or self.spec.api_base
         if dynamic_key is not None:
             api_key = dynamic_key
         if self._hosted_vllm:
@@ -242,6 +251,8 @@ class DirectTransport:
             headers = config.validate_environment(
                 headers=headers, model=model, messages=messages, optional_params=optional,
                 litellm_params=litellm_params, api_key=api_key, api_base=api_base)
+            headers = {**{n: v for n, v in headers.items() if n.lower() != "accept-encoding"},
+                       "Accept-Encoding": "gzip, deflate"}  # the encodings _read_body decodes
             url = config.get_complete_url(api_base=api_base, api_key=api_key, model=model,
                                           optional_params=optional, litellm_params=litellm_params,
                                           stream=False)
@@ -267,13 +278,18 @@ class DirectTransport:
         async with session.post(url, data=body, headers=headers, proxy=proxy,
                                 proxy_auth=proxy_auth, timeout=aiohttp.ClientTimeout(
                                     total=timeout or self.spec.timeout_s)) as resp:
-            raw = await resp.read()
             status, resp_headers, charset = resp.status, resp.headers, resp.charset
             content_type = resp.content_type
+            if status >= 400:
+                raw = await _read_body(resp, ReplyLimit(_ERROR_BODY_BYTES, self.id), cut=True)
+            else:
+                raw = await _read_body(resp, ReplyLimit(self.spec.max_reply_bytes, self.id))
         if status >= 400:
             raise status_error(status, self._error_detail(status, raw, content_type, api_key),
                                 resp_headers, self.spec, provider, self.id)
-        reply = self._httpx.Response(status, headers=list(resp_headers.items()), content=raw)
+        reply = self._httpx.Response(status, content=raw, headers=[  # the body is decoded now
+            (n, v) for n, v in resp_headers.items()
+            if n.lower() not in ("content-encoding", "content-length")])
         reply.encoding = charset or "utf-8"
         try:
             response = config.transform_response(
@@ -307,6 +323,34 @@ class DirectTransport:
             if "html" in (content_type or ""):
                 text = f"an HTML page ({text})"
         return f"HTTP {status}: {text}"
+
+
+async def _read_body(resp: Any, limit: ReplyLimit, cut: bool = False) -> bytes:
+    """A reply's body, decoded, read until its raw or decoded size passes `limit.cap`: then a
+    ModelProviderError, or (`cut`) the body up to the cap. The rest is never read."""
+    encoding = (resp.headers.get("Content-Encoding") or "").strip().lower()
+    inflater = Inflater(encoding) if encoding in Inflater.ENCODINGS else None
+    if inflater is None and encoding not in ("", "identity"):
+        if cut:
+            return b"(a body in an unsupported encoding)"
+        raise limit.refuse(encoding)
+    cap, raw, body = limit.cap, 0, bytearray()
+    async for chunk in resp.content.iter_any():
+        raw += len(chunk)
+        if inflater is not None:
+            try:
+                chunk = inflater.feed(chunk, cap - len(body) + 1)
+            except ValueError as exc:
+                if cut:
+                    return bytes(body)
+                raise ModelProviderError(f"{limit.name}: {exc}", retryable=False) from None
+        body += chunk
+        if raw > cap or len(body) > cap:
+            resp.close()  # the rest is never read: the connection is dropped, not reused
+            if cut:
+                return bytes(body[:cap])
+            raise limit.exceeded(len(body) > cap and raw <= cap)
+    return bytes(body)
 
 
 def _json_provider(provider: str) -> bool:

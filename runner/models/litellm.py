@@ -12,11 +12,10 @@ registered when the model makes its first call) goes through `litellm.acompletio
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ModelAuthError, ModelError, ModelProviderError
+from ..errors import ModelError, ModelProviderError
 from ..hookspecs import hookimpl
 from . import Completion, Message, ToolCall, Usage
 from .providers import LITELLM_PROVIDERS
@@ -80,13 +79,11 @@ class LiteLLMModel:
             kw["temperature"] = s.temperature
         if s.api_base:
             kw["api_base"] = s.api_base
-        if s.api_key_env:
-            key = os.environ.get(s.api_key_env)
-            if not key:
-                raise ModelAuthError(f"{self.id}: environment variable {s.api_key_env} is not set")
+        from ._litellm import api_key_for
+
+        key = api_key_for(s, self.provider)  # never another model's: fallbacks have their own spec
+        if key is not None:
             kw["api_key"] = key
-        elif s.api_base and self.provider in ("openai", "hosted_vllm"):
-            kw["api_key"] = os.environ.get("OPENAI_API_KEY", "none")
         if stop:
             kw["stop"] = stop
         if tools:
@@ -98,18 +95,21 @@ class LiteLLMModel:
 
     async def complete(self, messages: list[Message], *, tools: list[dict[str, Any]] | None = None,
                        stop: list[str] | None = None) -> Completion:
+        from ._litellm import reply_limit, translate
+
         litellm = import_litellm()
         kw = self._kwargs(messages, tools, stop)
         started = time.perf_counter()
-        try:
-            async with asyncio.timeout(self.spec.timeout_s):
-                resp = await self._call(litellm, kw)
-        except ModelError:
-            raise
-        except Exception as exc:
-            from ._litellm import translate
-
-            raise translate(exc, self.spec, self.provider, self.id) from None
+        with reply_limit(self.spec, self.id) as limit:  # LiteLLM's transports read it
+            try:
+                async with asyncio.timeout(self.spec.timeout_s):
+                    resp = await self._call(litellm, kw)
+            except ModelError:
+                raise
+            except Exception as exc:
+                if limit.error is not None:  # whatever LiteLLM made of the transport's error
+                    raise limit.error from None
+                raise translate(exc, self.spec, self.provider, self.id) from None
         return self._completion(litellm, resp, time.perf_counter() - started)
 
     async def _call(self, litellm: Any, kw: dict[str, Any]) -> Any:
@@ -127,9 +127,19 @@ class LiteLLMModel:
                     self._direct = None
             return await litellm.acompletion(**kw)
         chunks = []
+        most = 2 * self.spec.max_tokens + 64  # a chunk carries a token, but for a few framing ones
         stream = await litellm.acompletion(**kw)
-        async for chunk in stream:
-            chunks.append(chunk)
+        try:
+            async for chunk in stream:
+                chunks.append(chunk)
+                if len(chunks) > most:
+                    raise ModelProviderError(
+                        f"{self.id}: the stream sent more than {most:,} chunks for a reply of at "
+                        f"most {self.spec.max_tokens:,} tokens (model.max_tokens)",
+                        retryable=False)
+        finally:
+            if hasattr(stream, "aclose"):
+                await stream.aclose()  # a stream left early must not keep its connection
         if hasattr(stream, "received_finish_reason"):
             # LiteLLM's stream wrapper ends a stream the provider cut short with a finish_reason
             # "stop" of its own: what the provider really sent is kept on the wrapper

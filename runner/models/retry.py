@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..budget import Budget
-from ..errors import ModelAuthError, ModelError, ModelRateLimited
+from ..errors import ModelError, ModelRateLimited
 from ..spec import ModelSpec
 from . import Completion, Message, Model
 
@@ -80,7 +80,6 @@ async def complete_with_retries(models: list[Model], spec: ModelSpec, messages: 
                 if on_retry is not None:
                     on_retry(model, exc, wait, attempts)
                 await budget.clock.sleep(wait)
-        if isinstance(last, ModelAuthError) and spec.api_key_env:
-            break  # the fallbacks would send the same rejected key
+        # a rejected key (401/403) moves on too: each fallback has its own key and server
     assert last is not None
     raise last
