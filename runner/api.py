@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .agent import Agent
-from .checkpoints import RESUMABLE_STATUSES, CheckpointStore
+from .checkpoints import RESUMABLE_STATUSES, CheckpointStore, release
 from .errors import RunFailed, RunnerError, SpecError, SpecErrors
 from .loop import Run
 from .memory import SQLiteMemory
@@ -95,8 +95,9 @@ def _resumable(store: CheckpointStore, run_id: str, force: bool,
         session = state["session"] if state["session"] != spec.memory.session else None
         agent = make_agent(resolved, session=session, checkpoints=store, **agent_options)
     except BaseException:
-        with contextlib.suppress(RunnerError):
-            store.save(before)  # give the run back as it was
+        release(run_id)
+        with contextlib.suppress(RunnerError):  # give the run back as it was
+            store.save({**state, "status": before["status"], "owner": before.get("owner")})
         raise
     return agent, state
 

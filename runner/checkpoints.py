@@ -89,14 +89,33 @@ def _alive(pid: Any) -> bool:
         return True
 
 
+_HELD: set[str] = set()
+"""Runs this process is driving (or has claimed to resume): a second resume of one of them
+in this process, two requests to a server say, is refused like one from another process."""
+
+
+def hold(run_id: str) -> None:
+    """Mark `run_id` as driven by this process until `release`."""
+    _HELD.add(run_id)
+
+
+def release(run_id: str) -> None:
+    _HELD.discard(run_id)
+
+
 def _busy(state: dict[str, Any]) -> str | None:
-    """Why another process may not take this run now, or None: it is running in a live
-    process on this machine (a process elsewhere cannot be checked; --force overrides)."""
+    """Why another run may not take this one now, or None: it is running in a live process on
+    this machine, this one included while it drives the run (a process elsewhere cannot be
+    checked; --force overrides)."""
     owner = state.get("owner")
     owner = owner if isinstance(owner, dict) else {}
     pid = owner.get("pid")
-    if state["status"] != "running" or owner.get("host") != socket.gethostname() or \
-            pid == os.getpid() or not _alive(pid):
+    if state["status"] != "running" or owner.get("host") != socket.gethostname():
+        return None
+    if pid == os.getpid():
+        if state["run_id"] not in _HELD:
+            return None  # ours, and no longer driven: a run whose last save failed, say
+    elif not _alive(pid):
         return None
     doing = "is being resumed by" if owner.get("resumed") else "is still running in"
     return (f"run {state['run_id']} {doing} process {pid}; stop it first (resume with --force "
@@ -310,6 +329,7 @@ class CheckpointStore:
                 db.execute("UPDATE runs SET status = ?, updated = ?, state = ? WHERE run_id = ?",
                            ("running", time.time(), text, run_id))
                 db.execute("COMMIT")
+                hold(run_id)
             except BaseException:
                 db.execute("ROLLBACK")
                 raise

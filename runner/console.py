@@ -75,7 +75,7 @@ def report(result: Any, as_json: bool, debug: bool, secrets: set[str],
         # for byte (color=True: click would strip some escape sequences from it)
         click.echo(printable(answer) if _isatty(sys.stdout) else answer, color=True)
     elif result.ok:  # structured output: JSON, its control codes as JSON escapes
-        click.echo(json_printable(redact_text(to_json(result.answer), secrets)))
+        click.echo(json_printable(to_json(redact_value(result.answer, secrets))))
     if not result.ok:
         if debug and result.exception is not None:
             import traceback

@@ -16,7 +16,7 @@ from . import events as ev
 from .acting import StepContext, ToolLedger, act
 from .budget import Budget
 from .chain import run_chain
-from .checkpoints import run_state, settle_pending
+from .checkpoints import hold, release, run_state, settle_pending
 from .errors import (Interrupted, LimitExceeded, MaxIterations, MaxParseErrors, OutputError,
                      RunnerError)
 from .models import Completion, Message, assistant_message, tool_messages
@@ -103,6 +103,7 @@ class Run:
         r.status = "running"
         self.emit(ev.RunStarted(self.run_id, len(r.steps), spec.name, spec.model.id, r.input,
                                 self.parent, self.resumed, agent.settings(), agent.tool_schemas))
+        hold(self.run_id)  # a second resume in this process is refused while this one drives
         try:
             # committed before anything runs: a location that cannot be written fails the run
             # now, not after its first tool call, and `runner runs` shows the run at once
@@ -137,6 +138,7 @@ class Run:
                 answer = r.answer
                 r.fail(exc)
                 r.answer = answer
+            release(self.run_id)
             self.emit(ev.RunEnded(self.run_id, len(r.steps), r.status, r.answer, r.error,
                                   r.duration_s, len(r.steps), r.usage.prompt_tokens,
                                   r.usage.completion_tokens, r.cost_usd, self.budget.spent()))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextvars
 import operator
+import os
 import re
 import string
 import time
@@ -40,6 +41,7 @@ DEFAULT_TEMPLATE = "react.md.j2"
 MAX_OUTPUT_CHARS = 2_000_000
 MAX_SEQUENCE = 1_000_000
 MAX_RENDER_S = 2.0
+MAX_TEMPLATE_BYTES = 1_000_000
 
 
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
@@ -221,11 +223,22 @@ class _ConfinedLoader(jinja2.FileSystemLoader):
 
     def get_source(self, environment: jinja2.Environment, template: str
                    ) -> tuple[str, str, Callable[[], bool]]:
-        source, filename, uptodate = super().get_source(environment, template)
-        if not Path(filename).resolve().is_relative_to(self.folder):
-            raise jinja2.exceptions.SecurityError(
-                f"template {template!r} resolves outside the project root {self.folder}")
-        return source, filename, uptodate
+        # judged before anything is read: a symlink to a huge file or to /proc is refused
+        # unopened
+        path = self.folder.joinpath(*jinja2.loaders.split_template_path(template))
+        if os.path.lexists(path):
+            real = path.resolve()
+            if not real.is_relative_to(self.folder):
+                raise jinja2.exceptions.SecurityError(
+                    f"template {template!r} resolves outside the project root {self.folder}")
+            if not real.is_file():  # a FIFO or a device may never end
+                raise jinja2.exceptions.SecurityError(f"template {template!r} is not a file")
+            if real.stat().st_size > MAX_TEMPLATE_BYTES:
+                raise jinja2.exceptions.SecurityError(
+                    f"template {template!r} is larger than {MAX_TEMPLATE_BYTES} bytes")
+        return super().get_source(environment, template)
+
+
 _envs: dict[tuple[Path, Any], _Env] = {}
 
 

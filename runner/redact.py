@@ -99,9 +99,23 @@ def _mask(text: str, longest_first: list[str]) -> str:
     for s in longest_first:
         if s in text:
             text = text.replace(s, MASK)
-    if "://" in text:  # most text holds no URL: skip the pattern
-        text = URL_PASSWORD.sub(lambda m: f"{m['head']}{MASK}@", text)
-    return text
+    return _mask_url_passwords(text) if "://" in text else text
+
+
+def _mask_url_passwords(text: str) -> str:
+    """URL_PASSWORD.sub, searched only near each `://` (a match holds one within its first
+    33 characters): a pattern tried at every position of a long state costs 25 times more."""
+    parts: list[str] = []
+    last, i = 0, text.find("://")
+    while i != -1:
+        m = URL_PASSWORD.search(text, max(last, i - 33), i + 520)
+        if m is None:
+            i = text.find("://", i + 3)
+            continue
+        parts += [text[last:m.start("password")], MASK, "@"]
+        last = m.end()
+        i = text.find("://", last)
+    return "".join(parts) + text[last:] if parts else text
 
 
 _SCALARS = frozenset({int, float, bool, type(None)})

@@ -286,8 +286,22 @@ def test_output_paths_stay_inside_the_project_root(write: Write, project: Path, 
     why = " (through a symlink)" if target.startswith("link") else ""
     assert error_of(path) == (f"bad.yaml:2:{col}: {key}: path {value!r} leads to {resolved}, "
                               f"outside the project root {project}{why}; output paths are "
-                              "relative to the current directory")
+                              "relative to the current directory and may not leave it or the project")
     assert not list(outside.iterdir())
+
+
+def test_a_relative_output_path_run_from_outside_the_project_stays_below_the_cwd(
+        write: Write, project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run from another folder, a relative `.runner/traces` lands below that folder: the
+    person's own choice of where to stand, so it loads; climbing out of it does not."""
+    path = write("ok.yaml", "model: {id: fake/x}\ntrace: {path: .runner/traces}\n"
+                            "checkpoint: {path: state/runs.db}\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert load_spec(path, env={}).trace.path == ".runner/traces"
+    bad = write("bad.yaml", "model: {id: fake/x}\ntrace: {path: ../up}\n")
+    assert "may not leave it or the project" in error_of(bad)
 
 
 def test_output_paths_inside_the_root_and_in_memory_databases_load(write: Write,
@@ -326,7 +340,7 @@ def test_set_values_are_confined_on_request(write: Write, project: Path, overrid
     assert output_path_problems(spec) == []
     assert [p.render() for p in output_path_problems(spec, confine_set=True)] == [(
         f"--set: trace.path: path {str(elsewhere)!r} leads to {elsewhere}, outside the project "
-        f"root {project}; output paths are relative to the current directory")]
+        f"root {project}; output paths are relative to the current directory and may not leave it or the project")]
 
 
 def test_a_default_output_path_through_a_symlink_out_is_refused(write: Write,
@@ -337,7 +351,7 @@ def test_a_default_output_path_through_a_symlink_out_is_refused(write: Write,
     assert trace.startswith("bad.yaml:1:1: trace.path: path '.runner/traces' leads to ")
     assert checkpoint.startswith("bad.yaml:1:1: checkpoint.path: path '.runner/runs.db' leads to ")
     assert trace.endswith(" (through a symlink); output paths are relative to the current "
-                          "directory")
+                          "directory and may not leave it or the project")
     assert len(load_spec(write("off.yaml", "trace: {enabled: false}\n"
                                            "checkpoint: {enabled: false}\n"), env={}).tools) == 0
 
@@ -348,7 +362,7 @@ def test_validate_refuses_an_output_path_outside_the_root(write: Write, project:
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert proc.stdout == (f"bad.yaml:3:3: checkpoint.path: path '/tmp/../etc/runs.db' leads to "
                            f"/etc/runs.db, outside the project root {project}; output paths are "
-                           "relative to the current directory\n")
+                           "relative to the current directory and may not leave it or the project\n")
 
 
 # ---------------------------------------------------------------------------- item 1: the helper

@@ -119,6 +119,17 @@ def test_trace_view_never_follows_a_symlink_left_where_its_page_goes(
     assert profile.read_text() == "export PATH=/usr/bin\n"
 
 
+def test_a_database_an_older_runner_left_readable_is_made_private(tmp_path: Path,
+                                                                   umask_022: None) -> None:
+    db = tmp_path / "runs.db"
+    CheckpointStore(db).save({"run_id": "r1", "agent": "a", "status": "running", "steps": []})
+    for p in tmp_path.iterdir():
+        p.chmod(0o644)  # as the runner before this one left them
+    assert [r["run_id"] for r in CheckpointStore(db).list()] == ["r1"]  # opened again
+    assert {p.name: mode(p) for p in tmp_path.iterdir()} == {
+        p.name: 0o600 for p in tmp_path.iterdir()}
+
+
 def test_sqlite_files_and_their_journals_are_private(tmp_path: Path, umask_022: None) -> None:
     db = tmp_path / "deep" / "er" / "runs.db"
     store = CheckpointStore(db)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -250,14 +249,11 @@ def test_wall_clock_budget_checked_before_each_call(tmp_path: Path) -> None:
 def test_wall_clock_budget_cuts_a_slow_model_call_short(
         tmp_path: Path, server: ScriptedOpenAIServer) -> None:
     server.script("Thought: quick\nAction: lim_echo[fast]",
-                  {"delay": 5, "content": "Final Answer: too slow"})
+                  {"delay": 120, "content": "Final Answer: too slow"})
     path = write_spec(tmp_path / "a.yaml", model=on_server(server), budget={"wall_s": 1.0})
-    started = time.monotonic()
-    result, _, _ = run(path)
-    took = time.monotonic() - started
+    result, _, _ = run(path)  # had the 120 s reply been waited for, it would have finished
     assert result.status == "budget_wall_s" and result.incomplete
     assert result.error.startswith("budget_wall_s: reached ") and result.error.endswith(" of 1.0")
-    assert took < 4.0  # the 5 s reply was not waited for
     assert len(server.requests) == 2
     assert result.answer == "quick"
 

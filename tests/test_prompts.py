@@ -4,7 +4,7 @@ variables named, and values (input, observations, instructions) never rendered a
 from __future__ import annotations
 
 import asyncio
-import time
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -109,9 +109,7 @@ def test_sandbox_escapes_are_refused_naming_file_and_line(tmp_path: Path, escape
      "{% endfor %}", "a value of"),
 ])
 def test_runaway_templates_are_stopped(tmp_path: Path, body: str, reason: str) -> None:
-    started = time.monotonic()
-    err = render_error(tmp_path, body)
-    assert time.monotonic() - started < 10
+    err = render_error(tmp_path, body)  # a template not stopped would hang: pytest-timeout
     assert reason in err.reason
     assert err.path is not None and err.path.endswith("evil.md.j2")
 
@@ -264,3 +262,13 @@ def test_a_spec_template_that_is_a_symlink_out_of_the_root_is_a_spec_error(tmp_p
     with pytest.raises(runner.SpecError) as info:
         runner.resolve_spec(runner.load_spec(spec))
     assert "TOP-SECRET-CONTENT" not in str(info.value)
+
+
+def test_a_huge_or_special_template_is_refused_unread(tmp_path: Path) -> None:
+    (tmp_path / "huge.j2").write_text("x" * 1_000_001)
+    os.mkfifo(tmp_path / "pipe.j2")  # opened, it would wait for a writer for ever
+    for name, reason in [("huge.j2", "larger than"), ("pipe.j2", "is not a file")]:
+        (tmp_path / "main.md.j2").write_text(f"{{% include '{name}' %}}")
+        with pytest.raises(TemplateError) as info:
+            PromptTemplate(tmp_path, name="main.md.j2").render()
+        assert reason in info.value.reason

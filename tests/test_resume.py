@@ -803,6 +803,36 @@ def test_two_resumes_started_together_exactly_one_continues_the_run(
     assert UNKNOWN in state["steps"][1]["observation"]
 
 
+def test_two_resumes_in_one_process_exactly_one_continues_the_run(
+        tmp_path: Path, server: ScriptedOpenAIServer, plugin_site: Path, crash_plugin: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server resuming runs on request: two requests for one run, one after the other in
+    the same process while the first still drives it; the second is refused."""
+    n = 3
+    server.responder = tool_call_responder(n)
+    log = tmp_path / "tools.log"
+    spec = write_spec(tmp_path / "a.yaml", [{"steplog_once": {"name": "calculator"}}])
+    env = {**os.environ, "OPENAI_API_KEY": "sk-test-not-a-real-key",
+           **plugin_env(plugin_site, log)}
+    proc = run_cli("run", str(spec), "in process", *wire(server), cwd=tmp_path,
+                   env={**env, "CRASHTEST_CRASH": "after:1+1"})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    db = str(tmp_path / ".runner" / "runs.db")
+    run_id = only_state(tmp_path / ".runner" / "runs.db")["run_id"]
+    monkeypatch.setenv("CRASHTEST_LOG", str(log))
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
+
+    async def both() -> list[Any]:
+        return await asyncio.gather(runner.aresume_run(run_id, db=db),
+                                    runner.aresume_run(run_id, db=db), return_exceptions=True)
+
+    first, second = asyncio.run(both())
+    assert isinstance(first, runner.RunResult) and first.status == "finished", first
+    assert isinstance(second, runner.SpecError), second
+    assert f"run {run_id} is being resumed by process {os.getpid()}" in str(second)
+    assert executions(log, run_id) == ["0+1", "1+1", "2+1"]  # 1+1 in flight: not re-run
+
+
 # ------------------------------------------------------- unwritable, full or locked databases
 
 

@@ -7,7 +7,6 @@ import asyncio
 import json
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -275,11 +274,9 @@ def test_a_tool_that_raises_becomes_an_observation(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("tool_name", ["slow", "stuck"])
 def test_a_tool_that_hangs_times_out_and_the_run_goes_on(tmp_path: Path, tool_name: str) -> None:
-    path = write_spec(tmp_path, [f"Action: {tool_name}[60]", "Final Answer: moved on"],
+    path = write_spec(tmp_path, [f"Action: {tool_name}[600]", "Final Answer: moved on"],
                       [{tool_name: {"timeout_s": 0.5}}])
-    started = time.monotonic()
     result = runner.run_agent(path, "question")  # asyncio.run must not wait for a hung thread
-    assert time.monotonic() - started < 5
     assert result.status == "finished" and result.answer == "moved on"
     assert result.steps[0].error
     assert result.steps[0].observation == (
@@ -433,11 +430,9 @@ HOSTILE = {
 
 @pytest.mark.parametrize("expression,reason", HOSTILE.items(),
                          ids=[e if len(e) < 40 else e[:20] + "..." for e in HOSTILE])
-def test_calculator_refuses_hostile_expressions_quickly(expression: str, reason: str) -> None:
-    started = time.monotonic()
-    with pytest.raises(ValueError, match=reason):
+def test_calculator_refuses_hostile_expressions(expression: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):  # one that computed would hang: pytest-timeout
         evaluate(expression)
-    assert time.monotonic() - started < 5
 
 
 def test_calculator_faults_are_observations_in_a_run(tmp_path: Path) -> None:
@@ -446,11 +441,8 @@ def test_calculator_faults_are_observations_in_a_run(tmp_path: Path) -> None:
         "Action: calculator[17*23]", "Final Answer: 391"]
     path = write_spec(tmp_path, replies, ["calculator"], loop={"style": "react",
                                                                 "max_iterations": 10})
-    started = time.monotonic()
     result = run(path)
-    assert time.monotonic() - started < 5 * len(hostile)
     assert result.status == "finished" and result.answer == "391"
     for step in result.steps[:len(hostile)]:
         assert step.error and step.observation.startswith("tool calculator failed: ValueError: ")
-        assert step.tool_s < 5
     assert result.steps[len(hostile)].observation == "391"

@@ -220,6 +220,14 @@ def _load(src: SpecSource, overrides: Iterable[str]) -> AgentSpec:
     return spec
 
 
+def _below(folder: Path, rel: str) -> bool:
+    try:
+        confined(folder, folder, rel)
+    except ValueError:
+        return False
+    return True
+
+
 def output_path_problems(spec: AgentSpec, *, confine_set: bool = False) -> list[SpecError]:
     """Output paths that lead out of the project root (relative ones are taken from the
     current directory, as the run will). A path the spec names is always checked; a default
@@ -248,8 +256,12 @@ def output_path_problems(spec: AgentSpec, *, confine_set: bool = False) -> list[
         try:
             confined(src.root, cwd, value)
         except ValueError as exc:
+            # a relative path that stays below the current directory, symlinks followed, is
+            # where the person running it chose to be (a spec run from outside its project)
+            if not os.path.isabs(value) and _below(cwd, value):
+                continue
             problems.append(src.error(key, f"{exc}; output paths are relative to the current "
-                                           "directory"))
+                                           "directory and may not leave it or the project"))
     return problems
 
 

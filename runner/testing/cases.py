@@ -392,7 +392,7 @@ async def _run_all(suites: list[_Suite], verbose: bool) -> tuple[int, int]:
                                                 s.secrets)), flush=True)
                 else:
                     passed += 1
-                    print(f"PASS {label}", flush=True)
+                    print(printable(f"PASS {label}"), flush=True)
         finally:
             if s.tap is not None:
                 s.tap.close()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .. import events as ev
-from .._sqlite import private_dir
+from .._files import private_dir
 from ..models import Message
 from ..redact import Redactor
 from ..result import to_json
