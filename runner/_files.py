@@ -1,14 +1,18 @@
-"""Files and folders the runner makes for a run's state (traces, checkpoints, memory, pages):
-private whatever the umask, since they hold prompts, answers and tool results. Folders it
-makes are 0700, files 0600; a file of ours that an older runner left readable is tightened."""
+"""Files the runner writes and reads back. What it makes for a run's state (traces,
+checkpoints, memory, pages) is private whatever the umask, since it holds prompts, answers
+and tool results: folders 0700, files 0600, and a file of ours an older runner left readable
+is tightened. What it reads back (specs, recordings, traces) is read only from a regular
+file and bounded in size."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
+from typing import IO
 
-__all__ = ["private_dir", "private_file"]
+__all__ = ["private_dir", "private_file", "open_regular", "read_bounded", "TooLarge"]
 
 
 def private_dir(path: Path) -> None:
@@ -39,3 +43,34 @@ def private_file(path: Path, *companions: str) -> None:
             continue
         if stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and st.st_mode & 0o077:
             os.chmod(p, 0o600)
+
+
+class TooLarge(ValueError):
+    """A file past the size its reader allows; `size` is what it holds (at least)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"{size} bytes, more than {limit}")
+        self.size, self.limit = size, limit
+
+
+def open_regular(path: str | os.PathLike[str]) -> IO[bytes]:
+    """`path` opened for reading if it is a regular file (OSError "not a regular file"
+    otherwise): a FIFO is never waited on, a device never read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file")
+    return os.fdopen(fd, "rb")
+
+
+def read_bounded(path: str | os.PathLike[str], limit: int) -> bytes:
+    """A regular file's bytes, at most `limit` of them (TooLarge past that, even if the file
+    grows while it is read); OSError as `open_regular`."""
+    with open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise TooLarge(size, limit)
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise TooLarge(len(data), limit)
+    return data

@@ -129,7 +129,7 @@ class StderrPrinter:
     def __call__(self, ev: Event) -> None:
         if self.quiet:
             return
-        line = self.format(ev)
+        line = self.format(ev, self.redact)
         if line and self.redact is not None:
             line = self.redact(line)
         if line:
@@ -137,7 +137,9 @@ class StderrPrinter:
             self.stream.flush()
 
     @staticmethod
-    def format(ev: Event) -> str | None:
+    def format(ev: Event, redact: Callable[[str], str] | None = None) -> str | None:
+        """One event as a line; a long observation is masked before it is cut (a secret cut
+        in two would escape the mask)."""
         if isinstance(ev, RunStarted):
             return f"▶ {ev.agent} on {ev.model}"
         if isinstance(ev, ModelCalled):
@@ -148,7 +150,8 @@ class StderrPrinter:
         if isinstance(ev, ActionTaken):
             return f"Action: {ev.tool}[{ev.input}]"
         if isinstance(ev, Observed):
-            text = ev.text if len(ev.text) <= 500 else ev.text[:500] + " ..."
+            text = redact(ev.text) if redact is not None else ev.text
+            text = text if len(text) <= 500 else text[:500] + " ..."
             return f"Observation{' (error)' if ev.error else ''}: {text}"
         if isinstance(ev, Warned):
             return f"warning: {ev.message}"
@@ -238,7 +241,7 @@ class LivePrinter:
         elif isinstance(event, ev.RunEnded):
             for key in [k for k in self._busy if k[0] == rid]:
                 del self._busy[key]
-        line = StderrPrinter.format(event)
+        line = StderrPrinter.format(event, self.redact)
         if line:
             self._line(INDENT * depth + printable(self.redact(line)), _style(event))
         if isinstance(event, ev.RunEnded):

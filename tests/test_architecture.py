@@ -134,7 +134,8 @@ def test_who_may_import(library: str, allowed: set[str]) -> None:
 
 
 def test_loading_a_spec_loads_no_plugin() -> None:
-    """`load_spec` is pure: the spec wing, errors and redaction, nothing of the plugin world."""
+    """`load_spec` is pure: the spec wing, errors, redaction and the bounded file reader,
+    nothing of the plugin world."""
     import subprocess
     import sys
 
@@ -144,6 +145,6 @@ def test_loading_a_spec_loads_no_plugin() -> None:
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     loaded = set(proc.stdout.split())
-    assert loaded == {"runner", "runner.errors", "runner.redact", "runner.spec",
+    assert loaded == {"runner", "runner._files", "runner.errors", "runner.redact", "runner.spec",
                       "runner.spec._yaml", "runner.spec.load", "runner.spec.locate",
                       "runner.spec.schema"}, loaded

@@ -227,3 +227,19 @@ def test_the_plain_printer_masks_url_passwords(project: Path, server: Any) -> No
     assert proc.returncode == 0, proc.stderr
     assert "hunter2" not in proc.stderr + proc.stdout
     assert "postgres://u:***@h/db" in proc.stderr and proc.stdout == "use postgres://u:***@h/db\n"
+
+
+def test_a_secret_across_the_observation_cut_is_masked_not_halved() -> None:
+    """Observations are cut at 500 characters on stderr: masked first, so a secret straddling
+    the cut cannot show its first half."""
+    import io
+
+    from runner import events as ev
+    from runner.console import StderrPrinter
+
+    secret = "sk-live-" + "s3cr3t" * 10
+    out = io.StringIO()
+    printer = StderrPrinter(out, redact=lambda t: redact_text(t, {secret}))
+    printer(ev.Observed("r1", 1, "calculator", "x" * 480 + secret + " tail", False, 0.1))
+    assert "sk-live" not in out.getvalue() and "s3cr3t" not in out.getvalue()
+    assert MASK in out.getvalue()

@@ -189,7 +189,7 @@ def test_a_run_with_parallel_tools_a_retry_and_a_sub_agent(page: Page, project: 
     tree = build_tree(events)
     t0 = tree["start"]
     span = max(e["t"] for e in events) - t0
-    step1 = tree["items"][1]
+    step1 = next(item for item in tree["items"] if item["type"] == "step")
     nap_call, echo_call = step1["tools"]
     nap_bar, echo_bar = tools.nth(0), tools.nth(1)
     track = box(tab.locator(".tl-body .tl-track").first)
@@ -211,7 +211,7 @@ def test_a_run_with_parallel_tools_a_retry_and_a_sub_agent(page: Page, project: 
 
     # a step opens to the exact prompt and the raw reply, which were not shown before
     first = tab.locator("#steps > details.step").first
-    system = tree["items"][1]["model"]["messages"][0]["content"]
+    system = step1["model"]["messages"][0]["content"]
     assert tab.get_by_text(system, exact=True).count() == 0
     first.locator("summary").click()
     expect(first.locator(".step-body")).to_be_visible()

@@ -57,7 +57,7 @@ def test_a_run_writes_its_events_and_the_exact_messages_the_model_got(server, tm
     assert (calls[1]["prompt_tokens"], calls[1]["completion_tokens"]) == (130, 5)
     assert "messages" not in calls[0]  # stored once, with the call's start
     assert calls[0]["stop"] == ["\nObservation:", "\nQuestion:"]
-    action, obs = events[5], events[6]
+    action, obs = events[4], events[5]
     assert (action["tool"], action["input"], obs["text"], obs["error"]) == \
         ("calculator", "17*23", "391", False)
     end = events[-1]

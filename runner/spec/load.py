@@ -4,6 +4,7 @@ installed plugins is `runner.resolve`."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -14,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from .._files import TooLarge, read_bounded
 from ..errors import SpecError, SpecErrors
 from ..redact import SECRET_NAME, redact_value
 from . import _yaml
@@ -83,23 +85,17 @@ def _merge(base: Any, over: Any) -> Any:
 def read_text(path: Path, shown: str) -> str:
     """A spec or test file's text, bounded in size; SpecError naming `shown` otherwise."""
     try:
-        if not path.is_file():
-            raise SpecError("not a regular file" if path.exists() else "no such file", path=shown)
-        size = path.stat().st_size
-        if size > _yaml.MAX_BYTES:
-            raise SpecError(f"file is {size} bytes; specs are limited to {_yaml.MAX_BYTES}",
-                            path=shown)
-        with path.open("rb") as f:  # bounded even if the file grows after stat()
-            raw = f.read(_yaml.MAX_BYTES + 1)
-        if len(raw) > _yaml.MAX_BYTES:
-            raise SpecError(f"file is larger than {_yaml.MAX_BYTES} bytes", path=shown)
-        return raw.decode("utf-8")
+        return read_bounded(path, _yaml.MAX_BYTES).decode("utf-8")
     except FileNotFoundError:
         raise SpecError("no such file", path=shown) from None
+    except TooLarge as exc:
+        raise SpecError(f"file is {exc.size} bytes; specs are limited to {_yaml.MAX_BYTES}",
+                        path=shown) from None
     except UnicodeDecodeError as exc:
         raise SpecError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", path=shown) from None
     except OSError as exc:
-        raise SpecError(f"cannot read: {exc.strerror}", path=shown) from None
+        raise SpecError(exc.strerror if exc.errno == errno.EINVAL else
+                        f"cannot read: {exc.strerror}", path=shown) from None
 
 
 def _read_one(path: Path, env: Mapping[str, str], secrets: set[str],

@@ -27,6 +27,7 @@ closest recorded request of that agent.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
+from .._files import TooLarge, read_bounded
 from ..errors import RecordingError, ReplayMismatch
 from ..models import Completion, Message, Model, ToolCall, Usage
 from ..redact import Redactor
@@ -216,22 +218,18 @@ class Replayer:
     # -- reading
     def _read(self) -> None:
         try:
-            if self.path.exists() and not self.path.is_file():
-                # a device or a pipe may never end (and opening a FIFO waits for a writer)
-                raise RecordingError("not a regular file", path=self.shown)
-            with self.path.open("rb") as f:
-                data = f.read(MAX_RECORDING_BYTES + 1)
-            if len(data) > MAX_RECORDING_BYTES:
-                raise RecordingError(f"larger than {MAX_RECORDING_BYTES // 2**20} MB",
-                                     path=self.shown)
-            lines = data.decode("utf-8").splitlines()
+            lines = read_bounded(self.path, MAX_RECORDING_BYTES).decode("utf-8").splitlines()
+        except TooLarge:
+            raise RecordingError(f"larger than {MAX_RECORDING_BYTES // 2**20} MB",
+                                 path=self.shown) from None
         except FileNotFoundError:
             raise RecordingError("no such recording file", path=self.shown) from None
         except UnicodeDecodeError as exc:
             raise RecordingError(f"not UTF-8 text ({exc.reason} at byte {exc.start})",
                                  path=self.shown) from None
-        except OSError as exc:
-            raise RecordingError(f"cannot read the recording: {exc.strerror}",
+        except OSError as exc:  # a device or a pipe, which may never end, is not read
+            raise RecordingError(exc.strerror if exc.errno == errno.EINVAL else
+                                 f"cannot read the recording: {exc.strerror}",
                                  path=self.shown) from None
         header = False
         for n, text in enumerate(lines, 1):

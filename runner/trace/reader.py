@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from .._files import open_regular
 from ..errors import RunnerError
 from ..models import Message
 
@@ -83,13 +83,9 @@ def _open_regular(path: str | Path) -> IO[bytes]:
     """The file opened for reading, if it is a regular file: never blocks on a FIFO, never
     reads a device."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        return open_regular(path)
     except OSError as exc:
         raise RunnerError(f"{path}: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise RunnerError(f"{path}: not a regular file")
-    return os.fdopen(fd, "rb")
 
 
 def _lines(f: IO[bytes], path: str | Path) -> Iterator[bytes]:
