@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,17 @@ def run_cli(*args: str, cwd: Path | str | None = None, env: dict[str, str] | Non
     full_env = {**os.environ, "OPENAI_API_KEY": "sk-test-not-a-real-key", **(env or {})}
     return subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd, env=full_env,
                           input=input, capture_output=True, text=True, timeout=timeout)
+
+
+def wait_for(check: Any, timeout: float = 60, what: str = "") -> Any:
+    """The first truthy value of `check()`, polled; a hang guard, not a speed check."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what or check}")
 
 
 @pytest.fixture

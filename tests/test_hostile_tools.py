@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import yaml
 
 import runner
 
-from conftest import run_cli, tools_plugin
+from conftest import run_cli, tools_plugin, wait_for
 from runner.default_plugins.calculator import MAX_EXPONENT, MAX_NDIGITS, MAX_RESULT_BITS
 from runner.parsing import TOO_DEEP
 from runner.tools import MAX_ARGUMENT_DEPTH
@@ -127,16 +126,6 @@ def alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state not in ("Z", "X")
-
-
-def wait_for(check: Any, timeout: float = 60, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what or check}")
 
 
 def pids_in(pidfile: Path) -> list[int]:

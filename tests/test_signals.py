@@ -23,7 +23,7 @@ import pytest
 import runner
 from runner.testing import ScriptedOpenAIServer, tool_call_responder
 
-from conftest import run_cli
+from conftest import run_cli, wait_for
 from test_resume import (crash_plugin, log_lines, only_state, plugin_env, plugin_site,  # noqa: F401
                          requests_for, write_spec, wire)
 
@@ -39,16 +39,6 @@ def start(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[subprocess.P
                                 env={**os.environ, "OPENAI_API_KEY": "sk-test-not-a-real-key",
                                      **env})
     return proc, err
-
-
-def wait_for(check: Any, timeout: float = 60, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what or check}")
 
 
 def group(pgid: int) -> set[int]:
