@@ -230,8 +230,11 @@ def _cap_clients() -> None:
     """Give every httpx client LiteLLM makes for model calls the hooks that cap replies: LiteLLM
     has no setting that bounds a chat reply, so its two client factories are wrapped, once
     (whatever the transport: its aiohttp one, httpx's own, a proxy's)."""
-    from litellm.llms.custom_httpx.http_handler import AsyncHTTPHandler
-    from litellm.llms.openai.common_utils import BaseOpenAILLM
+    try:  # both exist in the pinned LiteLLM (pyproject.toml); a test fails if they move
+        from litellm.llms.custom_httpx.http_handler import AsyncHTTPHandler
+        from litellm.llms.openai.common_utils import BaseOpenAILLM
+    except ImportError:
+        return
 
     create_client = AsyncHTTPHandler.create_client  # every AsyncHTTPHandler's client
     sdk_client = BaseOpenAILLM._get_async_http_client  # the openai SDK route's
