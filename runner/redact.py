@@ -170,15 +170,16 @@ class Redactor:
             return self.text(value)
         if isinstance(value, dict):
             out: dict[Any, Any] = {}
+            known = self._keys.get  # inlined on the hot path: every event is a dict
             for k, v in value.items():
-                shown, masked = self._key(k)
+                shown, masked = known(k) or self._key(k)
                 if shown in out:  # two keys masked alike: keep both
                     n = 2
                     while f"{shown}#{n}" in out:
                         n += 1
                     shown = f"{shown}#{n}"
-                out[shown] = MASK if v and masked else self.value(v)
+                out[shown] = MASK if v and masked else v if type(v) in _SCALARS else self.value(v)
             return out
         if isinstance(value, (list, tuple)):
-            return [self.value(v) for v in value]
+            return [v if type(v) in _SCALARS else self.value(v) for v in value]
         return value
