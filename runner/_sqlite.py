@@ -7,6 +7,7 @@ trace is (`runner._files`); SQLite gives the -wal and -shm files the database fi
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -19,6 +20,19 @@ def open_wal(path: Path, busy_timeout_s: float, schema: Iterable[str]) -> sqlite
     """An autocommit connection with `schema` (CREATE ... IF NOT EXISTS) applied."""
     private_dir(path.parent)
     private_file(path, "-wal", "-shm")
+    # switching a new file to WAL reports "locked" at once, without waiting out the busy
+    # timeout, while another process creates the same file: wait for it here, bounded
+    deadline = time.monotonic() + busy_timeout_s
+    while True:
+        try:
+            return _open(path, busy_timeout_s, schema)
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _open(path: Path, busy_timeout_s: float, schema: Iterable[str]) -> sqlite3.Connection:
     db = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None,
                          check_same_thread=False)
     try:

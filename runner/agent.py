@@ -111,12 +111,23 @@ class Agent:
         tools: dict[str, Tool] = {}
         for ref in self.resolved.tools:
             c = ref.common
-            t = renamed(ref.factory.build(ref.options, BuildContext(self.spec, ref, self)),
-                        ref.alias if ref.alias != ref.name else None, c.description)
-            for key in COMMON_TOOL_KEYS - {"name", "description"}:  # set on the tool itself
-                if getattr(c, key) is not None:
-                    setattr(t, key, getattr(c, key))
-            tools[t.name] = t
+            built = ref.factory.build(ref.options, BuildContext(self.spec, ref, self))
+            if isinstance(built, list):  # one entry, several tools (`- files: ...`)
+                if c.name or c.description:
+                    raise self.spec.source.error(ref.key, f"{ref.name} gives several tools "
+                                                 f"({', '.join(t.name for t in built)}); it "
+                                                 f"takes no name or description")
+            else:
+                built = [renamed(built, ref.alias if ref.alias != ref.name else None,
+                                 c.description)]
+            for t in built:
+                for key in COMMON_TOOL_KEYS - {"name", "description"}:  # set on the tool
+                    if getattr(c, key) is not None:
+                        setattr(t, key, getattr(c, key))
+                if t.name in tools:
+                    raise self.spec.source.error(ref.key, f"tool name {t.name!r} is already "
+                                                 f"used by another entry; rename one with name:")
+                tools[t.name] = t
         return tools
 
     def _observers(self) -> list[Sink]:

@@ -29,6 +29,8 @@ BUILTINS = (
     "runner.default_plugins.fake_model",
     "runner.default_plugins.local_model",
     "runner.default_plugins.memory_backends",
+    "runner.default_plugins.files",
+    "runner.default_plugins.search",
     "runner.models.litellm",
 )
 """The built-in plugins, by module name: they register through the same hooks as any other."""

@@ -244,6 +244,9 @@ def _tool_ref(spec: AgentSpec, i: int, entry: Any, reg: Registry,
         raise SpecErrors(pydantic_errors(exc, src, CommonToolOptions, key, common)) from None
     built = _options(spec, key, factory.options, rest, sorted(COMMON_TOOL_KEYS))
     ref = ToolRef(name, c.name or name, factory, built, c, key)
+    for field_name in getattr(factory.options, "spec_paths", ()):  # paths the entry confines
+        if getattr(built, field_name) is not None:
+            src.resolve(getattr(built, field_name), key + (field_name,))
     if name == "agent":
         ref.sub = _sub_agent(spec, key, key if shorthand else key + ("spec",), built.spec, stack)
         ref.alias = c.name or ref.sub.spec.name

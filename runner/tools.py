@@ -96,12 +96,14 @@ class Tool:
 
 @dataclass
 class ToolFactory:
-    """A tool configured by spec options (`- search: {path: kb/}`): build(options, ctx) -> Tool."""
+    """A tool configured by spec options (`- search: {path: kb/}`): build(options, ctx)."""
 
     name: str
     description: str
     options: type[BaseModel]
-    build: Callable[[Any, Any], Tool]
+    build: Callable[[Any, Any], Tool | list[Tool]]
+    """(options, BuildContext) -> the tool, or the tools, one spec entry gives (`files` gives
+    read_file, list_files and write_file)."""
 
 
 def as_factory(obj: Tool | ToolFactory | Callable[..., Any]) -> ToolFactory:

@@ -179,7 +179,7 @@ tools:
     write("sub.yaml", "name: sub\nmodel: {id: fake/x}\n")
     assert errors_of(path) == [
         "bad.yaml:8:7: tools[1].calculator.timeout_s: should be greater than 0",
-        f"bad.yaml:10:5: tools[3]: unknown tool 'serch'; available: "
+        f"bad.yaml:10:5: tools[3]: unknown tool 'serch' (did you mean 'search'?); available: "
         f"{', '.join(sorted(registry().tools))}",
     ]
 
