@@ -109,6 +109,8 @@ class Agent:
 
     def _tools(self) -> dict[str, Tool]:
         tools: dict[str, Tool] = {}
+        self.tool_entries: dict[str, ToolRef] = {}
+        """Tool name -> the `tools:` entry that gave it (`runner tools` shows where from)."""
         for ref in self.resolved.tools:
             c = ref.common
             built = ref.factory.build(ref.options, BuildContext(self.spec, ref, self))
@@ -128,6 +130,7 @@ class Agent:
                     raise self.spec.source.error(ref.key, f"tool name {t.name!r} is already "
                                                  f"used by another entry; rename one with name:")
                 tools[t.name] = t
+                self.tool_entries[t.name] = ref
         return tools
 
     def _observers(self) -> list[Sink]:

@@ -294,6 +294,46 @@ def explain(spec: str, sets: tuple[str, ...], model: str | None, debug: bool) ->
 
 
 @cli.command()
+@spec_argument
+@set_option
+@model_option
+@debug_option
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def tools(spec: str, sets: tuple[str, ...], model: str | None, debug: bool,
+          as_json: bool) -> None:
+    """List the tools SPEC's agent will see, exactly as the model gets them: name, where each
+    comes from, description, argument schema (native calls) and input hint (text ReAct)."""
+    from .agent import Agent
+    from .plugins import registry
+    from .spec._yaml import format_path
+
+    resolved = _load(spec, sets, model, debug)
+    try:
+        agent = Agent(resolved, checkpoints=False)  # models are built lazily: none is loaded
+        reg = registry()
+    except RunnerError as exc:
+        _fail(exc, debug)
+    rows = []
+    for name, t in agent.tools.items():
+        ref = agent.tool_entries[name]
+        registered = reg.tools.get(ref.name)
+        origin = ("built-in" if registered is None or registered.origin == "built-in" else
+                  f"plugin {registered.plugin} ({registered.origin})")
+        entry = f"{format_path(ref.key[:2])}: {ref.name}"  # tools[i]: its registered name
+        rows.append({"name": name, "from": origin, "entry": entry,
+                     "description": t.description, "input_hint": t.input_hint(),
+                     "parameters": t.schema()["function"]["parameters"]})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    for r in rows:
+        click.echo(f"{r['name']}  ({r['from']}; {r['entry']})")
+        click.echo(f"  {r['description']}")
+        click.echo(f"  input: {r['input_hint']}")
+        click.echo("  parameters: " + json.dumps(r["parameters"], ensure_ascii=False))
+
+
+@cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def plugins(as_json: bool) -> None:
     """List installed plugins and the tools, models and memory backends each provides."""

@@ -330,8 +330,9 @@ print("LITELLM_IMPORTED=" + str("litellm" in sys.modules), file=sys.stderr)
 """
 
 
-@pytest.mark.parametrize("args", [["--help"], ["validate", "agents/"], ["schema"], ["plugins"]],
-                         ids=["help", "validate", "schema", "plugins"])
+@pytest.mark.parametrize("args", [["--help"], ["validate", "agents/"], ["schema"], ["plugins"],
+                                  ["tools", "agents/units.yaml"]],
+                         ids=["help", "validate", "schema", "plugins", "tools"])
 def test_light_commands_never_import_litellm(args: list[str]) -> None:
     proc = subprocess.run([sys.executable, "-c", _PROBE, *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
@@ -361,3 +362,25 @@ def test_help_through_the_entry_point_imports_nothing_heavy() -> None:
                           text=True, timeout=60)
     assert proc.returncode == 0 and "Usage:" in proc.stdout, proc.stderr
     assert proc.stderr.splitlines()[-1] == "HEAVY="
+
+
+def test_runner_tools_lists_what_the_model_gets_and_where_it_comes_from(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "work").mkdir()
+    spec = tmp_path / "a.yaml"
+    spec.write_text("name: a\nmodel: {id: local/gemma-3-270m}\ntools:\n  - calculator\n"
+                    "  - units: {name: convert}\n  - files: {root: work/}\n")
+    proc = run_cli("tools", str(spec), "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["name"]: r for r in json.loads(proc.stdout)}
+    assert list(rows) == ["calculator", "convert", "read_file", "list_files"]
+    assert rows["calculator"]["from"] == "built-in"
+    assert rows["convert"]["from"].startswith("plugin units (runner-units ")
+    assert rows["convert"]["entry"] == "tools[1]: units"
+    assert rows["read_file"]["entry"] == rows["list_files"]["entry"] == "tools[2]: files"
+    assert rows["read_file"]["parameters"]["required"] == ["path"]
+    assert "expression" in rows["calculator"]["parameters"]["properties"]
+    shown = run_cli("tools", str(spec), cwd=tmp_path)
+    assert shown.stdout.startswith("calculator  (built-in; tools[0]: calculator)\n  Evaluates ")
+    bad = run_cli("tools", str(spec), "--set", "tools=[nope]", cwd=tmp_path)
+    assert bad.returncode == 2 and "unknown tool 'nope'" in bad.stderr
