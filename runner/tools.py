@@ -192,8 +192,10 @@ def parse_arguments(t: Tool, raw: str | dict[str, Any] | None) -> BaseModel:
                 data = {}
             else:
                 raise ToolError(f"{t.name} takes a JSON object with: {', '.join(fields)}")
-    if too_deep(data):  # before pydantic and everything after it recurses into the data
-        raise ToolError(_TOO_DEEP)
+    # text was bounded as it was decoded; data handed over as a dict is walked once, here,
+    # before pydantic and everything after it recurse into it
+    if not isinstance(raw, str) and too_deep(data):
+        raise ToolError(TOO_DEEP)
     try:
         return t.args.model_validate(data or {})
     except ValidationError as exc:
@@ -202,9 +204,6 @@ def parse_arguments(t: Tool, raw: str | dict[str, Any] | None) -> BaseModel:
         takes = ", ".join(fields) or "no arguments"
         raise ToolError(f"invalid arguments for {t.name}: {problems} ({t.name} takes: {takes})"
                         ) from None
-
-
-_TOO_DEEP = TOO_DEEP
 
 
 def too_deep(value: Any, limit: int = MAX_ARGUMENT_DEPTH) -> bool:

@@ -55,7 +55,6 @@ class Harness:
         self.transport = transport
         self.events: list[ev.Event] = []
         self.agent: runner.Agent | None = None
-        self.elapsed = 0.0
 
     def run(self, clock: Any = None, budget: dict[str, Any] | None = None,
             **model: Any) -> runner.RunResult:
@@ -73,12 +72,10 @@ class Harness:
         self.events = []
         self.agent = runner.Agent(spec, clock=clock or FakeClock(), checkpoints=False,
                                   sinks=[self.events.append])
-        started = time.monotonic()
         try:  # a deadline that does not fire fails the test instead of hanging the suite
             result = asyncio.run(asyncio.wait_for(self.agent.run("What is 2+2?"), GUARD_S))
         except TimeoutError:
             pytest.fail(f"the run was still going after {GUARD_S} s")
-        self.elapsed = time.monotonic() - started
         expected = "litellm" if model.get("stream") else self.transport
         assert self.agent.models[0].transport == expected
         return result
@@ -267,7 +264,6 @@ def test_hang_fires_model_timeout(h: Harness, server: Any) -> None:
     assert result.status == "model_timeout" and isinstance(result.exception, ModelTimeout)
     assert "no reply within 1s" in result.error
     assert len(server.requests) == 1
-    assert h.elapsed >= 0.9  # not early; late is caught by GUARD_S, timed in bench/
 
 
 def test_hang_timeout_is_retried(h: Harness, server: Any) -> None:
@@ -289,7 +285,6 @@ def test_hang_fires_the_wall_budget_before_a_longer_timeout(h: Harness, server: 
     assert result.status == "budget_wall_s" and isinstance(result.exception, LimitExceeded)
     assert "of 1.0" in result.error
     assert len(server.requests) == 1  # the budget is spent: no retry
-    assert h.elapsed >= 0.9  # not early; late is caught by GUARD_S, timed in bench/
 
 
 def test_trickled_stream_fires_model_timeout(h: Harness, server: Any) -> None:
@@ -322,7 +317,6 @@ def test_trickle_within_the_deadline_is_a_normal_reply(h: Harness, server: Any,
     server.script(item)
     result = h.run(Clock(), retries=0, timeout_s=10, stream=stream)
     assert result.status == "finished" and result.answer == "slow but fine"
-    assert h.elapsed > 0.1
 
 
 # --------------------------------------------------------------------------- streams

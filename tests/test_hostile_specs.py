@@ -5,7 +5,6 @@ chain of 1,500 files, deep nesting refused without a slow re-parse, and output p
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,7 @@ from runner.resolve import resolve
 from runner.spec import _yaml, load_spec, locate
 
 from conftest import run_cli
-
-Write = Callable[[str, str], Path]
+from test_spec import Write, write  # noqa: F401 (test_spec's `write` fixture, on this `project`)
 
 
 @pytest.fixture
@@ -34,16 +32,6 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "outside").mkdir()
     monkeypatch.chdir(root)
     return root
-
-
-@pytest.fixture
-def write(project: Path) -> Write:
-    def write(name: str, text: str) -> Path:
-        path = project / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        return path
-    return write
 
 
 def errors_of(path: Path, overrides: list[str] | None = None) -> list[str]:
