@@ -175,7 +175,7 @@ def passages(blocks: list[Block]) -> list[Passage]:
     joined up to PASSAGE_CHARS; a longer paragraph is cut by lines, a longer line by size."""
     out: list[Passage] = []
     heading = ""
-    heading_line = -1
+    heads: set[int] = set()
     lines: list[Line] = []
 
     def emit() -> None:
@@ -189,13 +189,14 @@ def passages(blocks: list[Block]) -> list[Passage]:
 
     for block in blocks:
         if block.heading:
-            emit()
+            if any(n not in heads for n, _ in lines):
+                emit()  # headings with no text under them join the next section's passage
+            heads.add(block.lines[0][0])
             heading = block.lines[0][1].lstrip("#").strip()[:300]
-            heading_line = block.lines[0][0]
             lines.extend(block.lines)
             continue
         own = sum(len(t) + 1 for _, t in block.lines)
-        if lines and size() + own > PASSAGE_CHARS and lines[-1][0] != heading_line:
+        if lines and size() + own > PASSAGE_CHARS and lines[-1][0] not in heads:
             emit()  # a heading stays with the paragraph under it
         for n, text in block.lines:
             while len(text) > PASSAGE_CHARS:
@@ -223,7 +224,7 @@ def file_passages(data: bytes, kind: str) -> list[Passage]:
 
 @dataclass
 class Hit:
-    """One passage found: its file (relative to the folder), lines and marked snippet."""
+    """One passage found: its file (relative to the folder), lines, marked snippet and text."""
 
     path: str
     line_start: int
@@ -231,6 +232,8 @@ class Hit:
     heading: str
     snippet: str
     score: float
+    text: str = ""
+    """The whole passage, matches marked."""
 
 
 @dataclass
@@ -355,7 +358,7 @@ class LocalIndex:
             rows = db.execute(
                 "SELECT c.path, c.line_start, c.line_end, passages.heading, "
                 f"snippet(passages, 1, '«', '»', ' … ', {SNIPPET_TOKENS}), "
-                "bm25(passages, 2.0, 1.0) AS score "
+                "bm25(passages, 2.0, 1.0) AS score, highlight(passages, 1, '«', '»') "
                 "FROM passages JOIN chunks c ON c.id = passages.rowid "
                 "WHERE passages MATCH ? ORDER BY score LIMIT ?", (expression, k)).fetchall()
         finally:

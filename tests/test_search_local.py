@@ -87,7 +87,7 @@ def test_one_shared_word_finds_the_passage_and_stems(tmp_path: Path) -> None:
     # a query in other words than the document: only "resuming" (stem: resum) is shared
     hits = index.search("how can I go on with a job after resuming it?", 5)
     assert hits and hits[0].path == "guide.md"
-    assert (hits[0].line_start, hits[0].line_end) == (3, 7)
+    assert (hits[0].line_start, hits[0].line_end) == (1, 7)
     assert hits[0].heading == "Resuming"
 
 
@@ -110,7 +110,7 @@ def test_fts_syntax_is_searched_as_text(tmp_path: Path, query: str) -> None:
         return
     out = search(query=query)
     if "resume" in query:
-        assert "kb/guide.md:3-7" in out
+        assert "kb/guide.md:1-7" in out
     else:
         assert "passages from" in out or "no passage" in out
 
@@ -206,7 +206,7 @@ def test_end_to_end_search_on_the_fake_model(tmp_path: Path) -> None:
     assert result.ok, result.error
     found, empty = (s.observation for s in result.steps[:2])
     assert found.startswith("2 passages from kb/")
-    assert "[1] kb/guide.md:3-7 (Resuming)" in found and "«resumed»" in found
+    assert "[1] kb/guide.md:1-7 (Resuming)" in found and "«resumed»" in found
     assert "no words" in empty  # an observation, the run went on
     dbs = list((tmp_path / ".runner" / "search").glob("*.db"))
     assert len(dbs) == 1 and stat.S_IMODE(dbs[0].stat().st_mode) == 0o600
@@ -214,7 +214,7 @@ def test_end_to_end_search_on_the_fake_model(tmp_path: Path) -> None:
 
 def test_index_option_is_confined_and_used(tmp_path: Path) -> None:
     project(tmp_path, {"guide.md": GUIDE})
-    assert "kb/guide.md:3-7" in search_fn(tmp_path, index="state/kb.db")(query="resume")
+    assert "kb/guide.md:1-7" in search_fn(tmp_path, index="state/kb.db")(query="resume")
     assert (tmp_path / "state" / "kb.db").is_file()
     with pytest.raises(SpecError) as err:
         search_fn(tmp_path, index="../elsewhere.db")
@@ -261,3 +261,23 @@ def test_runner_validate_catches_a_path_outside_the_project(tmp_path: Path) -> N
     with pytest.raises(SpecError) as err:
         resolve(runner.load_spec(write_spec(tmp_path, {"path": "../"})))
     assert err.value.key == "tools[0].search.path"
+
+
+def test_headings_with_no_text_join_the_next_passage() -> None:
+    """A title followed at once by a section heading is not a passage of its own (it would
+    match every query on its words and say nothing); a section with text ends one."""
+    from runner.search_local import passages, text_blocks
+
+    text = "# Guide\n\n## Resuming\n\nUse runner resume.\n\n## Budgets\n\nTokens and time.\n"
+    found = [(p.line_start, p.line_end, p.heading) for p in passages(text_blocks(text, True))]
+    assert found == [(1, 5, "Resuming"), (7, 9, "Budgets")]
+
+
+def test_hit_carries_the_whole_passage_marked(tmp_path: Path) -> None:
+    long = " ".join(f"word{i}" for i in range(80))
+    kb = project(tmp_path, {"a.md": f"# Title\n\nresume {long} checkpoint\n"})
+    index = LocalIndex(kb, tmp_path / "i.db")
+    index.refresh()
+    hit, = index.search("checkpoint", 5)
+    assert hit.text.startswith("# Title\nresume word0") and hit.text.endswith("«checkpoint»")
+    assert len(hit.snippet) < len(hit.text)  # the snippet is a window of it
