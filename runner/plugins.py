@@ -31,6 +31,7 @@ BUILTINS = (
     "runner.default_plugins.memory_backends",
     "runner.default_plugins.files",
     "runner.default_plugins.search",
+    "runner.default_plugins.http_get",
     "runner.models.litellm",
 )
 """The built-in plugins, by module name: they register through the same hooks as any other."""
