@@ -159,3 +159,19 @@ def test_shipped_schema_matches_the_code() -> None:
 
     shipped = json.loads((ROOT / "runner.schema.json").read_text())
     assert shipped == json_schema()
+
+
+def test_researcher_searches_the_shipped_knowledge_base(server, scripted, tmp_path: Path) -> None:
+    """The researcher's search reaches knowledge/ and the passage names its file and lines;
+    the index is built under the working directory's .runner/, not in the repository."""
+    server.script("Thought: look it up\nAction: search[resume an interrupted run]",
+                  "Thought: done\nFinal Answer: runner resume RUN_ID (knowledge/resume-a-run.md)")
+    result = run_agent(ROOT / "agents/researcher.yaml", "How do I resume an interrupted run?",
+                       overrides=scripted)
+    assert result.status == "finished", result.error
+    obs = result.steps[0].observation
+    assert re.search(r"\[1\] knowledge/resume-a-run\.md:\d+-\d+", obs), obs
+    assert "runner «resume» «RUN»_ID" in obs  # the best passage whole, matches marked
+    assert "Observation: " + obs.splitlines()[0] in server.requests[1]["messages"][-1]["content"]
+    assert list((tmp_path / ".runner" / "search").glob("*.db"))
+    assert not (ROOT / "knowledge" / ".runner").exists()

@@ -22,7 +22,7 @@ __all__ = ["BACKENDS", "SearchOptions", "register_tools"]
 
 MAX_SNIPPET_CHARS = 600
 MAX_QUERY_CHARS = 2000
-Backend = Literal["local"]
+Backend = Literal["local", "searxng", "serper"]
 """The backends `search` offers; each has a builder in BACKENDS."""
 
 
@@ -41,6 +41,10 @@ class SearchOptions(BaseModel):
     """How many passages a search returns, best first."""
     index: str | None = None
     """local: the index file, relative to this spec (default: .runner/search/<hash>.db)."""
+    url: str | None = None
+    """searxng: the SearXNG server (required); serper: the API (default https://google.serper.dev)."""
+    api_key_env: str = "SERPER_API_KEY"
+    """serper: the environment variable holding the API key (read at each call)."""
 
     @field_validator("backend", mode="before")
     @classmethod
@@ -54,6 +58,14 @@ class SearchOptions(BaseModel):
     def _needs_path(self) -> SearchOptions:
         if self.backend == "local" and self.path is None:
             raise ValueError("backend local needs `path`: the folder to search")
+        if self.backend == "searxng" and self.url is None:
+            raise ValueError("backend searxng needs `url`: the SearXNG server, "
+                             "e.g. http://127.0.0.1:8888")
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"`url` must start with http:// or https://, not {self.url[:80]!r}")
+        if not self.api_key_env.isidentifier():
+            raise ValueError("`api_key_env` must be an environment variable name, e.g. "
+                             "SERPER_API_KEY (the name, not the key)")
         return self
 
 
@@ -95,14 +107,32 @@ def _local(options: SearchOptions, ctx: Any) -> Callable[[str], str]:
         for i, h in enumerate(hits, 1):
             where = f"{(shown / h.path).as_posix()}:{h.line_start}-{h.line_end}"
             title = f" ({h.heading[:120]})" if h.heading else ""
-            snippet = " ".join(h.snippet.split())[:MAX_SNIPPET_CHARS]
+            # the best passage whole (PASSAGE_CHARS at most), the others as snippets
+            text = h.text if i == 1 and h.text else h.snippet
+            snippet = " ".join(text.split())[:MAX_SNIPPET_CHARS * (2 if i == 1 else 1)]
             parts.append(f"[{i}] {where}{title}\n{snippet}")
         return "\n\n".join(parts)
 
     return search
 
 
-BACKENDS: dict[str, Callable[[SearchOptions, Any], Callable[[str], str]]] = {"local": _local}
+def _searxng(options: SearchOptions, ctx: Any) -> Callable[[str], str]:
+    from ..search_web import searxng
+
+    assert options.url is not None
+    url = options.url
+    return lambda query: searxng(url, query, options.k)
+
+
+def _serper(options: SearchOptions, ctx: Any) -> Callable[[str], str]:
+    from ..search_web import serper
+
+    url = options.url or "https://google.serper.dev"
+    return lambda query: serper(url, options.api_key_env, query, options.k)
+
+
+BACKENDS: dict[str, Callable[[SearchOptions, Any], Callable[[str], str]]] = {
+    "local": _local, "searxng": _searxng, "serper": _serper}
 
 
 def _build(options: SearchOptions, ctx: Any) -> Tool:
