@@ -68,7 +68,7 @@ def _check(name: str, status: int, headers: Any, key_hint: str = "") -> None:
 def _json(name: str, body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # 2 MB of "[" is deep
         raise ToolError(f"{name} did not send JSON; is the url right (SearXNG needs "
                         f"`json` in search.formats)? Answer without web search.") from None
     if not isinstance(data, dict):

@@ -110,6 +110,9 @@ def test_searxng_hostile_bodies(tmp_path: Path, server: Server) -> None:
     server.reply = (200, {}, b'{"results": [' + b'"a",' * 1_000_000 + b'"a"]}')
     with pytest.raises(ToolError, match="more than"):
         fn("q")
+    server.reply = (200, {}, b"[" * 100_000)  # deeper than the JSON parser recurses
+    with pytest.raises(ToolError, match="did not send JSON"):
+        fn("q")
     server.reply = (200, {}, b'{"results": []}')
     assert "found nothing" in fn("q")
 
