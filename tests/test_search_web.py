@@ -73,7 +73,8 @@ def server() -> Any:
     s.httpd.server_close()
 
 
-def build(tmp_path: Path, entry: dict[str, Any]) -> Any:
+def build(tmp_path: Path, entry: dict[str, Any], whole: bool = False) -> Any:
+    """The function the model calls, of the search tool built for `entry` (or the tool)."""
     (tmp_path / "pyproject.toml").write_text("")
     data = {"name": "web", "model": {"id": "fake/script",
                                      "options": {"replies": ["Final Answer: ok"]}},
@@ -81,7 +82,8 @@ def build(tmp_path: Path, entry: dict[str, Any]) -> Any:
             "memory": {"backend": "none"}}
     path = tmp_path / "agent.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return runner.Agent(runner.load_spec(path)).tools["search"].fn
+    built = runner.Agent(runner.load_spec(path)).tools["search"]
+    return built if whole else built.fn
 
 
 def test_searxng_query_params_order_caps(tmp_path: Path, server: Server) -> None:
@@ -171,3 +173,8 @@ def test_spec_errors_name_key(tmp_path: Path, entry: dict[str, Any], match: str)
     with pytest.raises(SpecError, match=match) as e:
         build(tmp_path, entry)
     assert "agent.yaml" in str(e.value)
+
+
+def test_the_model_is_told_it_searches_the_web(tmp_path: Path, server: Server) -> None:
+    described = build(tmp_path, {"backend": "searxng", "url": server.url}, whole=True).description
+    assert "web" in described and "URL" in described and "project's documents" not in described

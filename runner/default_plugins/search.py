@@ -22,6 +22,11 @@ __all__ = ["BACKENDS", "SearchOptions", "register_tools"]
 
 MAX_SNIPPET_CHARS = 600
 MAX_QUERY_CHARS = 2000
+DESCRIPTION = ("Searches the project's documents for passages about a topic; returns each "
+               "passage's file and lines with the matching words marked. Cite the files you use.")
+WEB_DESCRIPTION = ("Searches the web; returns the best results, each with its title, URL and a "
+                   "snippet. Cite the URLs you use.")
+WEB = ("searxng", "serper")
 Backend = Literal["local", "searxng", "serper"]
 """The backends `search` offers; each has a builder in BACKENDS."""
 
@@ -145,9 +150,7 @@ def _build(options: SearchOptions, ctx: Any) -> Tool:
         return run(query)
 
     return tool(search, name="search", timeout_s=60.0,
-                description="Searches the project's documents for passages about a topic; "
-                            "returns each passage's file and lines with the matching words "
-                            "marked. Cite the files you use.")
+                description=WEB_DESCRIPTION if options.backend in WEB else DESCRIPTION)
 
 
 @hookimpl
