@@ -14,14 +14,14 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .spec import TraceSpec
 
-__all__ = ["MASK", "SECRET_NAME", "Redactor", "env_secrets", "redact_text", "redact_value",
-           "json_forms", "clip", "SECRET_FIELD", "URL_PASSWORD", "printable", "json_printable"]
+__all__ = ["MASK", "SECRET_NAME", "Redactor", "env_secrets", "named_secrets", "redact_text",
+           "redact_value", "json_forms", "clip", "SECRET_FIELD", "URL_PASSWORD", "printable", "json_printable"]
 
 MASK = "***"
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH", re.I)
@@ -51,6 +51,23 @@ def env_secrets(env: dict[str, str] | None = None) -> set[str]:
     # a password inside a URL (DATABASE_URL=postgres://u:pw@h) is a secret on its own too
     found |= {m["password"] for v in env.values() if "://" in v
               for m in URL_PASSWORD.finditer(v) if len(m["password"]) >= 6}
+    return found
+
+
+def named_secrets(data: Any, env: Mapping[str, str]) -> set[str]:
+    """Values of the variables a spec names as `api_key_env` (at any depth: the model, its
+    fallbacks, a tool's options), whatever the names: a key is masked even in `MY_LLM`."""
+    found: set[str] = set()
+    stack = [data]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            name = node.get("api_key_env")
+            if isinstance(name, str) and len(env.get(name, "")) >= 6:
+                found.add(env[name])
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
     return found
 
 

@@ -463,6 +463,20 @@ def test_explain_masks_a_secret_from_the_environment(write: Write) -> None:
     assert "description: uses *** inside" in text
 
 
+def test_a_key_named_by_api_key_env_is_masked_whatever_the_variable_is_called(
+        write: Write) -> None:
+    """MY_LLM and WEB_CREDS_X do not look secret by name; the spec says they hold keys."""
+    path = write("ok.yaml", "model:\n  id: fake/x\n  api_key_env: MY_LLM\n"
+                            "  fallbacks: [{id: fake/y, api_key_env: OTHER}]\n"
+                            "tools:\n  - search: {backend: serper, api_key_env: WEB_C}\n"
+                            "description: ${NOTE}\n")
+    env = {"MY_LLM": "model-key-1", "OTHER": "model-key-2", "WEB_C": "serper-key-3",
+           "NOTE": "model-key-1 serper-key-3", "UNNAMED": "plain-value"}
+    spec = load(path, env=env)
+    assert spec.source.secrets == {"model-key-1", "model-key-2", "serper-key-3"}
+    assert "description: '*** ***'" in explain(spec)
+
+
 # ---------------------------------------------------------------------------- extends
 
 def test_extends_merges_maps_and_replaces_lists(write: Write) -> None:

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from .._files import TooLarge, read_bounded
 from ..errors import SpecError, SpecErrors
-from ..redact import SECRET_NAME, redact_value
+from ..redact import SECRET_NAME, named_secrets, redact_value
 from . import _yaml
 from ._yaml import Mark, format_path
 from .locate import (SpecSource, confined, find_root, pydantic_errors, redact_errors,
@@ -203,6 +203,7 @@ def _load(src: SpecSource, overrides: Iterable[str]) -> AgentSpec:
     data = _read(src.path, src.root, env, src.secrets, src.marks)
     src.overrides = list(overrides)
     _apply_overrides(data, src.overrides, src.marks)
+    src.secrets |= named_secrets(data, env)
     src.raw = data
     src.digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
     try:
