@@ -21,8 +21,8 @@ from typing import ClassVar
 from ._files import TooLarge, read_bounded
 from ._sqlite import open_wal
 
-__all__ = ["SUFFIXES", "Hit", "LocalIndex", "Refresh", "html_blocks", "index_path",
-           "match_expression", "passages"]
+__all__ = ["SUFFIXES", "Hit", "LocalIndex", "Refresh", "bump_generation", "generation",
+           "html_blocks", "index_path", "match_expression", "passages"]
 
 SUFFIXES = {".md": "md", ".markdown": "md", ".txt": "text", ".text": "text", ".rst": "text",
             ".html": "html", ".htm": "html"}
@@ -42,8 +42,19 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS chunks_path ON chunks(path)",
     ("CREATE VIRTUAL TABLE IF NOT EXISTS passages USING fts5(heading, body, "
      "tokenize='porter unicode61')"),
+    # the semantic backend's vectors, dropped with their passage (runner.search_semantic)
+    ("CREATE TABLE IF NOT EXISTS vectors (id INTEGER PRIMARY KEY, model TEXT NOT NULL, "
+     "vec BLOB NOT NULL)"),
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
 )
 _WORD = re.compile(r"\w+")
+STOPWORDS = frozenset(
+    "a an and are as at be been but by can could did do does for from had has have how i if in "
+    "into is it its me my no not of on or our should so such than that the their them then "
+    "there these they this to was we were what when where which while who why will with "
+    "would you your".split())
+"""Function words left out of a query that has other words: they match nearly every
+passage, and each such match would count as a finding when rankings are fused (hybrid)."""
 _HEADING = re.compile(r"^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
 _FENCE = re.compile(r"^ {0,3}(```|~~~)")
 
@@ -55,15 +66,16 @@ def index_path(folder: Path) -> Path:
 
 
 def match_expression(text: str) -> str | None:
-    """The user's words as an FTS5 query: each quoted, joined with OR (ranked, not a filter);
-    None when the text holds no word."""
+    """The user's words as an FTS5 query: each quoted, joined with OR (ranked, not a filter),
+    STOPWORDS left out unless there is nothing else; None when the text holds no word."""
     seen: dict[str, None] = {}
     for word in _WORD.findall(text):
         seen.setdefault(word.lower(), None)
         if len(seen) >= MAX_QUERY_WORDS:
             break
+    words = [w for w in seen if w not in STOPWORDS] or list(seen)
     # \w never matches '"', so the quotes cannot be closed from inside
-    return " OR ".join(f'"{w}"' for w in seen) or None
+    return " OR ".join(f'"{w}"' for w in words) or None
 
 
 # ---------------------------------------------------------------------------- passages
@@ -254,7 +266,8 @@ class LocalIndex:
     def __init__(self, folder: Path, db_path: Path) -> None:
         self.folder, self.db_path = folder, db_path
 
-    def _connect(self) -> sqlite3.Connection:
+    def connect(self) -> sqlite3.Connection:
+        """A connection to the index, its schema applied (the caller closes it)."""
         return open_wal(self.db_path, BUSY_TIMEOUT_S, _SCHEMA)
 
     def _scan(self) -> tuple[dict[str, tuple[int, int, str]], int]:
@@ -278,7 +291,7 @@ class LocalIndex:
         """Bring the index up to date with the folder; only new or changed files are read."""
         found, skipped = self._scan()
         stats = Refresh(skipped=skipped, files=len(found))
-        db = self._connect()
+        db = self.connect()
         try:
             if not self._stale(db, found):
                 return stats
@@ -312,6 +325,7 @@ class LocalIndex:
                         stats.changed += old is not None
                     db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)",
                                (rel, size, mtime, digest))
+                bump_generation(db)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -327,8 +341,9 @@ class LocalIndex:
 
     @staticmethod
     def _drop(db: sqlite3.Connection, rel: str) -> None:
-        db.execute("DELETE FROM passages WHERE rowid IN (SELECT id FROM chunks WHERE path = ?)",
-                   (rel,))
+        for table in ("passages", "vectors"):
+            db.execute(f"DELETE FROM {table} WHERE rowid IN "
+                       "(SELECT id FROM chunks WHERE path = ?)", (rel,))
         db.execute("DELETE FROM chunks WHERE path = ?", (rel,))
 
     @staticmethod
@@ -341,7 +356,7 @@ class LocalIndex:
 
     def count(self) -> int:
         """How many passages the index holds."""
-        db = self._connect()
+        db = self.connect()
         try:
             return int(db.execute("SELECT count(*) FROM chunks").fetchone()[0])
         finally:
@@ -353,7 +368,7 @@ class LocalIndex:
         expression = match_expression(query)
         if expression is None:
             raise ValueError("the query has no words")
-        db = self._connect()
+        db = self.connect()
         try:
             rows = db.execute(
                 "SELECT c.path, c.line_start, c.line_end, passages.heading, "
@@ -364,6 +379,18 @@ class LocalIndex:
         finally:
             db.close()
         return [Hit(*row) for row in rows]
+
+
+def bump_generation(db: sqlite3.Connection) -> None:
+    """Mark the index changed (inside the writing transaction), so readers that keep a copy
+    of it in memory (the semantic backend's vectors) know to read it again."""
+    db.execute("INSERT INTO meta VALUES ('generation', 1) "
+               "ON CONFLICT(key) DO UPDATE SET value = value + 1")
+
+
+def generation(db: sqlite3.Connection) -> int:
+    row = db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+    return int(row[0]) if row else 0
 
 
 def _walk(root: Path) -> Iterator[os.DirEntry[str]]:

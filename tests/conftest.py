@@ -114,6 +114,30 @@ def tools_plugin(*tools: Any) -> Iterator[Any]:
         runner.unregister_plugin(plugin)
 
 
+def tool_spec(folder: Path, tool: str, entry: Any, replies: list[Any] | None = None,
+              name: str = "tooled") -> Path:
+    """A project (pyproject.toml) in `folder` whose agent.yaml has the one tool entry
+    `{tool: entry}` and runs on the scripted `fake/` model with `replies`."""
+    import yaml
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pyproject.toml").write_text("")
+    data = {"name": name,
+            "model": {"id": "fake/script", "options": {"replies": replies or ["Final Answer: ok"]}},
+            "loop": {"style": "react"}, "tools": [{tool: entry}], "memory": {"backend": "none"}}
+    path = folder / "agent.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def built_tool(folder: Path, tool: str, entry: Any, name: str | None = None) -> Any:
+    """The tool `name` (default: `tool`) as built for the spec entry `{tool: entry}`."""
+    import runner
+
+    agent = runner.Agent(runner.load_spec(tool_spec(folder, tool, entry)))
+    return agent.tools[name or tool]
+
+
 def sub_agent_project(folder: Path, server: ScriptedOpenAIServer, boss_extra: str = "") -> Path:
     """A project where agent `boss` hands a task to sub-agent `writer` (both on the scripted
     server, which is scripted for one delegation); returns boss.yaml."""

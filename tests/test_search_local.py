@@ -116,8 +116,21 @@ def test_fts_syntax_is_searched_as_text(tmp_path: Path, query: str) -> None:
 
 
 def test_match_expression_quotes_every_word() -> None:
-    assert match_expression('NEAR("a" b*) -c OR') == '"near" OR "a" OR "b" OR "c" OR "or"'
+    assert match_expression('NEAR("x" b*) -c OR') == '"near" OR "x" OR "b" OR "c"'
     assert match_expression('" * - ( ) ^ :') is None
+
+
+def test_function_words_are_left_out_unless_nothing_else_is_left() -> None:
+    assert match_expression("How do I resume a run?") == '"resume" OR "run"'
+    assert match_expression("To be or not to be") == '"to" OR "be" OR "or" OR "not"'
+
+
+def test_a_function_word_alone_no_longer_counts_as_a_match(tmp_path: Path) -> None:
+    kb = project(tmp_path, {"a.md": "A budget is a limit.\n", "b.md": "Resume with care.\n"})
+    index = LocalIndex(kb, tmp_path / "i.db")
+    index.refresh()
+    assert [h.path for h in index.search("how do I restart a job?", 5)] == []
+    assert [h.path for h in index.search("how do I resume a job?", 5)] == ["b.md"]
 
 
 def test_incremental_refresh_reads_only_changed_files(tmp_path: Path) -> None:

@@ -2,11 +2,13 @@
 returns each with its file, line range and a snippet with the matches marked.
 
 Backends are a validated choice (BACKENDS); each lives in a module of its own
-(`runner.search_local` for `local`). Retrieved text is data: it reaches the model only as
+(`runner.search_local` for `local`, `runner.search_semantic` for `semantic` and `hybrid`,
+`runner.search_web` for the web). Retrieved text is data: it reaches the model only as
 an observation."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ..errors import ToolError, did_you_mean
 from ..hookspecs import hookimpl
+from ..spec.schema import API_KEY_ENV
 from ..tools import Tool, ToolFactory, tool
 
 __all__ = ["BACKENDS", "SearchOptions", "register_tools"]
@@ -23,11 +26,12 @@ __all__ = ["BACKENDS", "SearchOptions", "register_tools"]
 MAX_SNIPPET_CHARS = 600
 MAX_QUERY_CHARS = 2000
 DESCRIPTION = ("Searches the project's documents for passages about a topic; returns each "
-               "passage's file and lines with the matching words marked. Cite the files you use.")
+               "passage's file and lines{marked}. Cite the files you use.")
 WEB_DESCRIPTION = ("Searches the web; returns the best results, each with its title, URL and a "
                    "snippet. Cite the URLs you use.")
 WEB = ("searxng", "serper")
-Backend = Literal["local", "searxng", "serper"]
+FOLDER = ("local", "semantic", "hybrid")
+Backend = Literal["local", "semantic", "hybrid", "searxng", "serper"]
 """The backends `search` offers; each has a builder in BACKENDS."""
 
 
@@ -39,13 +43,17 @@ class SearchOptions(BaseModel):
     """Options `runner.resolve` confines to the project root at load time (`index` is
     optional, so it is confined when the tool is built)."""
     backend: Backend = "local"
-    """Where to search; local: full text (SQLite FTS5, BM25) over a folder of files."""
+    """Where to search; local: full text (SQLite FTS5, BM25) over a folder of files;
+    semantic: the same passages by meaning (sentence embeddings); hybrid: both rankings
+    fused; searxng, serper: the web."""
     path: str | None = None
-    """local: the folder of Markdown, text and HTML files, relative to this spec."""
+    """local, semantic, hybrid: the folder of Markdown, text and HTML files, relative to this
+    spec."""
     k: int = Field(5, ge=1, le=20)
     """How many passages a search returns, best first."""
     index: str | None = None
-    """local: the index file, relative to this spec (default: .runner/search/<hash>.db)."""
+    """local, semantic, hybrid: the index file, relative to this spec (default:
+    .runner/search/<hash>.db)."""
     url: str | None = None
     """searxng: the SearXNG server (required); serper: the API (default https://google.serper.dev)."""
     api_key_env: str = "SERPER_API_KEY"
@@ -61,20 +69,20 @@ class SearchOptions(BaseModel):
 
     @model_validator(mode="after")
     def _needs_path(self) -> SearchOptions:
-        if self.backend == "local" and self.path is None:
-            raise ValueError("backend local needs `path`: the folder to search")
+        if self.backend in FOLDER and self.path is None:
+            raise ValueError(f"backend {self.backend} needs `path`: the folder to search")
         if self.backend == "searxng" and self.url is None:
             raise ValueError("backend searxng needs `url`: the SearXNG server, "
                              "e.g. http://127.0.0.1:8888")
         if self.url is not None and not self.url.startswith(("http://", "https://")):
             raise ValueError(f"`url` must start with http:// or https://, not {self.url[:80]!r}")
-        if not self.api_key_env.isidentifier():
+        if not re.fullmatch(API_KEY_ENV, self.api_key_env):
             raise ValueError("`api_key_env` must be an environment variable name, e.g. "
                              "SERPER_API_KEY (the name, not the key)")
         return self
 
 
-def _local(options: SearchOptions, ctx: Any) -> Callable[[str], str]:
+def _folder(options: SearchOptions, ctx: Any) -> Callable[[str], str]:
     from ..search_local import LocalIndex, index_path
 
     assert options.path is not None
@@ -86,7 +94,12 @@ def _local(options: SearchOptions, ctx: Any) -> Callable[[str], str]:
           else index_path(folder))
     root = Path(ctx.spec.source.root).resolve()
     shown = folder.relative_to(root) if folder.is_relative_to(root) else folder
-    index = LocalIndex(folder, db)
+    if options.backend == "local":
+        index: Any = LocalIndex(folder, db)
+    else:
+        from ..search_semantic import HybridIndex, SemanticIndex
+
+        index = (SemanticIndex if options.backend == "semantic" else HybridIndex)(folder, db)
 
     def search(query: str) -> str:
         try:
@@ -137,7 +150,8 @@ def _serper(options: SearchOptions, ctx: Any) -> Callable[[str], str]:
 
 
 BACKENDS: dict[str, Callable[[SearchOptions, Any], Callable[[str], str]]] = {
-    "local": _local, "searxng": _searxng, "serper": _serper}
+    "local": _folder, "semantic": _folder, "hybrid": _folder,
+    "searxng": _searxng, "serper": _serper}
 
 
 def _build(options: SearchOptions, ctx: Any) -> Tool:
@@ -150,7 +164,9 @@ def _build(options: SearchOptions, ctx: Any) -> Tool:
         return run(query)
 
     return tool(search, name="search", timeout_s=60.0,
-                description=WEB_DESCRIPTION if options.backend in WEB else DESCRIPTION)
+                description=WEB_DESCRIPTION if options.backend in WEB else DESCRIPTION.format(
+                    marked="" if options.backend == "semantic" else
+                    " with the matching words marked"))
 
 
 @hookimpl
