@@ -245,7 +245,7 @@ class Hit:
     snippet: str
     score: float
     text: str = ""
-    """The whole passage, matches marked."""
+    """The whole passage, as written (no marks: a model copies them into its answer)."""
 
 
 @dataclass
@@ -373,7 +373,7 @@ class LocalIndex:
             rows = db.execute(
                 "SELECT c.path, c.line_start, c.line_end, passages.heading, "
                 f"snippet(passages, 1, '«', '»', ' … ', {SNIPPET_TOKENS}), "
-                "bm25(passages, 2.0, 1.0) AS score, highlight(passages, 1, '«', '»') "
+                "bm25(passages, 2.0, 1.0) AS score, passages.body "
                 "FROM passages JOIN chunks c ON c.id = passages.rowid "
                 "WHERE passages MATCH ? ORDER BY score LIMIT ?", (expression, k)).fetchall()
         finally:

@@ -104,6 +104,18 @@ def test_researcher_example_on_embedded_model() -> None:
 
 
 @pytest.mark.embedded
+def test_researcher_answers_from_the_knowledge_base_on_embedded_model(tmp_path: Path) -> None:
+    """Offline, on the embedded model: the researcher searches knowledge/ (hybrid), the
+    passage it gets is the one about resuming, and the answer is taken from it."""
+    result = run_agent(ROOT / "agents/researcher.yaml", "How do I resume an interrupted run?")
+    assert result.status == "finished", result.error
+    assert result.steps[0].action == "search"
+    obs = result.steps[0].observation
+    assert re.search(r"\[1\] knowledge/resume-a-run\.md:\d+-\d+ \(How do I resume", obs), obs
+    assert "resume" in str(result.answer).lower()
+
+
+@pytest.mark.embedded
 def test_haiku_chain_on_embedded_model() -> None:
     result = run_agent(ROOT / "agents/haiku.yaml", {"topic": "autumn"})
     assert result.status == "finished", result.error
@@ -171,7 +183,7 @@ def test_researcher_searches_the_shipped_knowledge_base(server, scripted, tmp_pa
     assert result.status == "finished", result.error
     obs = result.steps[0].observation
     assert re.search(r"\[1\] knowledge/resume-a-run\.md:\d+-\d+", obs), obs
-    assert "runner «resume» «RUN»_ID" in obs  # the best passage whole, matches marked
+    assert "Run `runner resume RUN_ID`" in obs  # the best passage whole, as written
     assert "Observation: " + obs.splitlines()[0] in server.requests[1]["messages"][-1]["content"]
     assert list((tmp_path / ".runner" / "search").glob("*.db"))
     assert not (ROOT / "knowledge" / ".runner").exists()

@@ -219,7 +219,10 @@ def test_end_to_end_search_on_the_fake_model(tmp_path: Path) -> None:
     assert result.ok, result.error
     found, empty = (s.observation for s in result.steps[:2])
     assert found.startswith("2 passages from kb/")
-    assert "[1] kb/guide.md:1-7 (Resuming)" in found and "«resumed»" in found
+    first, second = found.split("\n\n[2] ")
+    assert "[1] kb/guide.md:1-7 (Resuming)" in first and "resumed" in first
+    assert "«" not in first  # the best passage whole and plain: a small model copies marks
+    assert second.startswith("kb/guide.md:9-11 (Budgets)") and "«run»" in second  # a snippet
     assert "no words" in empty  # an observation, the run went on
     dbs = list((tmp_path / ".runner" / "search").glob("*.db"))
     assert len(dbs) == 1 and stat.S_IMODE(dbs[0].stat().st_mode) == 0o600
@@ -286,11 +289,11 @@ def test_headings_with_no_text_join_the_next_passage() -> None:
     assert found == [(1, 5, "Resuming"), (7, 9, "Budgets")]
 
 
-def test_hit_carries_the_whole_passage_marked(tmp_path: Path) -> None:
+def test_hit_carries_the_whole_passage_plain_and_a_marked_snippet(tmp_path: Path) -> None:
     long = " ".join(f"word{i}" for i in range(80))
     kb = project(tmp_path, {"a.md": f"# Title\n\nresume {long} checkpoint\n"})
     index = LocalIndex(kb, tmp_path / "i.db")
     index.refresh()
     hit, = index.search("checkpoint", 5)
-    assert hit.text.startswith("# Title\nresume word0") and hit.text.endswith("«checkpoint»")
-    assert len(hit.snippet) < len(hit.text)  # the snippet is a window of it
+    assert hit.text.startswith("# Title\nresume word0") and hit.text.endswith("word79 checkpoint")
+    assert hit.snippet.endswith("«checkpoint»") and "word0 " not in hit.snippet  # a window
