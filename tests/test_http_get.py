@@ -4,16 +4,18 @@ on every hop, caps, content types, HTML extraction and spec errors."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+import trustme
 import yaml
 
 import runner
@@ -168,14 +170,6 @@ def test_redirect_to_a_host_off_the_allowlist_is_refused(tmp_path: Path, server:
     assert [p for p, _ in server.seen] == ["/away"]
 
 
-def test_redirect_is_followed_and_rechecked(tmp_path: Path, server: Any) -> None:
-    port = server.server_address[1]
-    fn = tool_fn(tmp_path, allow=["127.0.0.1"], allow_private=True)
-    out = get(fn, f"http://127.0.0.1:{port}/hop")
-    assert out.startswith(f"Fetched http://127.0.0.1:{port}/page")
-    assert fn.fetcher.resolves == 2
-
-
 def test_redirect_loop_is_capped(tmp_path: Path, server: Any) -> None:
     port = server.server_address[1]
     fn = tool_fn(tmp_path, allow=["127.0.0.1"], allow_private=True, max_redirects=3)
@@ -229,57 +223,95 @@ def test_bad_schemes_and_userinfo_are_refused(tmp_path: Path, url: str) -> None:
     assert "http://" in msg or "user name" in msg
 
 
-def test_connection_goes_to_the_checked_address(tmp_path: Path,
+def resolver(monkeypatch: pytest.MonkeyPatch, names: dict[str, str]) -> list[str]:
+    """The tool's resolver answers `names` itself (other hosts as the system does); returns
+    the list of the names it was asked, one per lookup."""
+    asked: list[str] = []
+    real = mod.getaddrinfo
+
+    def lookup(host: str, port: int, *args: Any, **kwargs: Any) -> Any:
+        asked.append(host)
+        if host in names:
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (names[host], port))]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(mod, "getaddrinfo", lookup)
+    return asked
+
+
+def test_redirect_is_followed_and_rechecked(tmp_path: Path, server: Any,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    port = server.server_address[1]
+    asked = resolver(monkeypatch, {})
+    fn = tool_fn(tmp_path, allow=["127.0.0.1"], allow_private=True)
+    out = get(fn, f"http://127.0.0.1:{port}/hop")
+    assert out.startswith(f"Fetched http://127.0.0.1:{port}/page")
+    assert asked == ["127.0.0.1", "127.0.0.1"]  # one lookup and check per hop
+
+
+def test_connection_goes_to_the_checked_address(tmp_path: Path, server: Any,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    # DNS rebinding: the name answers public first, private after; the tool resolves once per
-    # hop and connects to the address it checked, with the name in the Host header
-    answers = ["8.8.8.8", "8.8.8.8", "127.0.0.1"]
-    calls: list[str] = []
+    # DNS rebinding: the name's next answer (the system resolver's) points elsewhere; the
+    # tool resolves once, checks, and connects to that address with the name as Host
+    port = server.server_address[1]
+    asked = resolver(monkeypatch, {"rebind.test": "127.0.0.1"})
+    system = socket.getaddrinfo
 
-    def fake(host: str, port: int, *args: Any, **kwargs: Any) -> Any:
-        calls.append(host)
-        ip = answers[min(len(calls) - 1, 2)]
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port))]
+    def rebound(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "rebind.test":  # a connection by name would land on 10.255.255.1
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.255.255.1", args[0]))]
+        return system(host, *args, **kwargs)
 
-    sent: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        sent.append(request)
-        if request.url.path == "/again":
-            return httpx.Response(302, headers={"Location": "/next"})
-        return httpx.Response(200, headers={"Content-Type": "text/plain"},
-                              stream=httpx.ByteStream(b"hello"))
-
-    monkeypatch.setattr(mod, "getaddrinfo", fake)
-    fn = tool_fn(tmp_path, allow=["rebind.test"])
-    fn.fetcher.transport = httpx.MockTransport(handler)
-    out = get(fn, "http://rebind.test/start")
-    assert calls == ["rebind.test"] and "hello" in out
-    assert sent[0].url.host == "8.8.8.8" and sent[0].headers["host"] == "rebind.test"
-    # a redirect hop resolves again; the second answer is private and that hop is refused
-    msg = refused(fn, "http://rebind.test/again")
-    assert "private or reserved" in msg and "127.0.0.1" in msg
-    assert len(calls) == 3 and [r.url.path for r in sent] == ["/start", "/again"]
-    assert sent[1].url.host == "8.8.8.8"
+    monkeypatch.setattr(socket, "getaddrinfo", rebound)
+    fn = tool_fn(tmp_path, allow=["rebind.test"], allow_private=True)
+    out = get(fn, f"http://rebind.test:{port}/page")
+    assert "committed checkpoint" in out
+    assert asked == ["rebind.test"]
+    assert server.seen == [("/page", f"rebind.test:{port}")]
 
 
-def test_https_sets_sni_to_the_name() -> None:
-    sent: list[httpx.Request] = []
+def test_a_redirect_to_a_private_address_is_refused(tmp_path: Path, server: Any,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # the first hop passes the address check (loopback counted public here, so that a
+    # server on 127.0.0.1 stands for a public site); its redirect resolves to 10.0.0.7
+    port = server.server_address[1]
+    asked = resolver(monkeypatch, {"site.test": "127.0.0.1", "evil.test": "10.0.0.7"})
+    monkeypatch.setattr(mod, "is_forbidden_address", lambda ip: ip.is_private
+                        and not ip.is_loopback)
+    fn = tool_fn(tmp_path, allow=["site.test", "evil.test"])
+    msg = refused(fn, f"http://site.test:{port}/away")
+    assert "evil.test resolves to a private or reserved address (10.0.0.7)" in msg
+    assert asked == ["site.test", "evil.test"] and [p for p, _ in server.seen] == ["/away"]
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        sent.append(request)
-        return httpx.Response(200, headers={"Content-Type": "text/plain"},
-                              stream=httpx.ByteStream(b"ok"))
 
-    f = mod._Fetcher(mod.HttpGetOptions(allow=["secure.test"]), "the entry")
-    f.transport = httpx.MockTransport(handler)
+def test_https_sends_the_name_and_checks_the_certificate(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # a real TLS server on the checked address; its certificate, for the right name, is
+    # signed by a CA nobody trusts: the client sends the name (SNI) and then refuses it
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("secure.test").configure_cert(context)
+    names: list[str | None] = []
+    context.sni_callback = lambda sock, name, ctx: names.append(name)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
 
-    async def one_ip(host: str, port: int) -> str:
-        return "8.8.4.4"
+        listener.settimeout(60)  # a client that never comes ends the thread, not the test
 
-    f._address = one_ip  # type: ignore[method-assign]
-    asyncio.run(f.fetch("https://secure.test/x"))
-    assert sent[0].url.host == "8.8.4.4" and sent[0].extensions["sni_hostname"] == "secure.test"
+        def serve() -> None:
+            with contextlib.suppress(OSError):  # ssl.SSLError and TimeoutError among them
+                conn, _ = listener.accept()
+                with conn:
+                    context.wrap_socket(conn, server_side=True).close()
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        resolver(monkeypatch, {"secure.test": "127.0.0.1"})
+        fn = tool_fn(tmp_path, allow=["secure.test"], allow_private=True)
+        msg = refused(fn, f"https://secure.test:{port}/x")
+        thread.join()
+    assert names == ["secure.test"]
+    assert "TLS certificate of secure.test could not be verified" in msg
 
 
 @pytest.mark.parametrize("ip, bad", [
@@ -288,6 +320,12 @@ def test_https_sets_sni_to_the_name() -> None:
     ("2002:7f00:1::", True), ("64:ff9b::a9fe:a9fe", True),
     ("64:ff9b::808:808", False), ("100.64.0.1", True), ("fe80::1", True), ("fc00::1", True),
     ("ff02::1", True), ("240.0.0.1", True), ("::", True), ("192.168.1.1", True),
+    # Python's ipaddress counts these as global; they are refused all the same
+    ("224.0.0.1", True), ("239.255.255.250", True), ("ff0e::1", True), ("fec0::1", True),
+    ("4000::1", True),
+    # documentation, benchmark, broadcast, this-network and 6to4-relay edges
+    ("192.0.2.1", True), ("198.18.0.1", True), ("255.255.255.255", True), ("0.1.2.3", True),
+    ("2001:db8::1", True), ("1.1.1.1", False), ("2606:4700::1111", False),
 ])
 def test_address_rules(ip: str, bad: bool) -> None:
     import ipaddress

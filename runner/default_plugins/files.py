@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .._files import open_regular
 from ..errors import ToolError
 from ..hookspecs import hookimpl
+from ..spec._yaml import format_path
 from ..tools import Tool, ToolFactory, tool
 
 __all__ = ["FILES", "FilesOptions"]
@@ -148,8 +149,7 @@ def _build(options: FilesOptions, ctx: Any) -> list[Tool]:
     if not path.is_dir():
         raise ctx.spec.source.error(key + ("root",), f"files root {options.root!r} is not a "
                                     f"folder ({path}); create it or point root at one")
-    where = ".".join(str(k) if not isinstance(k, int) else f"[{k}]" for k in key)
-    root = _Root(path, options.root, f"{where.replace('.[', '[')}.root in the spec")
+    root = _Root(path, options.root, f"{format_path(key)}.root in the spec")
     cap = ctx.ref.common.max_output_chars or ctx.spec.loop.max_observation_chars
     piece = min(options.max_read_bytes, cap - MARKER_ROOM if cap > 2 * MARKER_ROOM else cap // 2)
 

@@ -14,7 +14,6 @@ import asyncio
 import ipaddress
 import re
 import socket
-import ssl
 from typing import Annotated, Any, ClassVar
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
@@ -22,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import ToolError
 from ..hookspecs import hookimpl
+from ..spec._yaml import format_path
 from ..tools import Tool, ToolFactory, tool
 
 __all__ = ["HttpGetOptions", "TEXT_TYPES", "is_forbidden_address", "register_tools"]
@@ -33,6 +33,14 @@ TEXT_TYPES = frozenset({"text/html", "application/xhtml+xml", "text/plain", "tex
 """Content types the tool reads; any other (images, PDF, octet-stream) is refused."""
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
+HTTP_HINTS = {
+    400: "check the URL", 401: "access is refused; try another page",
+    403: "access is refused; try another page",
+    404: "the page does not exist; check the URL or search for it",
+    410: "the page does not exist; check the URL or search for it",
+    429: "the server is rate limiting; wait before retrying",
+    500: "the server failed; try again later"}
+"""What the model is told for an HTTP error (400: any other 4xx; 500: any 5xx)."""
 getaddrinfo = socket.getaddrinfo
 """The resolver (module-level so tests can replace it here only)."""
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -100,8 +108,10 @@ def is_forbidden_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> b
             embedded.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
         if any(e is not None and is_forbidden_address(e) for e in embedded):
             return True
-    return (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast
-            or ip.is_reserved or ip.is_unspecified or not ip.is_global)
+    # not global: private, loopback, link-local, unspecified, shared (CGNAT), documentation
+    # and benchmark ranges; Python counts multicast, reserved and IPv6 site-local as global
+    return (not ip.is_global or ip.is_multicast or ip.is_reserved
+            or isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local)
 
 
 def _allowed(host: str, allow: list[str]) -> bool:
@@ -121,9 +131,6 @@ class _Fetcher:
     def __init__(self, options: HttpGetOptions, where: str) -> None:
         self.options = options
         self.where = where
-        self.resolves = 0
-        self.transport: Any = None
-        """An httpx transport to use instead of the network (tests)."""
 
     def _target(self, url: str) -> tuple[str, str, int, str]:
         """(scheme, host, port, url) of a URL the tool may try, or ToolError."""
@@ -162,7 +169,6 @@ class _Fetcher:
 
     async def _address(self, host: str, port: int) -> str:
         """The checked address to connect to (every resolved address checked)."""
-        self.resolves += 1
         loop = asyncio.get_running_loop()
         try:
             infos = await loop.run_in_executor(None, lambda: getaddrinfo(
@@ -192,9 +198,7 @@ class _Fetcher:
         try:
             async with asyncio.timeout(o.timeout_s):
                 async with httpx.AsyncClient(follow_redirects=False, trust_env=False,
-                                             verify=ssl.create_default_context(),
                                              timeout=o.timeout_s,
-                                             transport=self.transport,
                                              # no reuse: a pooled TLS connection to an IP
                                              # was verified for one name only
                                              limits=httpx.Limits(max_keepalive_connections=0)
@@ -249,11 +253,7 @@ class _Fetcher:
         o = self.options
         status = resp.status_code
         if status >= 400:
-            hint = ("the page does not exist; check the URL or search for it" if status in
-                    (404, 410) else "access is refused; try another page" if status in
-                    (401, 403) else "the server is rate limiting; wait before retrying" if
-                    status == 429 else "the server failed; try again later" if status >= 500
-                    else "check the URL")
+            hint = HTTP_HINTS.get(status) or HTTP_HINTS[500 if status >= 500 else 400]
             return f"HTTP {status} {resp.reason_phrase[:80]} from {url[:200]}: {hint}."
         ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype and ctype not in TEXT_TYPES and not ctype.endswith("+xml"):
@@ -288,42 +288,34 @@ class _Fetcher:
 
 
 def _readable(html: str) -> str:
-    """The main text of an HTML page: trafilatura's extraction, its baseline, or visible text."""
+    """The main text of an HTML page: trafilatura's extraction, else its baseline (the whole
+    visible text), else the text of the page's blocks as the local search cuts them."""
+    import trafilatura
+
+    text = trafilatura.extract(html, include_comments=False, include_tables=True,
+                               favor_recall=True)
+    if text and text.strip():
+        return text
     try:
-        import trafilatura
-    except ImportError:
-        trafilatura = None
-    if trafilatura is not None:
-        text = trafilatura.extract(html, include_comments=False, include_tables=True,
-                                   favor_recall=True)
+        text = trafilatura.baseline(html)[1]
         if text and text.strip():
             return text
-        try:
-            from trafilatura import baseline
-
-            text = baseline(html)[1]
-            if text and text.strip():
-                return text
-        except Exception:  # noqa: BLE001 - a hostile page may break the fallback; go on
-            pass
+    except Exception:  # noqa: BLE001 - a hostile page may break the fallback; go on
+        pass
     from ..search_local import html_blocks
 
     return "\n\n".join(" ".join(t for _, t in b.lines) for b in html_blocks(html))
 
 
 def _build(options: HttpGetOptions, ctx: Any) -> Tool:
-    key = ctx.ref.key
-    where = ".".join(str(k) if not isinstance(k, int) else f"[{k}]" for k in key)
     spec = getattr(ctx.spec.source, "path", None) or "the spec"
-    fetcher = _Fetcher(options, f"the http_get entry ({where.replace('.[', '[')}) in {spec}")
+    fetcher = _Fetcher(options, f"the http_get entry ({format_path(ctx.ref.key)}) in {spec}")
 
     async def http_get(url: Annotated[str, Field(
             description="the page's full http:// or https:// URL",
             max_length=MAX_URL_CHARS)]) -> str:
         """Fetches a web page from an allowed site; returns its readable text."""
         return await fetcher.fetch(url)
-
-    http_get.fetcher = fetcher  # type: ignore[attr-defined]
 
     allowed = ", ".join(options.allow) or "none"
     return tool(http_get, name="http_get", timeout_s=options.timeout_s + 5,
