@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 import trustme
-import yaml
 
 import runner
+from conftest import built_tool, tool_spec
 from runner.default_plugins import http_get as mod
 from runner.errors import SpecError, ToolError
 
@@ -77,23 +77,8 @@ def server() -> Iterator[ThreadingHTTPServer]:
     srv.server_close()
 
 
-def write_spec(tmp_path: Path, entry: Any) -> Path:
-    (tmp_path / "pyproject.toml").write_text("")
-    data = {
-        "name": "fetcher",
-        "model": {"id": "fake/script", "options": {"replies": ["Final Answer: ok"]}},
-        "loop": {"style": "react"},
-        "tools": [{"http_get": entry}],
-        "memory": {"backend": "none"},
-    }
-    path = tmp_path / "agent.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
 def tool_fn(tmp_path: Path, **entry: Any) -> Any:
-    agent = runner.Agent(runner.load_spec(write_spec(tmp_path, entry)))
-    return agent.tools["http_get"].fn
+    return built_tool(tmp_path, "http_get", entry).fn
 
 
 def get(fn: Any, url: str) -> str:
@@ -342,7 +327,7 @@ def test_address_rules(ip: str, bad: bool) -> None:
 def test_spec_errors_name_file_line_and_key(tmp_path: Path, entry: dict[str, Any], key: str,
                                             words: str) -> None:
     with pytest.raises(SpecError) as err:
-        runner.Agent(runner.load_spec(write_spec(tmp_path, entry)))
+        runner.Agent(runner.load_spec(tool_spec(tmp_path, "http_get", entry)))
     text = str(err.value)
     assert err.value.key is not None and err.value.key.startswith(key), text
     assert words in text and "agent.yaml" in text and ":" in text

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 import runner
+from conftest import tool_spec
 from runner.errors import SpecError, ToolError
 from runner.search_local import LocalIndex, match_expression
 
@@ -36,16 +36,7 @@ def project(tmp_path: Path, files: dict[str, str]) -> Path:
 
 
 def write_spec(tmp_path: Path, entry: dict[str, Any], replies: list[Any] | None = None) -> Path:
-    data: dict[str, Any] = {
-        "name": "searcher",
-        "model": {"id": "fake/script", "options": {"replies": replies or ["Final Answer: ok"]}},
-        "loop": {"style": "react"},
-        "tools": [{"search": entry}],
-        "memory": {"backend": "none"},
-    }
-    path = tmp_path / "agent.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+    return tool_spec(tmp_path, "search", entry, replies, name="searcher")
 
 
 def search_fn(tmp_path: Path, **entry: Any) -> Any:

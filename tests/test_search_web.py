@@ -12,9 +12,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-import yaml
 
-import runner
+from conftest import built_tool
 from runner.errors import SpecError, ToolError
 
 KEY = "sk-test-SERPERKEY-123456"
@@ -104,14 +103,7 @@ def server() -> Any:
 
 def build(tmp_path: Path, entry: dict[str, Any], whole: bool = False) -> Any:
     """The function the model calls, of the search tool built for `entry` (or the tool)."""
-    (tmp_path / "pyproject.toml").write_text("")
-    data = {"name": "web", "model": {"id": "fake/script",
-                                     "options": {"replies": ["Final Answer: ok"]}},
-            "loop": {"style": "react"}, "tools": [{"search": entry}],
-            "memory": {"backend": "none"}}
-    path = tmp_path / "agent.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    built = runner.Agent(runner.load_spec(path)).tools["search"]
+    built = built_tool(tmp_path, "search", entry)
     return built if whole else built.fn
 
 
