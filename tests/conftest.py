@@ -138,6 +138,32 @@ def built_tool(folder: Path, tool: str, entry: Any, name: str | None = None) -> 
     return agent.tools[name or tool]
 
 
+_REFRESH = """
+import sys
+from pathlib import Path
+from {module} import {name}
+open(sys.argv[3], "a").close()
+while len(list(Path(sys.argv[4]).glob("ready*"))) < 2:  # both start together
+    pass
+print({name}(Path(sys.argv[1]), Path(sys.argv[2])).refresh(){field})
+"""
+
+
+def refresh_in_two_processes(index: str, folder: Path, db: Path, work: Path,
+                             field: str = "") -> list[int]:
+    """Two processes refresh the index class `index` ("module:Class") of `folder` into `db`
+    at the same moment; returns what each refresh returned (its `field`, if named)."""
+    module, name = index.split(":")
+    code = _REFRESH.format(module=module, name=name, field=f".{field}" if field else "")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(folder), str(db),
+                               str(work / f"ready{n}"), str(work)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for n in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    return [int(out) for out, _ in outs]
+
+
 def sub_agent_project(folder: Path, server: ScriptedOpenAIServer, boss_extra: str = "") -> Path:
     """A project where agent `boss` hands a task to sub-agent `writer` (both on the scripted
     server, which is scripted for one delegation); returns boss.yaml."""

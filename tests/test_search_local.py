@@ -7,15 +7,13 @@ import asyncio
 import os
 import sqlite3
 import stat
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import runner
-from conftest import tool_spec
+from conftest import refresh_in_two_processes, tool_spec
 from runner.errors import SpecError, ToolError
 from runner.search_local import LocalIndex, match_expression
 
@@ -153,28 +151,12 @@ def test_incremental_refresh_reads_only_changed_files(tmp_path: Path) -> None:
     assert index.count() == 2
 
 
-_BUILD = """
-import sys
-from pathlib import Path
-from runner.search_local import LocalIndex
-open(sys.argv[3], "a").close()
-while len(list(Path(sys.argv[4]).glob("ready*"))) < 2:  # both start together
-    pass
-print(LocalIndex(Path(sys.argv[1]), Path(sys.argv[2])).refresh().read)
-"""
-
-
 def test_two_processes_build_one_consistent_index(tmp_path: Path) -> None:
     kb = project(tmp_path, {f"doc{i:03}.md": f"# Doc {i}\n\nword{i} shared text\n\nmore {i}\n"
                             for i in range(300)})
     db = tmp_path / ".runner" / "search" / "kb.db"
-    procs = [subprocess.Popen([sys.executable, "-c", _BUILD, str(kb), str(db),
-                               str(tmp_path / f"ready{n}"), str(tmp_path)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for n in range(2)]
-    outs = [p.communicate(timeout=120) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
-    assert sorted(int(o) for o, _ in outs) == [0, 300]  # one built it, the other found it done
+    read = refresh_in_two_processes("runner.search_local:LocalIndex", kb, db, tmp_path, "read")
+    assert sorted(read) == [0, 300]  # one built it, the other found it done
     con = sqlite3.connect(db)
     assert con.execute("SELECT count(*) FROM files").fetchone() == (300,)
     assert con.execute("SELECT count(*), count(DISTINCT path || ':' || line_start) "

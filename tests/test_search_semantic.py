@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import runner
-from conftest import tool_spec
+from conftest import refresh_in_two_processes, tool_spec
 from runner import search_semantic
 from runner.errors import SpecError
 from runner.search_local import Hit, LocalIndex
@@ -202,27 +200,11 @@ def test_an_unknown_backend_names_the_folder_ones(tmp_path: Path) -> None:
     assert "backend hybrid needs `path`" in str(err.value)
 
 
-_BUILD = """
-import sys
-from pathlib import Path
-from runner.search_semantic import HybridIndex
-open(sys.argv[3], "a").close()
-while len(list(Path(sys.argv[4]).glob("ready*"))) < 2:  # both start together
-    pass
-print(HybridIndex(Path(sys.argv[1]), Path(sys.argv[2])).refresh())
-"""
-
-
 def test_two_processes_embed_each_passage_once(tmp_path: Path) -> None:
     kb = folder_with(tmp_path, {f"doc{i:03}.md": f"Note {i}: the number {i} is odd or even.\n"
                                 for i in range(120)})
     db = tmp_path / ".runner" / "search" / "kb.db"
-    procs = [subprocess.Popen([sys.executable, "-c", _BUILD, str(kb), str(db),
-                               str(tmp_path / f"ready{n}"), str(tmp_path)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for n in range(2)]
-    outs = [p.communicate(timeout=300) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
-    assert sum(int(o) for o, _ in outs) >= 120  # all embedded (a batch may be done twice)
+    embedded = refresh_in_two_processes("runner.search_semantic:HybridIndex", kb, db, tmp_path)
+    assert sum(embedded) >= 120  # all embedded (a batch may be done twice)
     assert len(vector_ids(db)) == 120
     assert HybridIndex(kb, db).refresh() == 0
