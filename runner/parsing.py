@@ -65,6 +65,7 @@ _LABEL = re.compile(
     r"^(?P<pre>[ \t>*_#-]*)(?P<label>thought|action[ _]input|action|final[ _]answer|answer"
     r"|observation|question)(?P<mid>[ \t*_]*):(?P<rest>.*)$", re.I)
 _CALL = re.compile(r"^([A-Za-z_][\w.-]*)\s*\[(.*)\]\s*$", re.S)
+_TRAILING_GROUPS = re.compile(r"(?:\s*\[[^\[\]]*\])+\s*")
 _NAMED = re.compile(r"^([A-Za-z_][\w.-]*)(\s*)\((.*)\)$", re.DOTALL)
 """`tool(arguments)`, or `tool (what it does)` before an Action Input."""
 _FENCE = re.compile(r"^\s*```[\w-]*\s*$")
@@ -305,12 +306,27 @@ def _clean_input(text: str, tool: str) -> str:
     return _unquote(text)
 
 
+def _first_group(inner: str) -> str:
+    """The input of `tool[input][more]`: a small model may write a bracketed group after
+    the input (`search[a question][search]`); what follows the input's own closing bracket
+    is dropped when it is nothing but such groups. Brackets inside the input stay."""
+    depth = 0
+    for i, char in enumerate(inner):
+        if char == "[":
+            depth += 1
+        elif char == "]":
+            if depth == 0:
+                return inner[:i] if _TRAILING_GROUPS.fullmatch(inner[i + 1:] + "]") else inner
+            depth -= 1
+    return inner
+
+
 def _name_and_input(body: str, given: str | None) -> tuple[str, str | None]:
     """An Action line's tool and input (`given`: the Action Input after it, if any)."""
     first = body.split("\n", 1)[0]
     m = _CALL.match(body) or _CALL.match(first)
     if m:
-        return m[1], _clean_input(m[2], m[1])
+        return m[1], _clean_input(_first_group(m[2]), m[1])
     head = first.strip().strip("`'\"*").strip()
     m = _NAMED.match(body) or _NAMED.match(head)
     if m:

@@ -45,6 +45,12 @@ ACTIONS = {
     "chatter after the action": ("Action: calculator[2+2]\nI will wait for the result.",
                                  "calculator", "2+2"),
     "dotted tool name": ("Action: web.search[cats]", "web.search", "cats"),
+    "a group echoed after the input": ("Action: search[How do I resume?][search]", "search",
+                                       "How do I resume?"),
+    "groups echoed after the input": ("Action: search[cats] [1][x]", "search", "cats"),
+    "a lone bracket inside the input": ("Action: search[what does ] mean]", "search",
+                                        "what does ] mean"),
+    "an index after a list input": ("Action: calculator[[1, 2][0]]", "calculator", "[1, 2][0]"),
     "everything at once": (
         "\r\n```\r\n**THOUGHT\uff1a** add\r\n**ACTION\uff1a** calculator[2+2]\r\n```",
         "calculator", "2+2"),
