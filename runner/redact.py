@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from .spec import TraceSpec
 
 __all__ = ["MASK", "SECRET_NAME", "Redactor", "env_secrets", "named_secrets", "redact_text",
-           "redact_value", "json_forms", "clip", "SECRET_FIELD", "URL_PASSWORD", "printable", "json_printable"]
+           "redact_value", "json_forms", "clip", "SECRET_FIELD", "URL_PASSWORD", "printable",
+           "json_printable"]
 
 MASK = "***"
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH", re.I)
