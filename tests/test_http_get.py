@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import re
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -30,6 +32,9 @@ PAGE = b"""<!doctype html><html><head><title>Guide</title>
 committed checkpoint, so no finished step is repeated and no tokens are spent twice.</p>
 <p>Each run keeps its checkpoints in the run folder until the run is deleted by the user.</p>
 </article><footer>FOOTERJUNK copyright</footer></body></html>"""
+
+
+BOMB = gzip.compress(b"a" * 50_000_000, compresslevel=9)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -62,6 +67,22 @@ class Handler(BaseHTTPRequestHandler):
             self._send(302, "text/plain", b"", Location=f"http://evil.test:{port}/page")
         elif self.path == "/hop":
             self._send(302, "text/plain", b"", Location="/page")
+        elif self.path == "/gzip":  # sent compressed although the tool asks for identity
+            self._send(200, "text/html", gzip.compress(PAGE), **{"Content-Encoding": "gzip"})
+        elif self.path == "/bomb":  # 50 MB of text in about 50 KB
+            self._send(200, "text/plain", BOMB, **{"Content-Encoding": "gzip"})
+        elif self.path == "/brotli":
+            self._send(200, "text/plain", b"\x0b\x02\x80hi\x03", **{"Content-Encoding": "br"})
+        elif self.path == "/trickle":  # a byte at a time, never done
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            with contextlib.suppress(OSError):
+                for _ in range(600):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.1)
         else:
             self._send(200, "text/plain", b"plain")
 
@@ -176,6 +197,33 @@ def test_text_cut_at_max_chars_with_marker(tmp_path: Path, server: Any) -> None:
     fn = tool_fn(tmp_path, allow=["127.0.0.1"], allow_private=True, max_chars=300)
     out = get(fn, f"http://127.0.0.1:{port}/big")
     assert re.search(r"\nx{300}\n", out) and "cut at 300 of 50000 characters" in out
+
+
+def test_a_compressed_page_is_read(tmp_path: Path, server: Any) -> None:
+    port = server.server_address[1]
+    fn = tool_fn(tmp_path, allow=["127.0.0.1"], allow_private=True)
+    assert "committed checkpoint" in get(fn, f"http://127.0.0.1:{port}/gzip")
+
+
+def test_a_gzip_bomb_is_inflated_only_to_the_cap(tmp_path: Path, server: Any) -> None:
+    port = server.server_address[1]
+    fn = tool_fn(tmp_path, allow=["127.0.0.1"], allow_private=True, max_bytes=5000,
+                 max_chars=100_000)
+    out = get(fn, f"http://127.0.0.1:{port}/bomb")
+    assert re.search(r"\na{5000}\n", out) and "[body cut at 5000 bytes (max_bytes)]" in out
+
+
+def test_an_encoding_it_cannot_read_is_an_observation(tmp_path: Path, server: Any) -> None:
+    port = server.server_address[1]
+    fn = tool_fn(tmp_path, allow=["127.0.0.1"], allow_private=True)
+    out = get(fn, f"http://127.0.0.1:{port}/brotli")
+    assert "br-encoded" in out and "not read" in out and "hi" not in out
+
+
+def test_a_server_that_trickles_is_stopped_at_the_time_cap(tmp_path: Path, server: Any) -> None:
+    port = server.server_address[1]
+    fn = tool_fn(tmp_path, allow=["127.0.0.1"], allow_private=True, timeout_s=1)
+    assert "took longer than 1s and was stopped" in refused(fn, f"http://127.0.0.1:{port}/trickle")
 
 
 def test_non_text_type_is_refused(tmp_path: Path, server: Any) -> None:

@@ -14,6 +14,7 @@ import asyncio
 import ipaddress
 import re
 import socket
+import zlib
 from typing import Annotated, Any, ClassVar
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
@@ -27,12 +28,17 @@ from ..tools import Tool, ToolFactory, tool
 __all__ = ["HttpGetOptions", "TEXT_TYPES", "is_forbidden_address", "register_tools"]
 
 MAX_URL_CHARS = 2000
+TIMEOUT_S = 15.0
+"""A call's deadline when the entry sets no `timeout_s`."""
 TEXT_TYPES = frozenset({"text/html", "application/xhtml+xml", "text/plain", "text/markdown",
                         "text/x-markdown", "application/json", "text/xml", "application/xml",
                         "text/csv", "application/rss+xml", "application/atom+xml"})
 """Content types the tool reads; any other (images, PDF, octet-stream) is refused."""
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
+DECODERS = {"identity": None, "": None, "gzip": 47, "x-gzip": 47, "deflate": 15}
+"""Content encodings read (zlib window bits; None: as sent). A server should honour the
+request's `Accept-Encoding: identity`; gzip and deflate are inflated up to the cap anyway."""
 HTTP_HINTS = {
     400: "check the URL", 401: "access is refused; try another page",
     403: "access is refused; try another page",
@@ -72,8 +78,6 @@ class HttpGetOptions(BaseModel):
     """Most bytes of a response body read; the rest is cut (and marked)."""
     max_chars: int = Field(20_000, ge=100, le=1_000_000)
     """Most characters of page text returned; the rest is cut (and marked)."""
-    timeout_s: float = Field(15.0, gt=0, le=300)
-    """Time for the whole fetch: every hop, connection and body."""
     max_redirects: int = Field(5, ge=0, le=20)
     """Most redirects followed (each checked like the first URL)."""
 
@@ -128,9 +132,13 @@ def _allowed(host: str, allow: list[str]) -> bool:
 class _Fetcher:
     """One configured `http_get`: its options and where to say the allowlist lives."""
 
-    def __init__(self, options: HttpGetOptions, where: str) -> None:
+    def __init__(self, options: HttpGetOptions, where: str, timeout_s: float) -> None:
         self.options = options
         self.where = where
+        self.timeout_s = timeout_s
+        """The entry's `timeout_s`: the whole fetch (every hop, connection and body) is
+        stopped a moment before it, so that this cap, which says what was being fetched,
+        comes before the tool's own deadline."""
 
     def _target(self, url: str) -> tuple[str, str, int, str]:
         """(scheme, host, port, url) of a URL the tool may try, or ToolError."""
@@ -194,18 +202,18 @@ class _Fetcher:
     async def fetch(self, url: str) -> str:
         import httpx
 
-        o = self.options
+        limit = self.timeout_s * 0.95
         try:
-            async with asyncio.timeout(o.timeout_s):
+            async with asyncio.timeout(limit):
                 async with httpx.AsyncClient(follow_redirects=False, trust_env=False,
-                                             timeout=o.timeout_s,
+                                             timeout=limit,
                                              # no reuse: a pooled TLS connection to an IP
                                              # was verified for one name only
                                              limits=httpx.Limits(max_keepalive_connections=0)
                                              ) as client:
                     return await self._hops(client, url)
         except TimeoutError:
-            raise ToolError(f"fetching {url[:200]} took longer than {o.timeout_s:g}s and "
+            raise ToolError(f"fetching {url[:200]} took longer than {self.timeout_s:g}s and "
                             f"was stopped; try again later or another page") from None
 
     async def _hops(self, client: Any, url: str) -> str:
@@ -259,14 +267,11 @@ class _Fetcher:
         if ctype and ctype not in TEXT_TYPES and not ctype.endswith("+xml"):
             return (f"{url[:200]} is {ctype[:80]}, not a text page; http_get reads only HTML, "
                     f"plain text, Markdown, JSON and XML. Look for an HTML version of it.")
-        body = bytearray()
-        cut = False
-        async for chunk in resp.aiter_raw():
-            body.extend(chunk)
-            if len(body) >= o.max_bytes:
-                del body[o.max_bytes:]
-                cut = True
-                break
+        encoding = resp.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in DECODERS:
+            return (f"{url[:200]} was sent {encoding[:40]}-encoded although http_get asks for "
+                    f"an unencoded body; it was not read. Try another page.")
+        body, cut = await _body(resp, DECODERS[encoding], o.max_bytes)
         charset = resp.charset_encoding or "utf-8"
         try:
             text = bytes(body).decode(charset, errors="replace")
@@ -285,6 +290,27 @@ class _Fetcher:
         if not shown:
             parts.append("[the page has no readable text]")
         return "\n".join(parts)
+
+
+async def _body(resp: Any, wbits: int | None, most: int) -> tuple[bytes, bool]:
+    """At most `most` bytes of the body, decompressed if `wbits` (zlib's window setting) is
+    given, never more: a gzip bomb is inflated only as far as the cap; and whether it was cut."""
+    inflate = zlib.decompressobj(wbits) if wbits is not None else None
+    body = bytearray()
+    try:
+        async for chunk in resp.aiter_raw():
+            while chunk and len(body) <= most:
+                if inflate is None:
+                    body.extend(chunk)
+                    break
+                body.extend(inflate.decompress(chunk, most + 1 - len(body)))
+                chunk = inflate.unconsumed_tail
+            if len(body) > most:
+                return bytes(body[:most]), True
+    except zlib.error as exc:
+        raise ToolError(f"the page's compressed body is damaged ({exc}); try again or another "
+                        f"page") from None
+    return bytes(body), False
 
 
 def _readable(html: str) -> str:
@@ -309,7 +335,9 @@ def _readable(html: str) -> str:
 
 def _build(options: HttpGetOptions, ctx: Any) -> Tool:
     spec = getattr(ctx.spec.source, "path", None) or "the spec"
-    fetcher = _Fetcher(options, f"the http_get entry ({format_path(ctx.ref.key)}) in {spec}")
+    deadline = ctx.ref.common.timeout_s or TIMEOUT_S  # the entry's `timeout_s`, a common key
+    fetcher = _Fetcher(options, f"the http_get entry ({format_path(ctx.ref.key)}) in {spec}",
+                       deadline)
 
     async def http_get(url: Annotated[str, Field(
             description="the page's full http:// or https:// URL",
@@ -318,7 +346,7 @@ def _build(options: HttpGetOptions, ctx: Any) -> Tool:
         return await fetcher.fetch(url)
 
     allowed = ", ".join(options.allow) or "none"
-    return tool(http_get, name="http_get", timeout_s=options.timeout_s + 5,
+    return tool(http_get, name="http_get", timeout_s=deadline,
                 description=f"Fetches a web page (allowed hosts: {allowed[:300]}) and returns "
                             f"its readable text, quoted. Cite the URL you use.")
 
