@@ -274,17 +274,16 @@ class LocalIndex:
         """The folder's indexable files: relative path -> (size, mtime_ns, kind); skipped."""
         found: dict[str, tuple[int, int, str]] = {}
         skipped = 0
-        root = self.folder
-        for entry in _walk(root):
-            kind = SUFFIXES.get(Path(entry.name).suffix.lower())
+        prefix = len(os.path.join(self.folder, ""))  # strings, not Paths: 10,000 files in ms
+        for entry in _walk(self.folder):
+            kind = SUFFIXES.get(os.path.splitext(entry.name)[1].lower())
             if kind is None:
                 continue
             st = entry.stat(follow_symlinks=False)
             if st.st_size > MAX_FILE_BYTES or len(found) >= MAX_FILES:
                 skipped += 1
                 continue
-            found[Path(entry.path).relative_to(root).as_posix()] = (
-                st.st_size, st.st_mtime_ns, kind)
+            found[entry.path[prefix:].replace(os.sep, "/")] = (st.st_size, st.st_mtime_ns, kind)
         return found, skipped
 
     def refresh(self) -> Refresh:
@@ -393,10 +392,10 @@ def generation(db: sqlite3.Connection) -> int:
     return int(row[0]) if row else 0
 
 
-def _walk(root: Path) -> Iterator[os.DirEntry[str]]:
+def _walk(root: Path | str) -> Iterator[os.DirEntry[str]]:
     """Regular files under `root`, symlinks not followed (so none leads out of it), hidden
     files and folders skipped."""
-    stack = [root]
+    stack = [str(root)]
     while stack:
         try:
             with os.scandir(stack.pop()) as it:
@@ -407,6 +406,6 @@ def _walk(root: Path) -> Iterator[os.DirEntry[str]]:
             if e.name.startswith("."):
                 continue
             if e.is_dir(follow_symlinks=False):
-                stack.append(Path(e.path))
+                stack.append(e.path)
             elif e.is_file(follow_symlinks=False):
                 yield e
