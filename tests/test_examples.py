@@ -105,7 +105,7 @@ def test_researcher_example_on_embedded_model() -> None:
 
 @pytest.mark.embedded
 def test_researcher_answers_from_the_knowledge_base_on_embedded_model(tmp_path: Path) -> None:
-    """Offline, on the embedded model: the researcher searches knowledge/ (hybrid), the
+    """Offline, on the embedded model: the researcher searches knowledge/ (semantic), the
     passage it gets is the one about resuming, and the answer is taken from it."""
     result = run_agent(ROOT / "agents/researcher.yaml", "How do I resume an interrupted run?")
     assert result.status == "finished", result.error
@@ -113,6 +113,18 @@ def test_researcher_answers_from_the_knowledge_base_on_embedded_model(tmp_path: 
     obs = result.steps[0].observation
     assert re.search(r"\[1\] knowledge/resume-a-run\.md:\d+-\d+ \(How do I resume", obs), obs
     assert "resume" in str(result.answer).lower()
+
+
+@pytest.mark.embedded
+def test_an_embedded_run_does_not_depend_on_the_runs_before_it() -> None:
+    """The same question gets the same reply whatever the process ran before (llama.cpp's
+    cache of an earlier prompt's prefix is not reused across runs)."""
+    question = "How do I resume an interrupted run?"
+    first = run_agent(ROOT / "agents/researcher.yaml", question)
+    run_agent(ROOT / "agents/researcher.yaml", "What is 21 times 3?")
+    again = run_agent(ROOT / "agents/researcher.yaml", question)
+    assert [s.raw for s in again.steps] == [s.raw for s in first.steps]
+    assert again.answer == first.answer
 
 
 @pytest.mark.embedded

@@ -29,6 +29,8 @@ DEFAULT = "gemma-3-270m"
 _SAMPLING = ("top_p", "top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty")
 _models: dict[tuple[str, int, int], Any] = {}
 _lock = threading.Lock()
+_last_prompt: dict[int, str] = {}
+"""The last prompt each loaded model was given (by id of the model): see _generate."""
 
 
 def weights_path() -> Path:
@@ -144,9 +146,17 @@ class LocalModel:
         params = {"max_tokens": s.max_tokens, "temperature": s.temperature, **s.options}
         try:
             llm = _load(self.id, params)
+            prompt = _prompt(messages)
             with _lock:
+                # llama.cpp reuses the cached state of the prompt's common prefix with the
+                # last one; evaluated in other batches, that prefix gives slightly other
+                # logits, so a run's reply would depend on the runs before it. The cache is
+                # kept only when this prompt continues the last (the next step of a run).
+                if not prompt.startswith(_last_prompt.get(id(llm), "\0")):
+                    llm.reset()
+                _last_prompt[id(llm)] = prompt
                 return llm.create_completion(  # type: ignore[no-any-return]
-                    _prompt(messages), max_tokens=params["max_tokens"],
+                    prompt, max_tokens=params["max_tokens"],
                     temperature=params["temperature"] or 0.0, stop=stop,
                     seed=params.get("seed", 0), **{k: params[k] for k in _SAMPLING if k in params})
         except ModelProviderError:
