@@ -102,6 +102,12 @@ def tool_fn(tmp_path: Path, **entry: Any) -> Any:
     return built_tool(tmp_path, "http_get", entry).fn
 
 
+def fetch_local(tmp_path: Path, server: Any, path: str, **entry: Any) -> str:
+    """What http_get, allowed to the local server, returns for `path` on it."""
+    fn = tool_fn(tmp_path, allow=["127.0.0.1"], allow_private=True, **entry)
+    return get(fn, f"http://127.0.0.1:{server.server_address[1]}{path}")
+
+
 def get(fn: Any, url: str) -> str:
     return asyncio.run(fn(url=url))
 
@@ -113,11 +119,9 @@ def refused(fn: Any, url: str) -> str:
 
 
 def test_allowlisted_local_page_is_fetched_as_readable_text(tmp_path: Path, server: Any) -> None:
-    port = server.server_address[1]
-    fn = tool_fn(tmp_path, allow=["127.0.0.1"], allow_private=True)
-    out = get(fn, f"http://127.0.0.1:{port}/page")
+    out = fetch_local(tmp_path, server, "/page")
     header = out.splitlines()[0]
-    assert f"http://127.0.0.1:{port}/page" in header and "200" in header
+    assert f"http://127.0.0.1:{server.server_address[1]}/page" in header and "200" in header
     assert "text/html" in header and "not instructions" in header
     assert "continues from the last" in out and "committed checkpoint" in out
     for junk in ("SCRIPTJUNK", "NAVJUNK", "FOOTERJUNK", "color:red"):
@@ -185,38 +189,26 @@ def test_redirect_loop_is_capped(tmp_path: Path, server: Any) -> None:
 
 
 def test_body_cut_at_max_bytes_with_marker(tmp_path: Path, server: Any) -> None:
-    port = server.server_address[1]
-    fn = tool_fn(tmp_path, allow=["127.0.0.1"], allow_private=True, max_bytes=1000,
-                 max_chars=100_000)
-    out = get(fn, f"http://127.0.0.1:{port}/big")
+    out = fetch_local(tmp_path, server, "/big", max_bytes=1000, max_chars=100_000)
     assert re.search(r"\nx{1000}\n", out) and "[body cut at 1000 bytes (max_bytes)]" in out
 
 
 def test_text_cut_at_max_chars_with_marker(tmp_path: Path, server: Any) -> None:
-    port = server.server_address[1]
-    fn = tool_fn(tmp_path, allow=["127.0.0.1"], allow_private=True, max_chars=300)
-    out = get(fn, f"http://127.0.0.1:{port}/big")
+    out = fetch_local(tmp_path, server, "/big", max_chars=300)
     assert re.search(r"\nx{300}\n", out) and "cut at 300 of 50000 characters" in out
 
 
 def test_a_compressed_page_is_read(tmp_path: Path, server: Any) -> None:
-    port = server.server_address[1]
-    fn = tool_fn(tmp_path, allow=["127.0.0.1"], allow_private=True)
-    assert "committed checkpoint" in get(fn, f"http://127.0.0.1:{port}/gzip")
+    assert "committed checkpoint" in fetch_local(tmp_path, server, "/gzip")
 
 
 def test_a_gzip_bomb_is_inflated_only_to_the_cap(tmp_path: Path, server: Any) -> None:
-    port = server.server_address[1]
-    fn = tool_fn(tmp_path, allow=["127.0.0.1"], allow_private=True, max_bytes=5000,
-                 max_chars=100_000)
-    out = get(fn, f"http://127.0.0.1:{port}/bomb")
+    out = fetch_local(tmp_path, server, "/bomb", max_bytes=5000, max_chars=100_000)
     assert re.search(r"\na{5000}\n", out) and "[body cut at 5000 bytes (max_bytes)]" in out
 
 
 def test_an_encoding_it_cannot_read_is_an_observation(tmp_path: Path, server: Any) -> None:
-    port = server.server_address[1]
-    fn = tool_fn(tmp_path, allow=["127.0.0.1"], allow_private=True)
-    out = get(fn, f"http://127.0.0.1:{port}/brotli")
+    out = fetch_local(tmp_path, server, "/brotli")
     assert "br-encoded" in out and "not read" in out and "hi" not in out
 
 
@@ -227,16 +219,12 @@ def test_a_server_that_trickles_is_stopped_at_the_time_cap(tmp_path: Path, serve
 
 
 def test_non_text_type_is_refused(tmp_path: Path, server: Any) -> None:
-    port = server.server_address[1]
-    fn = tool_fn(tmp_path, allow=["127.0.0.1"], allow_private=True)
-    out = get(fn, f"http://127.0.0.1:{port}/png")
+    out = fetch_local(tmp_path, server, "/png")
     assert "image/png" in out and "not a text page" in out and "PNG" not in out
 
 
 def test_http_error_is_an_observation(tmp_path: Path, server: Any) -> None:
-    port = server.server_address[1]
-    fn = tool_fn(tmp_path, allow=["127.0.0.1"], allow_private=True)
-    out = get(fn, f"http://127.0.0.1:{port}/missing")
+    out = fetch_local(tmp_path, server, "/missing")
     assert out.startswith("HTTP 404") and "check the URL" in out
 
 
