@@ -153,6 +153,7 @@ def registry() -> Registry:
     """What the installed plugins provide (built once, rebuilt after register_plugin)."""
     global _registry
     if _registry is None:
+        from .spec import COMMON_TOOL_KEYS
         from .tools import as_factory
 
         pm = plugin_manager()
@@ -160,6 +161,12 @@ def registry() -> Registry:
 
         def tool(t: Any, *, plugin: str, origin: str) -> Registration:
             f = as_factory(t)
+            shadowed = sorted(COMMON_TOOL_KEYS & set(getattr(f.options, "model_fields", ())))
+            if shadowed:  # resolve gives these keys to every entry: the option is unreachable
+                raise PluginError(f"tool {f.name!r} of plugin {plugin} ({origin}) has an option "
+                                  f"named {', '.join(shadowed)}, a key every tools entry "
+                                  f"already takes ({', '.join(sorted(COMMON_TOOL_KEYS))}); "
+                                  f"the plugin must name it otherwise")
             return Registration(f.name, f, plugin, origin)
 
         def model(prefix: str, factory: Any, *, plugin: str, origin: str,

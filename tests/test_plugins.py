@@ -122,6 +122,30 @@ def test_two_plugins_registering_one_tool_name_is_an_error_naming_both() -> None
         runner.unregister_plugin(name)
 
 
+def test_a_tool_option_named_like_a_common_key_is_refused() -> None:
+    # resolve hands `timeout_s` (and the other common keys) to every entry, so an option of
+    # the same name could never be set from a spec
+    from pydantic import BaseModel
+
+    class Options(BaseModel):
+        timeout_s: float = 15.0
+
+    class Shadow:
+        @runner.hookimpl
+        def register_tools(self, register: Any) -> None:
+            register(runner.ToolFactory("shadowed", "A tool.", Options,
+                                        lambda options, ctx: None))
+
+    name = runner.register_plugin(Shadow(), name="shadow-plugin")
+    try:
+        with pytest.raises(PluginError) as err:
+            registry()
+        assert "'shadowed' of plugin shadow-plugin" in str(err.value)
+        assert "named timeout_s" in str(err.value)
+    finally:
+        runner.unregister_plugin(name)
+
+
 def _fake_dist(root: Path, name: str, module: str, body: str) -> None:
     """A real installed distribution (dist-info with an entry point) on a PYTHONPATH dir."""
     (root / f"{module}.py").write_text(body)
