@@ -49,7 +49,8 @@ def _facts(pairs: Any) -> str:
 
 
 def _fetch(name: str, method: str, url: str, **kw: Any) -> Any:
-    """The JSON body of a request; ToolError (an observation) for every failure."""
+    """(status, headers, body) of a request, the body capped; ToolError (an observation)
+    for every failure of the transport."""
     try:
         with httpx.Client(timeout=TIMEOUT_S, follow_redirects=False) as client:
             with client.stream(method, url, **kw) as resp:

@@ -274,9 +274,9 @@ class _Fetcher:
         body, cut = await _body(resp, DECODERS[encoding], o.max_bytes)
         charset = resp.charset_encoding or "utf-8"
         try:
-            text = bytes(body).decode(charset, errors="replace")
+            text = body.decode(charset, errors="replace")
         except LookupError:
-            text = bytes(body).decode("utf-8", errors="replace")
+            text = body.decode("utf-8", errors="replace")
         if ctype in HTML_TYPES or (not ctype and "<html" in text[:2000].lower()):
             text = await asyncio.get_running_loop().run_in_executor(None, _readable, text)
         text = text.strip()
