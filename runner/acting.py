@@ -98,7 +98,8 @@ async def _invoke(ctx: StepContext, action: Action, step: Step,
         if refusal:
             return refusal, True
         ctx.budget.charge_tool_call()
-        context = ToolContext(ctx.run_id, ctx.root, ctx.depth, ctx.budget, ctx.forward)
+        context = ToolContext(ctx.run_id, ctx.root, ctx.depth, ctx.budget, ctx.forward,
+                              step.index, ctx.emit)
         timeout = ctx.budget.clip(t.timeout_s or ctx.loop.tool_timeout_s)
         if not t.idempotent and ctx.checkpoint is not None:
             ledger.in_flight.add(step.index)  # committed first: a resume will not re-run it

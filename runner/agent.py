@@ -38,6 +38,13 @@ class BuildContext:
 
     def __init__(self, spec: AgentSpec, ref: ToolRef, agent: Agent) -> None:
         self.spec, self.ref, self.agent = spec, ref, agent
+        self.prepared: Any = None
+        """What the factory's `prepare` returned for this entry."""
+
+    def on_close(self, close: Callable[[], Any]) -> None:
+        """Have the agent call `close()` when it closes (or fails to build); it may return a
+        concurrent future, which the agent waits for."""
+        self.agent._closers.append(close)
 
     def resolve(self, rel: str) -> Path:
         """A path from the tool's options, confined to the project root."""
@@ -49,6 +56,12 @@ class BuildContext:
         return self.agent.child(resolved)
 
 
+def _entry(ref: ToolRef) -> str:
+    """A tools entry as a person finds it in the spec: `tools[2] (mcp docs)`."""
+    where = "tools[" + str(ref.key[1]) + "]" if len(ref.key) > 1 else "an entry"
+    return f"{where} ({ref.name}" + (f" {ref.alias}" if ref.alias != ref.name else "") + ")"
+
+
 class Agent:
     """A spec made runnable: its model(s), tools and memory, shared by all its runs."""
 
@@ -56,22 +69,26 @@ class Agent:
                  memory: Any = None, depth: int = 0, sinks: list[Sink] | None = None,
                  clock: Clock | None = None, approver: Approver | None = None,
                  checkpoints: CheckpointStore | bool = True, tap: ModelTap | None = None,
-                 memory_factory: Callable[[AgentSpec], Any] | None = None) -> None:
+                 memory_factory: Callable[[AgentSpec], Any] | None = None,
+                 tool_lock: bool = True) -> None:
         """`approver(tool, args)` answers for tools marked `confirm` when loop.approve is `ask`;
         `checkpoints`: a store, True for the spec's (top-level agents only), or False;
         `tap` stands between the agent (and its sub-agents) and their models: record, replay;
         `memory_factory(spec)` makes the memory of this agent (unless `memory` is given) and
         of its sub-agents, instead of their specs' backends. Without a session (`session`,
         else the spec's memory.session) runs share nothing: no memory is built or used. The
-        agent owns the memory and checkpoint store it is given or builds, and closes them."""
+        agent owns the memory and checkpoint store it is given or builds, and closes them.
+        `tool_lock=False` builds MCP tools without checking them against the spec's lock file
+        (`runner tools --lock` does, to write it)."""
         resolved = spec if isinstance(spec, Resolved) else resolve(spec)
         spec = resolved.spec
         if depth > MAX_AGENT_DEPTH:
             raise SpecError(f"{spec.name}: sub-agents nested deeper than {MAX_AGENT_DEPTH}")
         self.resolved, self.spec, self.depth = resolved, spec, depth
         self.clock, self.approver, self.tap = clock or Clock(), approver, tap
-        self.memory_factory = memory_factory
+        self.memory_factory, self.tool_lock = memory_factory, tool_lock
         self.children: list[Agent] = []
+        self._closers: list[Callable[[], Any]] = []
         self.secrets = spec.source.secrets | env_secrets()
         """Values masked wherever this agent's runs are stored."""
         self.sinks = list(sinks or [])
@@ -85,7 +102,11 @@ class Agent:
         self.session: str | None = session or spec.memory.session
         """The conversation the runs continue; None: each run is a conversation of its own."""
         self.models = self._models()
-        self.tools = self._tools()
+        try:
+            self.tools = self._tools()
+        except BaseException:
+            self._close_now()  # servers already started must not outlive a failed build
+            raise
         self.tool_schemas = [t.schema() for t in self.tools.values()]
         self.tool_views = [{"name": t.name, "description": t.description,
                             "input_hint": t.input_hint()} for t in self.tools.values()]
@@ -111,10 +132,16 @@ class Agent:
         tools: dict[str, Tool] = {}
         self.tool_entries: dict[str, ToolRef] = {}
         """Tool name -> the `tools:` entry that gave it (`runner tools` shows where from)."""
-        for ref in self.resolved.tools:
+        contexts = [BuildContext(self.spec, ref, self) for ref in self.resolved.tools]
+        for ref, ctx in zip(self.resolved.tools, contexts):  # slow starts overlap
+            if ref.factory.prepare is not None:
+                ctx.prepared = ref.factory.prepare(ref.options, ctx)
+        for ref, ctx in zip(self.resolved.tools, contexts):
             c = ref.common
-            built = ref.factory.build(ref.options, BuildContext(self.spec, ref, self))
-            if isinstance(built, list):  # one entry, several tools (`- files: ...`)
+            built = ref.factory.build(ref.options, ctx)
+            if ref.factory.named_group:  # the entry's name is the group's (a server's)
+                built = built if isinstance(built, list) else [built]
+            elif isinstance(built, list):  # one entry, several tools (`- files: ...`)
                 if c.name or c.description:
                     raise self.spec.source.error(ref.key, f"{ref.name} gives several tools "
                                                  f"({', '.join(t.name for t in built)}); it "
@@ -124,11 +151,13 @@ class Agent:
                                  c.description)]
             for t in built:
                 for key in COMMON_TOOL_KEYS - {"name", "description"}:  # set on the tool
-                    if getattr(c, key) is not None:
-                        setattr(t, key, getattr(c, key))
+                    if getattr(c, key) is not None and not ref.factory.named_group:
+                        setattr(t, key, getattr(c, key))  # (a group's factory sets its own)
                 if t.name in tools:
-                    raise self.spec.source.error(ref.key, f"tool name {t.name!r} is already "
-                                                 f"used by another entry; rename one with name:")
+                    other = self.tool_entries[t.name]
+                    raise self.spec.source.error(ref.key, f"tool name {t.name!r} of "
+                                                 f"{_entry(ref)} is already used by "
+                                                 f"{_entry(other)}; rename one with name:")
                 tools[t.name] = t
                 self.tool_entries[t.name] = ref
         return tools
@@ -206,13 +235,33 @@ class Agent:
 
     # ------------------------------------------------------------------ cleanup
 
+    def _close_now(self) -> None:
+        """Close what the tools' factories opened, waiting here (a build that failed)."""
+        import concurrent.futures
+
+        futures = [f for f in (close() for close in self._closers)
+                   if isinstance(f, concurrent.futures.Future)]
+        self._closers.clear()
+        concurrent.futures.wait(futures, 30)
+
+    async def _close_tools(self) -> None:
+        import asyncio
+        import concurrent.futures
+
+        futures = [asyncio.wrap_future(f) for f in (close() for close in self._closers)
+                   if isinstance(f, concurrent.futures.Future)]
+        self._closers.clear()
+        await asyncio.gather(*futures, return_exceptions=True)
+
     async def close(self) -> None:
-        """Close what this agent owns (memory, checkpoint store, sub-agents), once."""
+        """Close what this agent owns (tools' servers, memory, checkpoint store, sub-agents),
+        once."""
         if self._closed:
             return
         self._closed = True
         try:
             try:
+                await self._close_tools()
                 for child in self.children:
                     await child.close()
             finally:

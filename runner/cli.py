@@ -299,38 +299,69 @@ def explain(spec: str, sets: tuple[str, ...], model: str | None, debug: bool) ->
 @model_option
 @debug_option
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.option("--lock", is_flag=True, help="Record every MCP tool definition in a lock file "
+              "next to SPEC; a server whose tools change later is refused.")
 def tools(spec: str, sets: tuple[str, ...], model: str | None, debug: bool,
-          as_json: bool) -> None:
+          as_json: bool, lock: bool) -> None:
     """List the tools SPEC's agent will see, exactly as the model gets them: name, where each
-    comes from, description, argument schema (native calls) and input hint (text ReAct)."""
+    comes from, description, argument schema (native calls) and input hint (text ReAct). An
+    MCP tool shows its server, its own name, hints and full description: read them before
+    trusting a server (a description is an instruction the model reads)."""
+    import asyncio
+
     from .agent import Agent
     from .plugins import registry
     from .spec._yaml import format_path
 
     resolved = _load(spec, sets, model, debug)
     try:
-        agent = Agent(resolved, checkpoints=False)  # models are built lazily: none is loaded
+        # models are built lazily: none is loaded; MCP servers start, and list their tools
+        agent = Agent(resolved, checkpoints=False, tool_lock=not lock)
         reg = registry()
     except RunnerError as exc:
-        _fail(exc, debug)
-    rows = []
-    for name, t in agent.tools.items():
-        ref = agent.tool_entries[name]
-        registered = reg.tools.get(ref.name)
-        origin = ("built-in" if registered is None or registered.origin == "built-in" else
-                  f"plugin {registered.plugin} ({registered.origin})")
-        entry = f"{format_path(ref.key[:2])}: {ref.name}"  # tools[i]: its registered name
-        rows.append({"name": name, "from": origin, "entry": entry,
-                     "description": t.description, "input_hint": t.input_hint(),
-                     "parameters": t.schema()["function"]["parameters"]})
+        _fail(exc, debug, resolved.spec.source.secrets)
+    try:
+        rows = []
+        for name, t in agent.tools.items():
+            ref = agent.tool_entries[name]
+            registered = reg.tools.get(ref.name)
+            origin = ("built-in" if registered is None or registered.origin == "built-in" else
+                      f"plugin {registered.plugin} ({registered.origin})")
+            entry = f"{format_path(ref.key[:2])}: {ref.name}"  # tools[i]: its registered name
+            row = {"name": name, "from": origin, "entry": entry,
+                   "description": t.description, "input_hint": t.input_hint(),
+                   "parameters": t.schema()["function"]["parameters"]}
+            if "server" in t.meta:
+                row["mcp"] = {k: t.meta[k] for k in ("server", "server_tool", "transport",
+                                                     "annotations", "hash", "description")}
+            rows.append(row)
+        if lock:
+            from .default_plugins.mcp import write_lock
+
+            path = write_lock(resolved.spec.source.path, list(agent.tools.values()))
+    finally:
+        asyncio.run(agent.close())
     if as_json:
         click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
-        return
-    for r in rows:
-        click.echo(f"{r['name']}  ({r['from']}; {r['entry']})")
-        click.echo(f"  {r['description']}")
-        click.echo(f"  input: {r['input_hint']}")
-        click.echo("  parameters: " + json.dumps(r["parameters"], ensure_ascii=False))
+    else:
+        for r in rows:
+            click.echo(f"{r['name']}  ({r['from']}; {r['entry']})")
+            m = r.get("mcp")
+            if m is not None:
+                click.echo(f"  MCP server {m['server']} ({m['transport']}), its tool "
+                           f"{m['server_tool']!r}" + (f", hints {json.dumps(m['annotations'])}"
+                                                      if m["annotations"] else ""))
+                click.echo("  description, in full, as the server gives it:")
+                for line in (m["description"] or "(none)").splitlines() or [""]:
+                    click.echo(f"    {line}")
+            else:
+                click.echo(f"  {r['description']}")
+            click.echo(f"  input: {r['input_hint']}")
+            click.echo("  parameters: " + json.dumps(r["parameters"], ensure_ascii=False))
+    if lock:
+        servers = {r["mcp"]["server"] for r in rows if "mcp" in r}
+        click.echo(f"locked {sum('mcp' in r for r in rows)} tools of {len(servers)} MCP "
+                   f"server(s) in {shown_path(path)}", err=True)
 
 
 @cli.command()

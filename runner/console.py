@@ -30,7 +30,7 @@ import click
 
 from . import events as ev
 from .events import (ActionTaken, Event, ModelCalled, Observed, Retried, RunEnded, RunStarted,
-                     Thought, Warned)
+                     Thought, ToolProgress, Warned)
 from .errors import EXIT_FAILED, exit_code_for
 from .redact import json_printable, printable, redact_text, redact_value
 from .result import to_json
@@ -153,6 +153,10 @@ class StderrPrinter:
             text = redact(ev.text) if redact is not None else ev.text
             text = text if len(text) <= 500 else text[:500] + " ..."
             return f"Observation{' (error)' if ev.error else ''}: {text}"
+        if isinstance(ev, ToolProgress):
+            total = f"/{ev.total:g}" if ev.total is not None else ""
+            return f"  · {ev.tool} {ev.progress:g}{total}" + (f" {ev.message}" if ev.message
+                                                               else "")
         if isinstance(ev, Warned):
             return f"warning: {ev.message}"
         if isinstance(ev, Retried):

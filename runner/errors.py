@@ -12,7 +12,9 @@
     │   ├── ModelProviderError      a bad request, an unknown model or a malformed reply
     │   └── ReplayMismatch          --replay: no recorded exchange matches the request
     ├── ToolError                   a tool failed; the loop turns it into an observation
-    │   └── ToolTimeout             the tool ran past its timeout_s
+    │   ├── ToolTimeout             the tool ran past its timeout_s
+    │   └── ToolServerError         an MCP server did not start or list its tools (raised
+    │                               while the agent is built: exit 1)
     ├── OutputError                 a final answer does not fit output.schema (exit 1)
     ├── CheckpointError             the checkpoint database cannot be read or written (exit 1)
     ├── LimitExceeded               a limit ended the run (exit 3); `.limit` names it
@@ -38,7 +40,8 @@ if TYPE_CHECKING:
 __all__ = [
     "RunnerError", "SpecError", "SpecErrors", "TemplateError", "PluginError", "RecordingError",
     "ModelError", "ModelTimeout", "ModelAuthError", "ModelRateLimited", "ModelProviderError",
-    "ReplayMismatch", "ToolError", "ToolTimeout", "OutputError", "LimitExceeded",
+    "ReplayMismatch", "ToolError", "ToolTimeout", "ToolServerError", "OutputError",
+    "LimitExceeded",
     "MaxIterations", "MaxParseErrors", "LoopDetected", "Interrupted", "RunFailed",
     "CheckpointError", "did_you_mean",
     "EXIT_OK", "EXIT_FAILED", "EXIT_SPEC", "EXIT_LIMIT", "EXIT_INTERRUPTED", "exit_code_for",
@@ -153,6 +156,10 @@ class ToolError(RunnerError):
 
 class ToolTimeout(ToolError):
     status = "tool_timeout"
+
+
+class ToolServerError(ToolError):
+    """An MCP server did not start, or did not list its tools, while its agent was built."""
 
 
 class OutputError(RunnerError):

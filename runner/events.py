@@ -8,8 +8,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 __all__ = ["Event", "RunStarted", "ModelStarted", "ModelCalled", "Retried", "Thought",
-           "ActionTaken", "Observed", "MemoryRead", "MemoryWritten", "FinalAnswer", "Warned",
-           "RunEnded"]
+           "ActionTaken", "Observed", "ToolProgress", "MemoryRead", "MemoryWritten",
+           "FinalAnswer", "Warned", "RunEnded"]
 
 
 @dataclass
@@ -116,6 +116,17 @@ class Observed(Event):
     text: str
     error: bool
     duration_s: float
+
+
+@dataclass
+class ToolProgress(Event):
+    """A running tool's progress (an MCP server's `notifications/progress`)."""
+
+    kind: ClassVar[str] = "tool_progress"
+    tool: str
+    progress: float
+    total: float | None = None
+    message: str | None = None
 
 
 @dataclass

@@ -32,6 +32,7 @@ BUILTINS = (
     "runner.default_plugins.files",
     "runner.default_plugins.search",
     "runner.default_plugins.http_get",
+    "runner.default_plugins.mcp",
     "runner.models.litellm",
 )
 """The built-in plugins, by module name: they register through the same hooks as any other."""

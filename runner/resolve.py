@@ -243,6 +243,8 @@ def _tool_ref(spec: AgentSpec, i: int, entry: Any, reg: Registry,
     except ValidationError as exc:
         raise SpecErrors(pydantic_errors(exc, src, CommonToolOptions, key, common)) from None
     built = _options(spec, key, factory.options, rest, sorted(COMMON_TOOL_KEYS))
+    if factory.named_group and not c.name:
+        raise src.error(key, f"a {name} entry needs name: (the prefix of its tools' names)")
     ref = ToolRef(name, c.name or name, factory, built, c, key)
     for field_name in getattr(factory.options, "spec_paths", ()):  # paths the entry confines
         if getattr(built, field_name) is not None:

@@ -16,7 +16,7 @@ import queue
 import re
 import signal
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, Callable, Literal, get_args, get_origin, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
@@ -25,6 +25,7 @@ from .errors import ToolError, ToolTimeout
 from .parsing import MAX_DEPTH, TOO_DEEP, RawArguments, decode_arguments
 
 __all__ = ["Tool", "ToolFactory", "ToolContext", "tool", "as_factory", "NoOptions",
+           "SchemaArguments",
            "parse_arguments", "run_tool", "format_output", "run_process", "kill_process_groups",
            "too_deep", "cut_deep", "MAX_ARGUMENT_DEPTH", "Isolation"]
 
@@ -41,10 +42,17 @@ class NoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+class SchemaArguments(BaseModel):
+    """The arguments of a tool described by a JSON Schema (`Tool.parameters`), checked
+    against it by parse_arguments."""
+
+    model_config = ConfigDict(extra="allow")
+
+
 @dataclass
 class ToolContext:
-    """What a running tool may use: the run's id, the project root, how deep the agent is,
-    the run's budget (a sub-agent draws from it) and the run's event stream."""
+    """What a running tool may use: the run's id and step, the project root, how deep the
+    agent is, the run's budget (a sub-agent draws from it) and the run's event stream."""
 
     run_id: str = ""
     root: Any = None
@@ -53,6 +61,10 @@ class ToolContext:
     """The calling run's Budget."""
     forward: Callable[[Any], None] | None = None
     """Passes an event (a sub-agent's) to whoever streams the calling run."""
+    step: int = 0
+    """The calling run's step."""
+    emit: Callable[[Any], None] | None = None
+    """Sends an event of the tool's own (progress) to the run's sinks and listener."""
 
 
 @dataclass
@@ -76,22 +88,41 @@ class Tool:
     """"process": each call runs in a fresh process, killed (with its children) at the timeout.
     Its function must be importable (module level), its arguments and result must pickle, and
     its ToolContext carries no budget or forward."""
+    parameters: dict[str, Any] | None = None
+    """A JSON Schema for the arguments, given as such (an MCP tool's), instead of `args`: it
+    is passed to the model unchanged and arguments are validated against it."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """What `runner tools` shows besides the schema (an MCP tool: its server, its own name,
+    annotations, the hash of its definition)."""
+    _validator: Any = field(default=None, init=False, repr=False, compare=False)
 
     def schema(self) -> dict[str, Any]:
         """The OpenAI-style function schema passed to native tool calling."""
-        params = self.args.model_json_schema()
-        params.pop("title", None)
+        params = self.parameters
+        if params is None:
+            params = self.args.model_json_schema()
+            params.pop("title", None)
         return {"type": "function", "function": {
             "name": self.name, "description": self.description, "parameters": params}}
 
+    def fields(self) -> dict[str, str | None]:
+        """The argument names, each with its description."""
+        if self.parameters is not None:
+            props = self.parameters.get("properties")
+            return {str(n): (p.get("description") if isinstance(p, dict) else None)
+                    for n, p in (props.items() if isinstance(props, dict) else ())}
+        return {n: f.description for n, f in self.args.model_fields.items()}
+
     def input_hint(self) -> str:
         """A short description of the input for text ReAct prompts."""
-        fields = self.args.model_fields
+        fields = self.fields()
+        if not fields:
+            return "nothing (leave the input empty)"
         if len(fields) == 1:
-            (name, f), = fields.items()
-            return f.description or name
+            (name, description), = fields.items()
+            return description or name
         return "JSON object with " + ", ".join(
-            f"{n}" + (f" ({f.description})" if f.description else "") for n, f in fields.items())
+            f"{n}" + (f" ({d})" if d else "") for n, d in fields.items())
 
 
 @dataclass
@@ -104,6 +135,12 @@ class ToolFactory:
     build: Callable[[Any, Any], Tool | list[Tool]]
     """(options, BuildContext) -> the tool, or the tools, one spec entry gives (`files` gives
     read_file, list_files and write_file)."""
+    prepare: Callable[[Any, Any], Any] | None = None
+    """(options, BuildContext) -> anything, called for every entry of an agent before any is
+    built, so that slow starts overlap (MCP servers); build finds it in `ctx.prepared`."""
+    named_group: bool = False
+    """The entry's `name` names the group of tools it gives (an MCP server, the prefix of its
+    tools' names) and is required, instead of renaming one tool."""
 
 
 def as_factory(obj: Tool | ToolFactory | Callable[..., Any]) -> ToolFactory:
@@ -170,7 +207,7 @@ def parse_arguments(t: Tool, raw: str | dict[str, Any] | None) -> BaseModel:
     comma), read by a literal parser and never evaluated. A one-field tool also takes plain
     text, unless the text is evidently a broken JSON object for its fields.
     """
-    fields = t.args.model_fields
+    fields = t.fields()
     data: Any = raw
     if isinstance(raw, str):
         text = raw.strip()
@@ -186,8 +223,9 @@ def parse_arguments(t: Tool, raw: str | dict[str, Any] | None) -> BaseModel:
                 data = text
         if not isinstance(data, dict):
             if len(fields) == 1:
-                (only, f), = fields.items()
-                data = {only: _strip_quotes(text) if f.annotation is str else text}
+                only, = fields
+                data = {only: _strip_quotes(text) if _takes_text(t, only) else
+                        _literal(t, text)}
             elif not fields:
                 data = {}
             else:
@@ -196,14 +234,50 @@ def parse_arguments(t: Tool, raw: str | dict[str, Any] | None) -> BaseModel:
     # before pydantic and everything after it recurse into it
     if not isinstance(raw, str) and too_deep(data):
         raise ToolError(TOO_DEEP)
+    takes = ", ".join(fields) or "no arguments"
+    if t.parameters is not None:
+        problems = _schema_problems(t, data or {})
+        if problems:
+            raise ToolError(f"invalid arguments for {t.name}: {problems} ({t.name} takes: "
+                            f"{takes})")
+        return SchemaArguments.model_validate(data or {})
     try:
         return t.args.model_validate(data or {})
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg']}"
                              for e in exc.errors(include_input=False, include_url=False))
-        takes = ", ".join(fields) or "no arguments"
         raise ToolError(f"invalid arguments for {t.name}: {problems} ({t.name} takes: {takes})"
                         ) from None
+
+
+def _takes_text(t: Tool, name: str) -> bool:
+    if t.parameters is None:
+        return t.args.model_fields[name].annotation is str
+    prop = (t.parameters.get("properties") or {}).get(name)
+    return not isinstance(prop, dict) or prop.get("type") in (None, "string")
+
+
+def _literal(t: Tool, text: str) -> Any:
+    """Plain text for a one-field schema tool whose field is not a string: a JSON literal if
+    it reads as one (`5`, `true`), else the text (which the schema then refuses)."""
+    if t.parameters is None:
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _schema_problems(t: Tool, data: Any) -> str:
+    """What is wrong with `data` for `t.parameters` (empty: nothing), at most five problems."""
+    import jsonschema
+
+    validator = t._validator
+    if validator is None:
+        validator = t._validator = jsonschema.Draft202012Validator(t.parameters or {})
+    errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))[:5]
+    return "; ".join(f"{'.'.join(map(str, e.absolute_path)) or 'input'}: {e.message[:200]}"
+                     for e in errors)
 
 
 def too_deep(value: Any, limit: int = MAX_ARGUMENT_DEPTH) -> bool:

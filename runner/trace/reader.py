@@ -25,6 +25,8 @@ MAX_LINE_BYTES = 32 << 20
 """The longest event read back (the longest is a model call's first prompt)."""
 MAX_TRACE_BYTES = 1 << 30
 """The largest trace file `trace show` and `trace view` read."""
+MAX_PROGRESS = 20
+"""Progress updates kept per tool call (the last ones)."""
 
 _NONE = type(None)
 _INT, _NUM, _TEXT = (int, _NONE), (int, float, _NONE), (str, _NONE)
@@ -304,6 +306,14 @@ def build_tree(events: list[dict[str, Any]]) -> dict[str, Any]:
                                   "input": e.get("input"), "call_id": e.get("call_id"),
                                   "start": t, "end": None, "duration_s": None, "output": None,
                                   "error": False, "run": None})
+        elif kind == "tool_progress" and step is not None:
+            call = next((c for c in step["tools"] if c["index"] == e.get("step")
+                         and c["end"] is None), None)
+            if call is not None:  # the last few updates: a chatty server cannot bloat it
+                call.setdefault("progress", []).append(
+                    {"t": t, "progress": e.get("progress"), "total": e.get("total"),
+                     "message": e.get("message")})
+                del call["progress"][:-MAX_PROGRESS]
         elif kind == "observation" and step is not None:
             call = next((c for c in step["tools"] if c["index"] == e.get("step")
                          and c["end"] is None), None) if e.get("tool") else None
