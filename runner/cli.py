@@ -8,6 +8,7 @@ import json
 import os
 import stat
 import sys
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -252,6 +253,45 @@ def chat(spec: str, session: str, sets: tuple[str, ...], model: str | None, debu
         asyncio.run(repl())
     except RunnerError as exc:
         _fail(exc, debug, secrets)
+
+
+@cli.command("mcp")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--http", "address", metavar="HOST:PORT",
+              help="Serve streamable HTTP at http://HOST:PORT/mcp instead of stdio; beyond "
+                   "loopback it requires the bearer token in $RUNNER_MCP_TOKEN.")
+@set_option
+@model_option
+@debug_option
+def mcp_command(paths: tuple[str, ...], address: str | None, sets: tuple[str, ...],
+                model: str | None, debug: bool) -> None:
+    """Serve every agent spec under PATHS as an MCP tool (stdio unless --http): its
+    description, its input (a chain's named inputs) as arguments, each step as progress.
+
+    \b
+    An MCP client's config needs one line, e.g. Claude Desktop's mcpServers:
+      "agents": {"command": "runner", "args": ["mcp", "/path/to/agents"]}
+    """
+    import asyncio
+
+    from .serve import mcp as served_mcp
+
+    try:
+        host_port = served_mcp.parse_address(address) if address else None
+        token = os.environ.get(served_mcp.TOKEN_ENV) or None
+        if host_port and not served_mcp.is_loopback(host_port[0]) and not token:
+            raise SpecError(f"--http {address} listens beyond loopback: set "
+                            f"${served_mcp.TOKEN_ENV} to the bearer token clients must send")
+        served = served_mcp.load_agents([Path(p) for p in paths], _overrides(sets, model))
+    except RunnerError as exc:
+        _fail(exc, debug)
+    names = ", ".join(s.name for s in served)
+    if host_port:
+        click.echo(f"serving {names} at http://{host_port[0]}:{host_port[1]}/mcp", err=True)
+        asyncio.run(served_mcp.serve_http(served, *host_port, token))
+    else:
+        click.echo(f"serving {names} over stdio", err=True)
+        asyncio.run(served_mcp.serve_stdio(served))
 
 
 @cli.command()

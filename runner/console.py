@@ -49,11 +49,15 @@ _printers: weakref.WeakSet[LivePrinter] = weakref.WeakSet()
 
 
 def exit_now(code: int) -> None:
-    """Leave the process at once, after killing the tools' process groups, clearing a spinner
+    """Leave the process at once, after killing the tools' process groups, closing MCP
+    sessions (their guards would end the servers anyway), clearing a spinner
     line and flushing spans and output (skips ~1 s of interpreter teardown with LiteLLM)."""
     tools = sys.modules.get("runner.tools")  # not imported: no tool started a process
     if tools is not None:
         tools.kill_process_groups()
+    mcp = sys.modules.get("runner.mcp_client")  # MCP sessions still open: close them cleanly
+    if mcp is not None:
+        mcp.close_all()
     restore_terminal()  # a spinner on the terminal: clear its line
     otel = sys.modules.get("runner.trace.otel")  # spans still buffered go out before we exit
     if otel is not None:

@@ -31,8 +31,8 @@ from typing import Any
 
 from .errors import ToolError, ToolServerError, ToolTimeout
 
-__all__ = ["ServerConfig", "Connection", "describe_result", "definition_hash", "SAFE_ENV",
-           "MAX_TOOLS"]
+__all__ = ["ServerConfig", "Connection", "describe_result", "definition_hash", "close_all",
+           "SAFE_ENV", "MAX_TOOLS"]
 
 GUARD = str(Path(__file__).with_name("_process_guard.py"))
 SAFE_ENV = ("HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER", "LANG", "LC_ALL", "LC_CTYPE",
@@ -66,7 +66,7 @@ def _host() -> asyncio.AbstractEventLoop:
             loop = asyncio.new_event_loop()
             threading.Thread(target=loop.run_forever, name="runner-mcp", daemon=True).start()
             _host_loop = loop
-            atexit.register(_close_all)
+            atexit.register(close_all)
     return _host_loop
 
 
@@ -74,7 +74,7 @@ def _on_host(coro: Any) -> concurrent.futures.Future[Any]:
     return asyncio.run_coroutine_threadsafe(coro, _host())
 
 
-def _close_all() -> None:
+def close_all() -> None:
     """At interpreter exit: close the sessions still open (the guards would end the servers
     anyway once the process is gone; this lets them shut down cleanly)."""
     futures = [c.close() for c in list(_open)]

@@ -112,7 +112,7 @@ def _read_one(path: Path, env: Mapping[str, str], secrets: set[str],
 
 
 def _read(path: Path, root: Path, env: Mapping[str, str], secrets: set[str],
-          marks: dict[tuple[Any, ...], Mark]) -> dict[str, Any]:
+          marks: dict[tuple[Any, ...], Mark], bases: list[Path]) -> dict[str, Any]:
     """A spec merged onto its `extends:` bases, read one after the other (a loop, not
     recursion: a chain is bounded by MAX_EXTENDS and never by the stack)."""
     chain: list[Path] = [path]
@@ -134,6 +134,7 @@ def _read(path: Path, root: Path, env: Mapping[str, str], secrets: set[str],
             raise src.error(("extends",), f"extends chain of more than {MAX_EXTENDS} base "
                                           f"specs ({_chain(chain + [base_path])})")
         chain.append(base_path)
+    bases.extend(chain[1:])
     merged: dict[str, Any] = {}
     for data, own in reversed(layers):  # the deepest base first; each spec overrides it
         merged = _merge(merged, data)
@@ -200,7 +201,7 @@ def load_spec(path: str | os.PathLike[str], overrides: Iterable[str] = (),
 
 def _load(src: SpecSource, overrides: Iterable[str]) -> AgentSpec:
     env = os.environ if src.env is None else src.env
-    data = _read(src.path, src.root, env, src.secrets, src.marks)
+    data = _read(src.path, src.root, env, src.secrets, src.marks, src.bases)
     src.overrides = list(overrides)
     _apply_overrides(data, src.overrides, src.marks)
     src.secrets |= named_secrets(data, env)

@@ -37,6 +37,8 @@ class SpecSource:
     digest: str = ""
     overrides: list[str] = field(default_factory=list)
     """The `--set` values it was loaded with (a resumed run reloads it the same way)."""
+    bases: list[Path] = field(default_factory=list)
+    """The specs it extends, the nearest first."""
     env: Mapping[str, str] | None = field(default=None, repr=False)
     """The variables `${VAR}` is read from (None: os.environ); sub-agents use the same."""
 
