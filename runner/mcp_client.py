@@ -192,6 +192,8 @@ class Connection:
             return await asyncio.wait_for(asyncio.shield(ready), self.config.start_timeout_s)
         except asyncio.TimeoutError:
             await self._end()
+            if ready.done() and not ready.cancelled():
+                ready.exception()  # retrieved: the timeout below is what the caller hears
             raise ToolServerError(f"{self.config.label} did not answer within "
                                   f"{self.config.start_timeout_s:g}s of starting"
                                   f"{self._hint()}") from None
@@ -329,6 +331,13 @@ class Connection:
                         continue  # the server never took the call: send it again, once
                     if _connection_closed(exc):
                         raise await self._broke("closed the connection during the call", since)
+                    if self.config.url is not None and exc.error.code == _codes()[2]:
+                        # an HTTP error in place of an answer (a restarted server may answer
+                        # a session it forgot with 400, not 404): a new session next time,
+                        # and this call is not sent again, as it may have run
+                        await self._drop(f"the server answered {exc.error.message!r}")
+                        raise ToolError(f"{self.config.label}: {exc.error.message}; a new "
+                                        f"session is opened for the next call") from None
                     raise ToolError(f"{self.config.label}: {exc.error.message}") from None
                 except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError) as exc:
                     raise await self._broke(f"lost the connection ({type(exc).__name__})",
@@ -387,10 +396,10 @@ async def _list_tools(client: Any) -> list[Any]:
     return tools[:MAX_TOOLS]
 
 
-def _codes() -> tuple[int, int]:
-    from mcp.types import CONNECTION_CLOSED, INVALID_REQUEST
+def _codes() -> tuple[int, int, int]:
+    from mcp.types import CONNECTION_CLOSED, INTERNAL_ERROR, INVALID_REQUEST
 
-    return CONNECTION_CLOSED, INVALID_REQUEST
+    return CONNECTION_CLOSED, INVALID_REQUEST, INTERNAL_ERROR
 
 
 def _connection_closed(exc: Any) -> bool:

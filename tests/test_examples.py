@@ -22,7 +22,8 @@ AGENTS = sorted(p.name for p in (ROOT / "agents").glob("*.yaml"))
 
 
 def test_every_example_is_listed() -> None:
-    assert {"calculator.yaml", "researcher.yaml", "haiku.yaml", "units.yaml", "base.yaml"} <= set(AGENTS)
+    assert {"calculator.yaml", "researcher.yaml", "haiku.yaml", "units.yaml", "base.yaml",
+            "clock.yaml"} <= set(AGENTS)
 
 
 def test_example_plugin_is_installed_through_its_entry_point() -> None:
@@ -94,6 +95,23 @@ def test_units_example_on_embedded_model() -> None:
 
 
 @pytest.mark.embedded
+def test_clock_example_reads_the_time_from_the_mcp_time_server() -> None:
+    """The MCP example: the embedded model calls mcp-server-time over stdio and answers with
+    the time the server gave, which is the time in Tokyo now."""
+    import datetime
+
+    result = run_agent(ROOT / "agents/clock.yaml", "What time is it in Asia/Tokyo?")
+    assert result.status == "finished", result.error
+    assert result.steps[0].action == "time__get_current_time"
+    observed = json.loads(result.steps[0].observation)
+    assert observed["timezone"] == "Asia/Tokyo"
+    told = datetime.datetime.fromisoformat(observed["datetime"])
+    assert told.utcoffset() == datetime.timedelta(hours=9)
+    assert abs(told - datetime.datetime.now(datetime.timezone.utc)) < datetime.timedelta(hours=1)
+    assert f"{told:%H:%M}" in str(result.answer), result.answer
+
+
+@pytest.mark.embedded
 def test_researcher_example_on_embedded_model() -> None:
     result = run_agent(ROOT / "agents/researcher.yaml", "What is 21 times 3?")
     assert result.status == "finished", result.error
@@ -153,9 +171,12 @@ def test_every_example_runs_on_the_wire(name: str, server, scripted) -> None:
         assert result.answer == "Red leaves drift and fall"
     else:
         tools = [t.alias for t in runner.resolve_spec(spec).tools]
-        first = {"calculator": "calculator[6*7]", "units": "units[3 m to ft]"}
+        first = {"calculator": ("calculator[6*7]", lambda o: o == "42"),
+                 "units": ("units[3 m to ft]", lambda o: o == "3 m = 9.84252 ft"),
+                 "time": ("time__get_current_time[UTC]",  # the MCP time server's JSON
+                          lambda o: json.loads(o)["timezone"] == "UTC")}
         if tools:
-            server.script(f"Thought: use a tool\nAction: {first[tools[0]]}",
+            server.script(f"Thought: use a tool\nAction: {first[tools[0]][0]}",
                           "Thought: done\nFinal Answer: done")
         else:
             server.script("Final Answer: done")
@@ -163,7 +184,7 @@ def test_every_example_runs_on_the_wire(name: str, server, scripted) -> None:
         assert result.answer == "done"
         if tools:
             obs = result.steps[0].observation
-            assert obs in ("42", "3 m = 9.84252 ft")
+            assert not result.steps[0].error and first[tools[0]][1](obs), obs
             second_prompt = server.requests[1]["messages"][-1]["content"]
             assert f"Observation: {obs}" in second_prompt
     assert result.status == "finished", result.error

@@ -151,7 +151,10 @@ def _build(options: MCPOptions, ctx: Any) -> list[Tool]:
     src, ref = ctx.spec.source, ctx.ref
     server = ref.common.name
     by_name = {t.name: t for t in listed}
-    problems = []
+    problems = [src.error(ref.key + ("include",), f"server {server!r}: tool {n!r} can only be "
+                          f"called as a task (taskSupport: required), which the runner does "
+                          f"not do") for n in options.include or () if n in by_name
+                and _task_only(by_name[n])]
     for key, names in (("include", options.include or []), ("exclude", options.exclude),
                        ("tools", list(options.tools))):
         for n in names:
@@ -162,7 +165,7 @@ def _build(options: MCPOptions, ctx: Any) -> list[Tool]:
     if problems:
         raise SpecErrors(problems)
     chosen = [t for t in listed if (options.include is None or t.name in options.include)
-              and t.name not in options.exclude]
+              and t.name not in options.exclude and not _task_only(t)]
     if ctx.agent.tool_lock:
         _check_lock(ctx, server, chosen)
     tools, names = [], {}
@@ -175,6 +178,13 @@ def _build(options: MCPOptions, ctx: Any) -> list[Tool]:
         names[tool.name] = t.name
         tools.append(tool)
     return tools
+
+
+def _task_only(t: Any) -> bool:
+    """A tool the server runs only as a task (MCP tasks), which the runner cannot call: it is
+    left out, as a tool that can only fail should never be offered to the model."""
+    execution = getattr(t, "execution", None)
+    return getattr(execution, "task_support", None) == "required"
 
 
 def tool_name(server: str, name: str) -> str:

@@ -51,10 +51,14 @@ if opts.mode in ("grandchild", "exit-on-stdin-close"):
     _note("grandchild.pid", str(child.pid))
 if opts.mode == "exit-on-stdin-close":
     def watch_stdin() -> None:
-        # reads a duplicate of stdin: at its end of file the server is gone at once
-        with os.fdopen(os.dup(0), "rb", buffering=0) as f:
-            while f.read(1):
-                pass
+        # waits for the pipe to close without reading it (the protocol's bytes stay there),
+        # then the server is gone at once
+        import select
+
+        poll = select.poll()
+        poll.register(0, select.POLLHUP)
+        while not any(e & (select.POLLHUP | select.POLLERR) for _, e in poll.poll()):
+            pass
         os._exit(0)
     threading.Thread(target=watch_stdin, daemon=True).start()
 
