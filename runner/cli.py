@@ -351,6 +351,7 @@ def tools(spec: str, sets: tuple[str, ...], model: str | None, debug: bool,
 
     from .agent import Agent
     from .plugins import registry
+    from .spec import shown_path
     from .spec._yaml import format_path
 
     resolved = _load(spec, sets, model, debug)

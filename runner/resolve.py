@@ -23,7 +23,7 @@ from .prompts import PromptTemplate, load_template
 from .spec import (COMMON_TOOL_KEYS, AgentSpec, CommonToolOptions, MemorySpec, ModelSpec,
                    load_spec, pydantic_errors, redact_errors)
 from .spec import shown_path
-from .tools import ToolFactory
+from .tools import GROUP_NAME, ToolFactory
 
 __all__ = ["Resolved", "ToolRef", "resolve", "resolve_spec", "MAX_AGENT_DEPTH", "MAX_SUB_AGENTS"]
 
@@ -245,6 +245,10 @@ def _tool_ref(spec: AgentSpec, i: int, entry: Any, reg: Registry,
     built = _options(spec, key, factory.options, rest, sorted(COMMON_TOOL_KEYS))
     if factory.named_group and not c.name:
         raise src.error(key, f"a {name} entry needs name: (the prefix of its tools' names)")
+    if factory.named_group and not GROUP_NAME.match(c.name or ""):
+        raise src.error(key + ("name",), f"name {c.name!r} must start with a letter and hold "
+                        f"only letters, digits, _ and - (32 at most): it prefixes the names of "
+                        f"its tools, which providers restrict")
     ref = ToolRef(name, c.name or name, factory, built, c, key)
     for field_name in getattr(factory.options, "spec_paths", ()):  # paths the entry confines
         if getattr(built, field_name) is not None:

@@ -25,7 +25,7 @@ from .errors import ToolError, ToolTimeout
 from .parsing import MAX_DEPTH, TOO_DEEP, RawArguments, decode_arguments
 
 __all__ = ["Tool", "ToolFactory", "ToolContext", "tool", "as_factory", "NoOptions",
-           "SchemaArguments",
+           "SchemaArguments", "GROUP_NAME",
            "parse_arguments", "run_tool", "format_output", "run_process", "kill_process_groups",
            "too_deep", "cut_deep", "MAX_ARGUMENT_DEPTH", "Isolation"]
 
@@ -34,6 +34,9 @@ MAX_ARGUMENT_DEPTH = MAX_DEPTH  # one bound for native calls and text inputs
 """Arguments nested deeper are refused: json, pydantic, redaction and the trace writer all
 recurse, and a few hundred levels of brackets would overflow them."""
 Isolation = Literal["thread", "process"]
+GROUP_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
+"""The name of a group of tools (an MCP server's), which prefixes their names: providers
+take only letters, digits, `_` and `-` in a function name."""
 
 
 class NoOptions(BaseModel):

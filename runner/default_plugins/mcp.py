@@ -30,7 +30,6 @@ from ..tools import SchemaArguments, Tool, ToolContext, ToolFactory, too_deep
 
 __all__ = ["MCPOptions", "lock_path", "read_lock", "write_lock", "LOCK_SUFFIX"]
 
-SERVER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
 MAX_NAME = 64
 """The longest function name every big provider takes (OpenAI's limit; Anthropic takes 128)."""
 MAX_DESCRIPTION = 4000
@@ -119,11 +118,7 @@ class MCPOptions(BaseModel):
 def _prepare(options: MCPOptions, ctx: Any) -> tuple[Connection, Any]:
     """Start the server (on the MCP host loop) without waiting for it."""
     ref, src = ctx.ref, ctx.spec.source
-    name = ref.common.name
-    if not SERVER_NAME.match(name):
-        raise src.error(ref.key + ("name",), f"server name {name!r} must start with a letter "
-                        f"and hold only letters, digits, _ and - (32 at most): it prefixes the "
-                        f"names of its tools, which providers restrict")
+    name = ref.common.name  # checked against GROUP_NAME when the spec was resolved
     for key in ("description", "isolation"):
         if getattr(ref.common, key) is not None:
             raise src.error(ref.key + (key,), f"an mcp entry takes no {key} (its tools have "

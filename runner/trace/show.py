@@ -210,6 +210,15 @@ class _View:
         if call["duration_s"] is not None:
             label.append(f"  {duration(call['duration_s'])}", "dim")
         node = parent.add(label)
+        progress = call.get("progress") or []
+        if progress:  # the last updates the server sent (an MCP tool's progress)
+            last = progress[-1]
+            total = f"/{last['total']:g}" if isinstance(last.get("total"), (int, float)) else ""
+            shown = f"{last['progress']:g}" if isinstance(last.get("progress"), (int, float)) \
+                else "?"
+            node.add(Text.assemble(("progress: ", "dim"), plain(
+                f"{len(progress)} update{'s' if len(progress) != 1 else ''}, last {shown}{total}"
+                + (f" {last['message']}" if last.get("message") else ""))))
         if call["run"] is not None:
             self.subrun(node, call["run"])
         if call["end"] is None:
