@@ -99,6 +99,8 @@ class ServerConfig:
     start_timeout_s: float = 30.0
     where: str = ""
     """The spec entry, for messages (`agents/x.yaml tools[2]`)."""
+    sse: bool = False
+    """The URL speaks the older HTTP+SSE transport, not streamable HTTP."""
 
     @property
     def label(self) -> str:
@@ -241,6 +243,10 @@ class Connection:
 
         info = Implementation(name="yaml-agent-runner", version=version("yaml-agent-runner"))
         c = self.config
+        if c.url is not None and c.sse:
+            from mcp.client.sse import sse_client
+
+            return Client(sse_client(c.url, headers=c.headers or None), client_info=info)
         if c.url is not None:
             from mcp.client.streamable_http import streamable_http_client
             from mcp.shared._httpx_utils import create_mcp_http_client

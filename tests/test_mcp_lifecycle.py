@@ -120,11 +120,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def http_server(port: int, state: Path) -> subprocess.Popen[bytes]:
-    """faulty.py serving streamable HTTP on `port`, once it accepts connections."""
+def http_server(port: int, state: Path, flag: str = "--http") -> subprocess.Popen[bytes]:
+    """faulty.py serving streamable HTTP (or SSE: `--sse`) on `port`, once it accepts
+    connections."""
     state.mkdir(parents=True, exist_ok=True)
     log = open(state / "stderr.log", "ab")
-    proc = subprocess.Popen([sys.executable, str(FAULTY), "--http", str(port), "--mode",
+    proc = subprocess.Popen([sys.executable, str(FAULTY), flag, str(port), "--mode",
                              "normal", "--state", str(state)],
                             stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     log.close()
@@ -351,6 +352,23 @@ def test_streamable_http_reconnects_after_the_server_comes_back(tmp_path: Path) 
     finally:
         for proc in servers:
             stop(proc)
+
+
+def test_the_older_sse_transport_works_when_asked_for(tmp_path: Path) -> None:
+    port = free_port()
+    spec = tool_spec(tmp_path, "mcp", {"name": "s", "url": f"http://127.0.0.1:{port}/sse",
+                                        "transport": "sse"},
+                     ['Action: s__add[{"a": 20, "b": 22}]', DONE])
+    server = http_server(port, tmp_path / "sse", "--sse")
+    try:
+        async def go() -> Any:
+            async with runner.Agent(runner.load_spec(spec)) as agent:
+                return await agent.run("add")
+
+        assert observations(asyncio.run(go())) == [("s__add", "42", False)]
+        assert (tmp_path / "sse" / "calls.log").read_text() == "add 20 22\n"
+    finally:
+        stop(server)
 
 
 def test_streamable_http_survives_a_restart_between_calls(tmp_path: Path) -> None:

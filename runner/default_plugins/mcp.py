@@ -17,7 +17,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -77,6 +77,8 @@ class MCPOptions(BaseModel):
     """The server's streamable HTTP endpoint (`http://127.0.0.1:8931/mcp`)."""
     headers: dict[str, str] = {}
     """HTTP headers sent with every request (`Authorization: "Bearer ${TOKEN}"`)."""
+    transport: Literal["streamable-http", "sse"] = "streamable-http"
+    """For a url: streamable HTTP, or the older HTTP+SSE transport (`sse`)."""
     include: list[str] | None = None
     """Only these tools of the server (its own names); default: all."""
     exclude: list[str] = []
@@ -105,8 +107,8 @@ class MCPOptions(BaseModel):
                 raise ValueError("url must start with http:// or https://")
             if self.args or self.env or self.cwd:
                 raise ValueError("args, env and cwd are for a server started with command:")
-        elif self.headers:
-            raise ValueError("headers are for a server reached by url:")
+        elif self.headers or self.transport != "streamable-http":
+            raise ValueError("headers and transport are for a server reached by url:")
         if self.include is not None and self.exclude:
             raise ValueError("give include or exclude, not both")
         return self
@@ -134,7 +136,8 @@ def _prepare(options: MCPOptions, ctx: Any) -> tuple[Connection, Any]:
     cwd = str(ctx.resolve(options.cwd)) if options.cwd else str(src.root)
     config = ServerConfig(name, options.command, list(options.args), dict(env), cwd,
                           options.url, dict(options.headers), options.start_timeout_s,
-                          f"{shown_path(src.path)} {'tools[' + str(ref.key[1]) + ']'}")
+                          f"{shown_path(src.path)} {'tools[' + str(ref.key[1]) + ']'}",
+                          sse=options.transport == "sse")
     connection = Connection(config)
     ctx.on_close(connection.close)
     return connection, connection.start()
@@ -246,7 +249,9 @@ def _tool(connection: Connection, server: str, t: Any, own: ToolSettings | None,
 
 def _transport(connection: Connection) -> str:
     c = connection.config
-    return f"http {c.url}" if c.url else "stdio " + " ".join([c.command or "", *c.args])
+    if c.url:
+        return f"{'sse' if c.sse else 'http'} {c.url}"
+    return "stdio " + " ".join([c.command or "", *c.args])
 
 
 def _schema_problem(schema: dict[str, Any]) -> str | None:

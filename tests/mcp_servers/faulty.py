@@ -3,7 +3,7 @@ slow tools, a crash mid-call, huge output, images, errors, progress, tool defini
 change, a grandchild process, noise on stdout before the protocol, a server that never
 answers `initialize`.
 
-    python faulty.py [--stdio | --http PORT] [--mode MODE] [--state DIR]
+    python faulty.py [--http PORT | --sse PORT] [--mode MODE] [--state DIR]
 
 MODE: normal | changed (one description differs) | noisy (prints before speaking the
 protocol) | mute (never answers) | grandchild (starts a long-lived grandchild first; its pid
@@ -28,6 +28,7 @@ from mcp.types import ImageContent, TextContent, ToolAnnotations
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--http", type=int, default=None)
+parser.add_argument("--sse", type=int, default=None)
 parser.add_argument("--mode", default="normal")
 parser.add_argument("--state", default=None)
 opts = parser.parse_args()
@@ -130,5 +131,7 @@ def weird() -> str:
 if __name__ == "__main__":
     if opts.http is not None:
         server.run("streamable-http", host="127.0.0.1", port=opts.http)
+    elif opts.sse is not None:
+        server.run("sse", host="127.0.0.1", port=opts.sse)
     else:
         server.run()
