@@ -236,13 +236,18 @@ class Agent:
     # ------------------------------------------------------------------ cleanup
 
     def _close_now(self) -> None:
-        """Close what the tools' factories opened, waiting here (a build that failed)."""
+        """Close what the build opened so far, waiting here (a build that failed): the tools'
+        servers, the sub-agents built before the failure, the checkpoint store."""
         import concurrent.futures
 
         futures = [f for f in (close() for close in self._closers)
                    if isinstance(f, concurrent.futures.Future)]
         self._closers.clear()
+        for child in self.children:
+            child._close_now()
         concurrent.futures.wait(futures, 30)
+        if self.checkpoints is not None:
+            self.checkpoints.close()
 
     async def _close_tools(self) -> None:
         import asyncio

@@ -261,6 +261,25 @@ def test_a_failed_build_leaks_no_server(tmp_path: Path) -> None:
     assert_gone(seen, tmp_path)
 
 
+def test_a_failed_build_closes_the_servers_of_sub_agents_built_before(tmp_path: Path) -> None:
+    """The sub-agent's server started while the parent was built; a later entry of the
+    parent fails; the sub-agent's tree ends too."""
+    good, mute = tmp_path / "good", tmp_path / "mute"
+    sub = tmp_path / "sub" / "agent.yaml"
+    tool_spec(sub.parent, "mcp", entry("f", "grandchild", good), [DONE], name="sub")
+    spec = agent_yaml(tmp_path, [entry("m", "mute", mute, start_timeout_s=3)], [DONE])
+    data = yaml.safe_load(spec.read_text())
+    data["tools"].insert(0, {"agent": "sub/agent.yaml"})
+    spec.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(ToolServerError):
+        runner.Agent(runner.load_spec(spec))
+    assert server_pids(good), "the sub-agent's server never started"
+    assert (good / "grandchild.pid").exists()
+    pids = {"server": server_pids(good)[-1],
+            "grandchild": int((good / "grandchild.pid").read_text().split()[-1])}
+    assert_gone(pids, tmp_path)
+
+
 # ---------------------------------------------------------------------------- odd servers
 
 
