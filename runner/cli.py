@@ -275,14 +275,20 @@ def mcp_command(paths: tuple[str, ...], address: str | None, sets: tuple[str, ..
     import asyncio
 
     from .serve import mcp as served_mcp
+    from .spec import find_root
 
+    # an MCP client starts this from anywhere: the runs' state (.runner/: traces,
+    # checkpoints, memory) goes to the project of the served folder, not that directory
+    targets = [Path(p).resolve() for p in paths]
+    first = targets[0] / "_" if targets[0].is_dir() else targets[0]
+    os.chdir(find_root(first))
     try:
         host_port = served_mcp.parse_address(address) if address else None
         token = os.environ.get(served_mcp.TOKEN_ENV) or None
         if host_port and not served_mcp.is_loopback(host_port[0]) and not token:
             raise SpecError(f"--http {address} listens beyond loopback: set "
                             f"${served_mcp.TOKEN_ENV} to the bearer token clients must send")
-        served = served_mcp.load_agents([Path(p) for p in paths], _overrides(sets, model))
+        served = served_mcp.load_agents(targets, _overrides(sets, model))
     except RunnerError as exc:
         _fail(exc, debug)
     names = ", ".join(s.name for s in served)

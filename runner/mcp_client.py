@@ -32,7 +32,7 @@ from typing import Any
 from .errors import ToolError, ToolServerError, ToolTimeout
 
 __all__ = ["ServerConfig", "Connection", "describe_result", "definition_hash", "close_all",
-           "SAFE_ENV", "MAX_TOOLS"]
+           "runner_version", "SAFE_ENV", "MAX_TOOLS"]
 
 GUARD = str(Path(__file__).with_name("_process_guard.py"))
 SAFE_ENV = ("HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER", "LANG", "LC_ALL", "LC_CTYPE",
@@ -193,12 +193,12 @@ class Connection:
         try:
             return await asyncio.wait_for(asyncio.shield(ready), self.config.start_timeout_s)
         except asyncio.TimeoutError:
+            hint = self._hint()  # before the end closes the pipe
             await self._end()
             if ready.done() and not ready.cancelled():
                 ready.exception()  # retrieved: the timeout below is what the caller hears
             raise ToolServerError(f"{self.config.label} did not answer within "
-                                  f"{self.config.start_timeout_s:g}s of starting"
-                                  f"{self._hint()}") from None
+                                  f"{self.config.start_timeout_s:g}s of starting{hint}") from None
 
     async def _serve(self, ready: asyncio.Future[list[Any]]) -> None:
         """The one task that enters the SDK's client, keeps it while the agent lives, and
@@ -236,12 +236,10 @@ class Connection:
     def _connect(self) -> Any:
         from contextlib import asynccontextmanager
 
-        from importlib.metadata import version
-
         from mcp import Client
         from mcp.types import Implementation
 
-        info = Implementation(name="yaml-agent-runner", version=version("yaml-agent-runner"))
+        info = Implementation(name="yaml-agent-runner", version=runner_version())
         c = self.config
         if c.url is not None and c.sse:
             from mcp.client.sse import sse_client
@@ -388,6 +386,16 @@ class Connection:
         return ToolError(f"{self.config.label} {what}{hint}; " + (
             "it is started again for the next call" if again else
             "it had been restarted already and is not started again"))
+
+
+def runner_version() -> str:
+    """The installed distribution's version (what MCP peers are told we are)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("yaml-agent-runner")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "0+source"
 
 
 async def _list_tools(client: Any) -> list[Any]:

@@ -141,6 +141,22 @@ def test_bases_and_test_files_are_not_served_and_bad_specs_stop_the_server(
     assert "agent name 'child' is also the name of" in done.stderr
 
 
+def test_runs_keep_their_state_in_the_served_project_wherever_the_client_starts_it(
+        tmp_path: Path) -> None:
+    folder = write_agents(tmp_path / "project" / "agents", {"echoer": SPECS["echoer"]})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    params = stdio_params(folder)
+    params.cwd = str(elsewhere)
+
+    async def body(client: Any) -> Any:
+        return await client.call_tool("echoer", {"input": "hi"})
+
+    assert with_client(params, body).content[0].text == "hi"
+    assert list((tmp_path / "project" / ".runner" / "traces").glob("*.jsonl"))
+    assert not (elsewhere / ".runner").exists()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

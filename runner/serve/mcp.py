@@ -178,9 +178,9 @@ def build_server(served: list[Served]) -> Any:
         return CallToolResult(content=[TextContent(type="text", text=text)],
                               structured_content=structured)
 
-    from importlib.metadata import version
+    from ..mcp_client import runner_version
 
-    return Server("yaml-agent-runner", version=version("yaml-agent-runner"),
+    return Server("yaml-agent-runner", version=runner_version(),
                   instructions="Each tool is an agent declared in YAML; call it with its input.",
                   on_list_tools=list_tools, on_call_tool=call_tool)
 
