@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -191,10 +190,7 @@ def test_runner_killed_with_sigkill_leaves_no_process(tmp_path: Path) -> None:
         assert parent_of(pids["guard"]) == proc.pid
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(30)
-        time.sleep(2)  # for the lead's note only: nothing is asserted on this count
-        print(f"survivors 2 s after SIGKILL: {sum(alive(p) for p in pids.values())} of "
-              f"{len(pids)} {pids}")
-        assert_gone(pids, tmp_path)
+        assert_gone(pids, tmp_path)  # (bench/mcp_bench.py counts the survivors after 2 s)
     finally:
         if proc.poll() is None:
             proc.kill()
