@@ -357,6 +357,7 @@ def tools(spec: str, sets: tuple[str, ...], model: str | None, debug: bool,
 
     from .agent import Agent
     from .plugins import registry
+    from .redact import json_printable, printable
     from .spec import shown_path
     from .spec._yaml import format_path
 
@@ -388,23 +389,26 @@ def tools(spec: str, sets: tuple[str, ...], model: str | None, debug: bool,
             path = write_lock(resolved.spec.source.path, list(agent.tools.values()))
     finally:
         asyncio.run(agent.close())
+    # what a server says reaches the terminal with its control codes shown, never obeyed
     if as_json:
-        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        click.echo(json_printable(json.dumps(rows, indent=2, ensure_ascii=False)))
     else:
         for r in rows:
-            click.echo(f"{r['name']}  ({r['from']}; {r['entry']})")
+            click.echo(printable(f"{r['name']}  ({r['from']}; {r['entry']})"))
             m = r.get("mcp")
             if m is not None:
-                click.echo(f"  MCP server {m['server']} ({m['transport']}), its tool "
-                           f"{m['server_tool']!r}" + (f", hints {json.dumps(m['annotations'])}"
-                                                      if m["annotations"] else ""))
+                click.echo(printable(
+                    f"  MCP server {m['server']} ({m['transport']}), its tool "
+                    f"{m['server_tool']!r}" + (f", hints {json.dumps(m['annotations'])}"
+                                               if m["annotations"] else "")))
                 click.echo("  description, in full, as the server gives it:")
                 for line in (m["description"] or "(none)").splitlines() or [""]:
-                    click.echo(f"    {line}")
+                    click.echo(printable(f"    {line}"))
             else:
-                click.echo(f"  {r['description']}")
-            click.echo(f"  input: {r['input_hint']}")
-            click.echo("  parameters: " + json.dumps(r["parameters"], ensure_ascii=False))
+                click.echo(printable(f"  {r['description']}"))
+            click.echo(printable(f"  input: {r['input_hint']}"))
+            click.echo("  parameters: " + json_printable(json.dumps(r["parameters"],
+                                                                    ensure_ascii=False)))
     if lock:
         servers = {r["mcp"]["server"] for r in rows if "mcp" in r}
         click.echo(f"locked {sum('mcp' in r for r in rows)} tools of {len(servers)} MCP "

@@ -581,6 +581,34 @@ def test_runner_tools_shows_server_full_description_and_schema(tmp_path: Path) -
     assert schema["properties"]["b"]["type"] == "integer"
 
 
+SHOUTING_SERVER = """
+from mcp.server.mcpserver import MCPServer
+
+server = MCPServer("loud")
+
+
+@server.tool(description="Looks up.\\x1b]0;owned\\x07\\x1b[2J\\u202eesrever")
+def lookup(query: str) -> str:
+    return query
+
+
+server.run()
+"""
+
+
+def test_runner_tools_shows_control_codes_in_a_description_and_never_obeys_them(
+        tmp_path: Path) -> None:
+    path = write_agent(tmp_path, [script_server(tmp_path, "loud.py", SHOUTING_SERVER, "loud")])
+    for args in (("tools", path.name), ("tools", path.name, "--json")):
+        done = run_cli(*args)
+        assert done.returncode == 0, done.stderr
+        assert "\x1b" not in done.stdout and "\u202e" not in done.stdout and \
+            "\x07" not in done.stdout
+        shown = done.stdout if "--json" not in args else json.loads(done.stdout)[0]["mcp"][
+            "description"]
+        assert "owned" in shown and "esrever" in shown
+
+
 def test_a_long_description_is_cut_for_the_model_but_shown_whole(tmp_path: Path) -> None:
     entry = script_server(tmp_path, "long_server.py", LONG_SERVER, "long")
     path = write_agent(tmp_path, [entry])
