@@ -24,7 +24,7 @@ from conftest import run_cli, wait_for
 
 FAULTY = Path(__file__).resolve().parent / "mcp_servers" / "faulty.py"
 FAULTY_TOOLS = {"f__echo", "f__add", "f__slow", "f__crash", "f__huge", "f__fail", "f__picture",
-                "f__weird_name_with_spaces"}
+                "f__resources", "f__stats", "f__weird_name_with_spaces"}
 PROVIDER_SAFE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 """What OpenAI accepts as a function name (the strictest of the big providers)."""
 
@@ -384,6 +384,20 @@ def test_an_image_is_described_never_dumped(tmp_path: Path) -> None:
     assert "iVBORw0KGgo" not in text  # the base64 of the PNG signature
 
 
+def test_resources_are_passed_as_text_or_described_and_structured_content_as_json(
+        tmp_path: Path) -> None:
+    path = write_agent(tmp_path, [faulty(tmp_path / "state")],
+                       [action("f__resources", ""), action("f__stats", '{"values": [1, 2, 6]}'),
+                        "Final Answer: seen"])
+    result, _ = run_agent(path)
+    resources, stats = result.steps[0].observation, result.steps[1].observation
+    assert "[resource file:///notes.txt]\nthe notes say hello" in resources
+    assert "[resource file:///data.bin: application/octet-stream, 2.9 KB]" in resources
+    assert "AAAA" not in resources  # the blob's base64 never reaches the model
+    assert "[resource link: file:///more.txt (more)]" in resources
+    assert json.loads(stats) == {"count": 3, "mean": 3.0}
+
+
 def test_huge_output_is_cut_to_loop_max_observation_chars(tmp_path: Path) -> None:
     path = write_agent(tmp_path, [faulty(tmp_path / "state")],
                        [action("f__huge", "100000"), "Final Answer: big"],
@@ -507,10 +521,12 @@ def test_runner_tools_lock_writes_the_lock_file(tmp_path: Path) -> None:
     write_agent(tmp_path, [faulty(tmp_path / "state")])
     done = run_cli("tools", "agent.yaml", "--lock")
     assert done.returncode == 0, done.stderr
-    assert "locked 8 tools of 1 MCP server(s) in agent.tools.lock" in done.stderr
+    assert f"locked {len(FAULTY_TOOLS)} tools of 1 MCP server(s) in agent.tools.lock" in \
+        done.stderr
     lock = json.loads((tmp_path / "agent.tools.lock").read_text())
     assert set(lock["servers"]["f"]) == {"echo", "add", "slow", "crash", "huge", "fail",
-                                         "picture", "weird.name/with spaces"}
+                                         "picture", "resources", "stats",
+                                         "weird.name/with spaces"}
     assert all(h.startswith("sha256:") for h in lock["servers"]["f"].values())
 
 

@@ -24,7 +24,8 @@ import threading
 import time
 
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.types import ImageContent, TextContent, ToolAnnotations
+from mcp.types import (BlobResourceContents, EmbeddedResource, ImageContent, ResourceLink,
+                       TextContent, TextResourceContents, ToolAnnotations)
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--http", type=int, default=None)
@@ -120,6 +121,23 @@ def picture() -> list:
     png = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 2048).decode()
     return [TextContent(type="text", text="a caption"),
             ImageContent(type="image", data=png, mime_type="image/png")]
+
+
+@server.tool()
+def resources() -> list:
+    """A text resource, a binary one and a link to a third."""
+    return [EmbeddedResource(type="resource", resource=TextResourceContents(
+                uri="file:///notes.txt", mime_type="text/plain", text="the notes say hello")),
+            EmbeddedResource(type="resource", resource=BlobResourceContents(
+                uri="file:///data.bin", mime_type="application/octet-stream",
+                blob=base64.b64encode(b"\0" * 3000).decode())),
+            ResourceLink(type="resource_link", uri="file:///more.txt", name="more")]
+
+
+@server.tool()
+def stats(values: list[float]) -> dict:
+    """Count and mean of the values, as structured content."""
+    return {"count": len(values), "mean": sum(values) / len(values)}
 
 
 @server.tool(name="weird.name/with spaces")
