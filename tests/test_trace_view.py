@@ -372,3 +372,24 @@ def test_view_writes_next_to_the_trace_by_default(project: Path) -> None:
     proc = run_cli("trace", "view", "nope", "--dir", str(folder))
     assert proc.returncode != 0 and "no trace for run 'nope'" in proc.stderr
 
+
+
+def test_an_mcp_tool_call_shows_the_progress_its_server_sent(page: Page, project: Path) -> None:
+    faulty = Path(__file__).resolve().parent / "mcp_servers" / "faulty.py"
+    (project / "agent.yaml").write_text(json.dumps({
+        "version": 1, "name": "waiter", "memory": {"backend": "none"},
+        "loop": {"style": "react"}, "trace": {"path": str(project / "traces")},
+        "model": {"id": "fake/script", "options": {"replies": [
+            "Thought: wait\nAction: f__slow[0.2]", "Final Answer: waited"]}},
+        "tools": [{"mcp": {"name": "f", "command": sys.executable, "args": [str(faulty)]}}]}))
+    with ThreadPoolExecutor(1) as pool:  # Playwright's sync API keeps a loop on this thread
+        result = pool.submit(runner.run_agent, project / "agent.yaml", "go").result()
+    assert result.status == "finished", result.error
+    tab = page.open(view(project, result.run_id))
+    page.check_offline(project / "page.html")
+    step = tab.locator("#steps > details.step").first
+    step.locator("summary").click()
+    call = step.locator(".call").first
+    assert call.get_by_text("Progress (the last 10)").is_visible()
+    shown = call.locator("pre", has_text="step 9").inner_text()
+    assert "9/10  step 9" in shown and "0/10  step 0" in shown
