@@ -382,11 +382,18 @@ def orphans_runner(tmp: Path) -> tuple[list[str], int]:
         ["Thought: wait\nAction: f__slow[60]", "Final Answer: done"], trace=True)
     proc = subprocess.Popen([sys.executable, "-m", "runner", "run", spec.name, "q"], cwd=root,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return kill_mid_call(proc, state, guarded=True)
+
+
+def kill_mid_call(proc: subprocess.Popen[bytes], state: Path,
+                  guarded: bool) -> tuple[list[str], int]:
+    """SIGKILL `proc` once its server is in the middle of a call; what of the tree survives
+    (the guard too when `guarded`)."""
     try:
         wait_for_call(state, proc)
         server = int((state / "server.pid").read_text())
-        tree = {"guard": parent_of(server), "server": server,
-                "grandchild": int((state / "grandchild.pid").read_text())}
+        tree = {"guard": parent_of(server)} if guarded else {}
+        tree.update(server=server, grandchild=int((state / "grandchild.pid").read_text()))
         return kill_and_count(proc, tree), len(tree)
     finally:
         if proc.poll() is None:
@@ -401,15 +408,7 @@ def orphans_sdk(tmp: Path) -> tuple[list[str], int]:
     proc = subprocess.Popen([sys.executable, "-c", SDK_CLIENT, FAULTY, "--mode", "grandchild",
                              "--state", str(state)], cwd=root,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_call(state, proc)
-        tree = {"server": int((state / "server.pid").read_text()),
-                "grandchild": int((state / "grandchild.pid").read_text())}
-        return kill_and_count(proc, tree), len(tree)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+    return kill_mid_call(proc, state, guarded=False)
 
 
 def bench_orphans(tmp: Path) -> None:
