@@ -347,6 +347,10 @@ class Connection:
                     raise await self._broke(f"lost the connection ({type(exc).__name__})",
                                             since)
                 self._succeeded = True
+                # the SDK hands each progress notification to a task of its own, which may
+                # not have run yet: let them, so no progress arrives after the result
+                for _ in range(2):
+                    await asyncio.sleep(0)
                 return result
             raise ToolTimeout(f"{self.config.label}: {tool} did not answer within "
                               f"{timeout_s:g}s; the call was cancelled")

@@ -389,6 +389,7 @@ def test_an_mcp_tool_call_shows_the_progress_its_server_sent(page: Page, project
     page.check_offline(project / "page.html")
     step = tab.locator("#steps > details.step").first
     step.locator("summary").click()
+    expect(step.locator(".step-body")).to_be_visible()  # a step's body is built as it opens
     call = step.locator(".call").first
     assert call.get_by_text("Progress (the last 10)").is_visible()
     shown = call.locator("pre", has_text="step 9").inner_text()
