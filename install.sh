@@ -12,8 +12,9 @@ CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/yaml-agent-runner"
 EVERYTHING_VERSION=2026.8.31
 
 # From Debian: a C++ toolchain (llama-cpp-python compiles C++), Chromium (the tests open
-# `runner trace view`'s page in it headless) and Node.js with npm (the MCP reference server is
-# published only on npm). Installed only when missing.
+# `runner trace view`'s page in it headless), Node.js with npm (the MCP reference server is
+# published only on npm) and redis-server (the tests start their own, on a free port).
+# Installed only when missing.
 APT=()
 if ! command -v g++ >/dev/null 2>&1 || ! command -v make >/dev/null 2>&1; then
   APT+=(build-essential)
@@ -24,6 +25,9 @@ fi
 if ! command -v npm >/dev/null 2>&1; then
   APT+=(nodejs npm)
 fi
+if ! command -v redis-server >/dev/null 2>&1; then  # the Redis memory's tests run a real one
+  APT+=(redis-server)
+fi
 if [ ${#APT[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1; then
     SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
@@ -31,7 +35,8 @@ if [ ${#APT[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${APT[@]}"
   else
     echo "install.sh: needs ${APT[*]} (a C++ compiler to build llama-cpp-python; Chromium for the" \
-         "trace viewer's tests; Node.js and npm for the MCP tests); install them, or set" \
+         "trace viewer's tests; Node.js and npm for the MCP tests; redis-server for the" \
+         "Redis memory's tests); install them, or set" \
          "RUNNER_SKIP_BROWSER=1 to skip Chromium" >&2
     exit 1
   fi

@@ -190,6 +190,110 @@ def runs(db: str, limit: int, as_json: bool) -> None:
         click.echo(printable(line + (f"  {r['error']}" if "error" in r else "")))
 
 
+def _session_store(spec: str | None, sets: tuple[str, ...], debug: bool) -> Any:
+    """The memory `runner sessions` reads: SPEC's backend, else .runner/memory.db (where
+    `--session` keeps conversations of specs without a persistent backend)."""
+    from .memory import SQLiteMemory
+
+    if spec is None:
+        return SQLiteMemory(".runner/memory.db")
+    resolved = _load(spec, sets, None, debug)
+    if resolved.spec.memory.backend in ("none", "buffer"):
+        return SQLiteMemory(".runner/memory.db")
+    return resolved.memory()
+
+
+def _with_store(spec: str | None, sets: tuple[str, ...], debug: bool, op: Any) -> Any:
+    import asyncio
+
+    async def go() -> Any:
+        store = _session_store(spec, sets, debug)
+        try:
+            if not hasattr(store, "sessions"):
+                raise SpecError("this memory backend cannot list its sessions")
+            return await op(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(go())
+    except RunnerError as exc:
+        _fail(exc, debug)
+
+
+sessions_spec = click.option("--spec", "spec", type=click.Path(dir_okay=False, exists=True),
+                             help="Use this spec's memory backend (default: .runner/memory.db).")
+
+
+@cli.group(invoke_without_command=True)
+@sessions_spec
+@set_option
+@json_option
+@debug_option
+@click.pass_context
+def sessions(ctx: click.Context, spec: str | None, sets: tuple[str, ...], as_json: bool,
+             debug: bool) -> None:
+    """List conversations kept in memory: name, messages, last use (`show NAME`, `rm NAME`)."""
+    import time
+
+    from .redact import printable
+    from .result import to_json
+
+    ctx.obj = (spec, sets, debug)
+    if ctx.invoked_subcommand is not None:
+        return
+    rows = _with_store(spec, sets, debug, lambda store: store.sessions())
+    if as_json:
+        click.echo(to_json(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no sessions", err=True)
+        return
+    click.echo(f"{'SESSION':<32}{'MESSAGES':>9}  LAST USED")
+    for r in rows:
+        when = "-" if r["last_used"] is None else time.strftime(
+            "%Y-%m-%d %H:%M:%S", time.localtime(r["last_used"]))
+        click.echo(printable(f"{r['session'][:31]:<32}{r['messages']:>9}  {when}"))
+
+
+@sessions.command("show")
+@click.argument("name")
+@json_option
+@click.pass_obj
+def sessions_show(obj: Any, name: str, as_json: bool) -> None:
+    """Print one conversation, oldest message first."""
+    from .redact import printable
+    from .result import to_json
+
+    spec, sets, debug = obj
+    messages = _with_store(spec, sets, debug, lambda store: store.load(name))
+    if not messages:
+        _fail(SpecError(f"no session {name!r} (see `runner sessions`)"), debug)
+    if as_json:
+        click.echo(to_json(messages, indent=2))
+        return
+    for m in messages:
+        click.echo(printable(f"{m['role']}: {m['content']}"))
+
+
+@sessions.command("rm")
+@click.argument("name")
+@click.pass_obj
+def sessions_rm(obj: Any, name: str) -> None:
+    """Delete one conversation."""
+    spec, sets, debug = obj
+
+    async def drop(store: Any) -> int:
+        count = len(await store.load(name))
+        await store.clear(name)
+        return count
+
+    count = _with_store(spec, sets, debug, drop)
+    if not count:
+        _fail(SpecError(f"no session {name!r} (see `runner sessions`)"), debug)
+    click.echo(f"deleted session {name!r} ({count} messages)", err=True)
+
+
 def _stopping(run: Any, signum: int) -> None:
     import signal
 

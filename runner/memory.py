@@ -1,4 +1,5 @@
-"""Conversation memory: the interface and the built-in backends (buffer, sqlite, none)."""
+"""Conversation memory: the interface and the built-in backends (buffer, sqlite, none; redis
+is in `runner.memory_redis`)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from ._sqlite import open_wal
 from .errors import RunnerError
 from .models import Message
 
-__all__ = ["Memory", "BufferMemory", "SQLiteMemory", "NoMemory", "SQLiteOptions"]
+__all__ = ["Memory", "ListableMemory", "BufferMemory", "SQLiteMemory", "NoMemory",
+           "SQLiteOptions"]
 
 
 class Memory(Protocol):
@@ -28,6 +30,16 @@ class Memory(Protocol):
 
     async def close(self) -> None:
         """Release connections."""
+
+
+class ListableMemory(Memory, Protocol):
+    """A memory that can also list and forget its sessions (`runner sessions`)."""
+
+    async def sessions(self) -> list[dict[str, Any]]:
+        """Each session: {"session", "messages" (count), "last_used" (epoch seconds)}."""
+
+    async def clear(self, session: str) -> None:
+        """Forget the session's messages."""
 
 
 class NoMemory:
@@ -48,8 +60,11 @@ class BufferMemory:
 
     _shared: dict[str, list[Message]] = {}
 
+    _shared_used: dict[str, float] = {}
+
     def __init__(self, store: dict[str, list[Message]] | None = None) -> None:
         self.store = self._shared if store is None else store
+        self._used: dict[str, float] = self._shared_used if store is None else {}
 
     async def load(self, session: str, window: int | None = None) -> list[Message]:
         msgs = self.store.get(session, [])
@@ -57,6 +72,14 @@ class BufferMemory:
 
     async def append(self, session: str, messages: list[Message]) -> None:
         self.store.setdefault(session, []).extend(messages)
+        self._used[session] = time.time()
+
+    async def sessions(self) -> list[dict[str, Any]]:
+        return [{"session": name, "messages": len(msgs), "last_used": self._used.get(name)}
+                for name, msgs in self.store.items() if msgs]
+
+    async def clear(self, session: str) -> None:
+        self.store.pop(session, None)
 
     async def close(self) -> None:
         return None
@@ -109,6 +132,22 @@ class SQLiteMemory:
             db.execute("BEGIN IMMEDIATE")
             db.executemany("INSERT INTO messages(session, role, content, created) VALUES (?,?,?,?)",
                            [(session, m["role"], str(m["content"]), now) for m in messages])
+
+    def _sessions(self) -> list[dict[str, Any]]:
+        rows = self._conn().execute("SELECT session, COUNT(*), MAX(created) FROM messages "
+                                    "GROUP BY session ORDER BY MAX(created) DESC").fetchall()
+        return [{"session": s, "messages": n, "last_used": t} for s, n, t in rows]
+
+    def _clear(self, session: str) -> None:
+        db = self._conn()
+        with db:
+            db.execute("DELETE FROM messages WHERE session=?", (session,))
+
+    async def sessions(self) -> list[dict[str, Any]]:
+        return await self._call(self._sessions)
+
+    async def clear(self, session: str) -> None:
+        await self._call(self._clear, session)
 
     async def load(self, session: str, window: int | None = None) -> list[Message]:
         return await self._call(self._load, session, window)

@@ -178,3 +178,47 @@ def sub_agent_project(folder: Path, server: ScriptedOpenAIServer, boss_extra: st
                   "Final Answer: Cats nap in the sun.",
                   "Final Answer: The writer says: Cats nap in the sun.")
     return folder / "boss.yaml"
+
+
+class RedisServer:
+    """A real redis-server (Debian's package, installed by install.sh) on a free port, its
+    files in a temporary folder; `password` makes it require one."""
+
+    def __init__(self, folder: Path, password: str | None = None) -> None:
+        import shutil
+
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is not installed: run ./install.sh"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        folder.mkdir(parents=True, exist_ok=True)
+        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", str(folder), "--daemonize", "no"]
+        if password:
+            args += ["--requirepass", password]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.password = password
+
+        def up() -> bool:
+            assert self.proc.poll() is None, "redis-server exited"
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+        wait_for(up, 30, "redis-server")
+
+    def url(self, db: int = 0, password: str | None = None) -> str:
+        auth = f":{password}@" if password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/{db}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(30)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
