@@ -102,6 +102,7 @@ class Agent:
         self.session: str | None = session or spec.memory.session
         """The conversation the runs continue; None: each run is a conversation of its own."""
         self.models = self._models()
+        self._summary_models: list[Model] | None = None
         try:
             self.tools = self._tools()
         except BaseException:
@@ -181,6 +182,22 @@ class Agent:
             on_event = hooks.on_event
             sinks.append(lambda event: on_event(event=event))
         return sinks
+
+    def summary_models(self) -> list[Model]:
+        """The models that summarize this agent's memory: `memory.summarize.model`, else the
+        agent's own (built on first use)."""
+        if self.resolved.summary_model is None:
+            return self.models
+        if self._summary_models is None:
+            model_id, factory = self.resolved.summary_model
+            settings = self.spec.model.model_copy(update={"id": model_id, "fallbacks": []})
+
+            def build() -> list[Model]:
+                return [factory(settings, model_id)]
+
+            self._summary_models = self.tap.models(f"{self.spec.name}.summary", build,
+                                                   settings) if self.tap is not None else build()
+        return self._summary_models
 
     def child(self, resolved: Resolved) -> Agent:
         """A sub-agent of this one (see BuildContext.sub_agent)."""

@@ -242,7 +242,10 @@ def sessions(ctx: click.Context, spec: str | None, sets: tuple[str, ...], as_jso
     ctx.obj = (spec, sets, debug)
     if ctx.invoked_subcommand is not None:
         return
-    rows = _with_store(spec, sets, debug, lambda store: store.sessions())
+    from .summary import SUMMARY_SUFFIX
+
+    rows = [r for r in _with_store(spec, sets, debug, lambda store: store.sessions())
+            if SUMMARY_SUFFIX not in r["session"]]  # a session's summary goes with it
     if as_json:
         click.echo(to_json(rows, indent=2))
         return
@@ -284,8 +287,11 @@ def sessions_rm(obj: Any, name: str) -> None:
     spec, sets, debug = obj
 
     async def drop(store: Any) -> int:
+        from .summary import SUMMARY_SUFFIX
+
         count = len(await store.load(name))
         await store.clear(name)
+        await store.clear(name + SUMMARY_SUFFIX)
         return count
 
     count = _with_store(spec, sets, debug, drop)

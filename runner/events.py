@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 __all__ = ["Event", "RunStarted", "ModelStarted", "ModelCalled", "Retried", "Thought",
            "ActionTaken", "Observed", "ToolProgress", "MemoryRead", "MemoryWritten",
+           "MemorySummarized",
            "FinalAnswer", "Warned", "RunEnded"]
 
 
@@ -141,6 +142,26 @@ class MemoryWritten(Event):
     kind: ClassVar[str] = "memory_written"
     session: str
     messages: int
+
+
+@dataclass
+class MemorySummarized(Event):
+    """Older turns of the session summarized for the prompt (or the attempt that failed, the
+    history then used whole)."""
+
+    kind: ClassVar[str] = "memory_summarized"
+    session: str
+    messages: int
+    """How many of the oldest messages the summary stands for."""
+    tokens_before: int
+    tokens_after: int
+    model: str = ""
+    reused: bool = False
+    """The stored summary still covered them: no model call."""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    error: str | None = None
 
 
 @dataclass

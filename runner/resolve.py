@@ -66,6 +66,8 @@ class Resolved:
     """Makes the spec's memory backend (not opened until the agent is built)."""
     hooks: Any = field(repr=False, default=None)
     """The plugins' lifecycle hooks (`on_event`), for the composition root."""
+    summary_model: tuple[str, Callable[..., Any]] | None = None
+    """(model id, factory) of `memory.summarize.model`, when it names one."""
 
 
 @dataclass
@@ -123,6 +125,13 @@ def _resolve(spec: AgentSpec, _stack: tuple[Path, ...]) -> Resolved:
         if provider is not None:
             models.append((fallback.id, _fallback_factory(provider.value, i)))
     memory = attempt(_memory, spec, reg)
+    summary_model = None
+    summarize = spec.memory.summarize
+    if summarize is not None and summarize.model:
+        provider = attempt(_provider, spec, ("memory", "summarize", "model"), summarize.model,
+                           reg)
+        if provider is not None:
+            summary_model = (summarize.model, provider.value)
     seen: dict[str, int] = {}
     refs = []
     for i, entry in enumerate(spec.tools):
@@ -144,7 +153,7 @@ def _resolve(spec: AgentSpec, _stack: tuple[Path, ...]) -> Resolved:
                                   "use kind: agent"))
     if problems:
         raise SpecErrors(problems)
-    return Resolved(spec, refs, models, template, memory, pm_hooks)
+    return Resolved(spec, refs, models, template, memory, pm_hooks, summary_model)
 
 
 resolve_spec = resolve

@@ -12,7 +12,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 from .locate import SpecSource
 
 __all__ = ["StrictModel", "AgentSpec", "ModelSpec", "FallbackSpec", "PromptSpec", "LoopSpec", "BudgetSpec",
-           "MemorySpec", "CheckpointSpec", "TraceSpec", "OtlpSpec", "OutputSpec", "InputSpec",
+           "MemorySpec", "SummarizeSpec", "CheckpointSpec", "TraceSpec", "OtlpSpec", "OutputSpec", "InputSpec",
            "CommonToolOptions", "COMMON_TOOL_KEYS", "DEFAULT_MODEL", "json_schema", "valid_regex"]
 
 DEFAULT_MODEL = "local/gemma-3-270m"
@@ -152,6 +152,22 @@ class BudgetSpec(StrictModel):
     """Number of tool calls."""
 
 
+class SummarizeSpec(StrictModel):
+    """Older turns of a long conversation replaced in the prompt by a model's summary (the
+    store keeps every message)."""
+
+    after_tokens: int = Field(3000, ge=100, le=10_000_000)
+    """Summarize once the session's history passes this many tokens (about 4 characters
+    each)."""
+    keep_tokens: int | None = Field(None, ge=1)
+    """The most recent turns kept as they are, up to this many tokens; default: a third of
+    `after_tokens`."""
+    model: str | None = None
+    """The model that writes the summary; default: the agent's own."""
+    max_tokens: int = Field(400, ge=16, le=100_000)
+    """Longest summary, in tokens."""
+
+
 class MemorySpec(BaseModel):
     """Conversation memory kept across runs of one session."""
 
@@ -163,6 +179,9 @@ class MemorySpec(BaseModel):
     starts with an empty history and keeps nothing for the next."""
     window: int | None = Field(None, ge=1)
     """Keep only the last N messages in the prompt."""
+    summarize: SummarizeSpec | None = None
+    """Summarize older turns once the history is long (`{after_tokens: 3000}`); the summary
+    call is traced and counted in the run's usage and budget."""
 
 
 class CheckpointSpec(StrictModel):

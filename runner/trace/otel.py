@@ -131,7 +131,8 @@ class SpanSink:
             "retry": self._retried, "model_called": self._model_called,
             "action": self._action, "observation": self._observed,
             "warning": self._warned, "memory_read": self._memory,
-            "memory_written": self._memory, "run_ended": self._run_ended}
+            "memory_written": self._memory, "memory_summarized": self._memory,
+            "run_ended": self._run_ended}
 
     def __call__(self, event: Any) -> None:
         handler = self._handlers.get(event.kind)

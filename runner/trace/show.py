@@ -124,9 +124,16 @@ class _View:
             if kind == "step":
                 self.step(node, item, item is last_call)
             elif kind == "memory":
+                extra = ""
+                if item["op"] == "summarized":  # the older turns a summary stands for
+                    extra = (f" ({item.get('tokens_before')} -> {item.get('tokens_after')} "
+                             f"tokens" + (", reused" if item.get("reused") else "") + (
+                                 f", failed: {plain(item['error'])}" if item.get("error")
+                                 else "") + ")")
                 node.add(Text.assemble(self.at(item["t"]), (
                     f"memory {item['op']}: session {plain(item['session'])!r}, "
-                    f"{item['messages']} message{'s' if item['messages'] != 1 else ''}", "dim")))
+                    f"{item['messages']} message{'s' if item['messages'] != 1 else ''}{extra}",
+                    "dim")))
             elif kind == "warning":
                 node.add(Text.assemble(self.at(item["t"]),
                                        ("warning: " + self.clip(item["message"]), "yellow")))
