@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 __all__ = ["Event", "RunStarted", "ModelStarted", "ModelCalled", "Retried", "Thought",
            "ActionTaken", "Observed", "ToolProgress", "MemoryRead", "MemoryWritten",
-           "MemorySummarized",
+           "MemorySummarized", "MemoryRecalled",
            "FinalAnswer", "Warned", "RunEnded"]
 
 
@@ -162,6 +162,18 @@ class MemorySummarized(Event):
     completion_tokens: int = 0
     latency_s: float = 0.0
     error: str | None = None
+
+
+@dataclass
+class MemoryRecalled(Event):
+    """Earlier turns of the session looked through, and how many were brought back."""
+
+    kind: ClassVar[str] = "memory_recalled"
+    session: str
+    messages: int
+    """How many earlier turns were looked through."""
+    recalled: int
+    duration_s: float = 0.0
 
 
 @dataclass

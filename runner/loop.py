@@ -16,7 +16,7 @@ from . import events as ev
 from .acting import StepContext, ToolLedger, act
 from .budget import Budget
 from .chain import run_chain
-from .summary import condense
+from .summary import remembered
 from .checkpoints import hold, release, run_state, settle_pending
 from .errors import (Interrupted, LimitExceeded, MaxIterations, MaxParseErrors, OutputError,
                      RunnerError)
@@ -110,11 +110,12 @@ class Run:
             # now, not after its first tool call, and `runner runs` shows the run at once
             self.checkpoint()
             session = agent.session  # None: this run neither reads nor keeps a history
-            history = [] if session is None else await agent.memory.load(session, None if (
-                spec.memory.summarize) else spec.memory.window)  # a summary sees it all
+            cut = spec.memory.summarize or spec.memory.recall  # these see the whole history
+            history = [] if session is None else await agent.memory.load(
+                session, None if cut else spec.memory.window)
             if session is not None:
                 self.emit(ev.MemoryRead(self.run_id, len(r.steps), session, len(history)))
-                history = await condense(self, session, history)
+                history = await remembered(self, session, history)
             if spec.kind == "chain":
                 await run_chain(self)
             else:

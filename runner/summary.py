@@ -20,7 +20,7 @@ from .errors import ModelError
 from .models import Message
 from .models.retry import complete_with_retries
 
-__all__ = ["condense", "estimate_tokens", "SUMMARY_SUFFIX"]
+__all__ = ["remembered", "condense", "estimate_tokens", "SUMMARY_SUFFIX"]
 
 SUMMARY_SUFFIX = "\x1fsummary"
 """The summary of session S is kept in the same store as session `S\\x1fsummary`."""
@@ -50,6 +50,23 @@ def _split(history: list[Message], keep_tokens: int) -> int:
         if history[i].get("role") == "user":
             start = i
     return start
+
+
+async def remembered(run: Any, session: str, history: list[Message]) -> list[Message]:
+    """What the prompt sees of the session's whole `history`: summarized when long
+    (`memory.summarize`), cut to `memory.window`, and the earlier turns most like the
+    question brought back (`memory.recall`)."""
+    memory = run.spec.memory
+    shown = await condense(run, session, history)
+    if memory.window and memory.summarize is None:
+        shown = shown[-memory.window:]
+    if memory.recall is not None and len(shown) < len(history):
+        from .recall import recall  # the embedder loads only for specs that recall
+
+        from .result import as_text
+
+        shown = await recall(run, session, history, shown, as_text(run.result.input))
+    return shown
 
 
 async def condense(run: Any, session: str, history: list[Message]) -> list[Message]:

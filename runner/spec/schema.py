@@ -7,12 +7,12 @@ import re
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr,
-                      SerializerFunctionWrapHandler, model_serializer)
+                      SerializerFunctionWrapHandler, model_serializer, model_validator)
 
 from .locate import SpecSource
 
 __all__ = ["StrictModel", "AgentSpec", "ModelSpec", "FallbackSpec", "PromptSpec", "LoopSpec", "BudgetSpec",
-           "MemorySpec", "SummarizeSpec", "CheckpointSpec", "TraceSpec", "OtlpSpec", "OutputSpec", "InputSpec",
+           "MemorySpec", "SummarizeSpec", "RecallSpec", "CheckpointSpec", "TraceSpec", "OtlpSpec", "OutputSpec", "InputSpec",
            "CommonToolOptions", "COMMON_TOOL_KEYS", "DEFAULT_MODEL", "json_schema", "valid_regex"]
 
 DEFAULT_MODEL = "local/gemma-3-270m"
@@ -168,6 +168,16 @@ class SummarizeSpec(StrictModel):
     """Longest summary, in tokens."""
 
 
+class RecallSpec(StrictModel):
+    """Earlier turns of the session most like the question, brought back into the prompt
+    beside the recent window (embedded with the semantic search's model)."""
+
+    k: int = Field(4, ge=1, le=50)
+    """How many earlier turns to bring back."""
+    min_score: float = Field(0.2, ge=-1, le=1)
+    """A turn less similar than this (cosine) is not brought back."""
+
+
 class MemorySpec(BaseModel):
     """Conversation memory kept across runs of one session."""
 
@@ -182,6 +192,16 @@ class MemorySpec(BaseModel):
     summarize: SummarizeSpec | None = None
     """Summarize older turns once the history is long (`{after_tokens: 3000}`); the summary
     call is traced and counted in the run's usage and budget."""
+    recall: RecallSpec | None = None
+    """Bring back the earlier turns most like the question (`{k: 4}`), beside the recent
+    `window` (or after the summary); needs `window` or `summarize`."""
+
+    @model_validator(mode="after")
+    def _recall_needs_a_cut(self) -> MemorySpec:
+        if self.recall is not None and self.window is None and self.summarize is None:
+            raise ValueError("recall brings back turns left out of the prompt: give window: "
+                             "(or summarize:) too")
+        return self
 
 
 class CheckpointSpec(StrictModel):

@@ -132,6 +132,7 @@ class SpanSink:
             "action": self._action, "observation": self._observed,
             "warning": self._warned, "memory_read": self._memory,
             "memory_written": self._memory, "memory_summarized": self._memory,
+            "memory_recalled": self._memory,
             "run_ended": self._run_ended}
 
     def __call__(self, event: Any) -> None:

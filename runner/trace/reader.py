@@ -332,12 +332,14 @@ def build_tree(events: list[dict[str, Any]]) -> dict[str, Any]:
             (step["warnings"] if step is not None else run["items"]).append(
                 e.get("message") if step is not None else {"type": "warning", "t": t,
                                                           "message": e.get("message")})
-        elif kind in ("memory_read", "memory_written", "memory_summarized"):
+        elif kind in ("memory_read", "memory_written", "memory_summarized", "memory_recalled"):
             run["items"].append({"type": "memory", "t": t, "op": kind.split("_")[1],
                                  "session": e.get("session"), "messages": e.get("messages"),
                                  **({k: e.get(k) for k in ("tokens_before", "tokens_after",
                                                            "reused", "error")}
-                                    if kind == "memory_summarized" else {})})
+                                    if kind == "memory_summarized" else {}),
+                                 **({"recalled": e.get("recalled")}
+                                    if kind == "memory_recalled" else {})})
         elif kind == "run_ended":
             run.update(end=t, status=e.get("status"), answer=e.get("answer"),
                        error=e.get("error"), duration_s=e.get("duration_s"),

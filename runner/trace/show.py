@@ -124,7 +124,8 @@ class _View:
             if kind == "step":
                 self.step(node, item, item is last_call)
             elif kind == "memory":
-                extra = ""
+                extra = f" ({item.get('recalled')} recalled)" if item["op"] == "recalled" \
+                    else ""
                 if item["op"] == "summarized":  # the older turns a summary stands for
                     extra = (f" ({item.get('tokens_before')} -> {item.get('tokens_after')} "
                              f"tokens" + (", reused" if item.get("reused") else "") + (
