@@ -16,7 +16,7 @@ from typing import Any
 
 from . import events as ev
 from .budget import Budget, Clock
-from .checkpoints import CheckpointStore, restore_run
+from .checkpoints import CheckpointStore, open_store, restore_run
 from .errors import SpecError
 from .loop import Run
 from .memory import NoMemory
@@ -97,7 +97,7 @@ class Agent:
         if checkpoints is True:
             checkpoints = depth == 0 and spec.checkpoint.enabled
             if checkpoints:
-                checkpoints = CheckpointStore(spec.checkpoint.path, secrets=self.secrets)
+                checkpoints = open_store(spec.checkpoint, self.secrets)
         self.checkpoints: CheckpointStore | None = checkpoints or None
         self.session: str | None = session or spec.memory.session
         """The conversation the runs continue; None: each run is a conversation of its own."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .agent import Agent
-from .checkpoints import RESUMABLE_STATUSES, CheckpointStore, release
+from .checkpoints import RESUMABLE_STATUSES, CheckpointStore, release, store_at
 from .errors import RunFailed, RunnerError, SpecError, SpecErrors
 from .loop import Run
 from .memory import SQLiteMemory
@@ -68,9 +68,10 @@ def prepare_resume(run_id: str, *, db: str | os.PathLike[str] = ".runner/runs.db
     needs `force`. A run still running (or being resumed) in a live process on this machine
     is not resumed (two processes would repeat each other's steps) unless `force` says that
     process is something else; of two resumes started together, one gets the run."""
-    if not os.path.exists(db):
+    remote = str(db).startswith(("redis://", "rediss://", "unix://"))
+    if not remote and not os.path.exists(db):
         raise SpecError(f"no run {run_id!r}: {db} does not exist (see `runner runs`)")
-    store = CheckpointStore(db, secrets=env_secrets())
+    store = store_at(str(db), secrets=env_secrets())
     try:
         return _resumable(store, run_id, force, agent_options)
     except BaseException:

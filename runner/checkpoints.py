@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from .loop import Run
 
 __all__ = ["RESUMABLE_STATUSES", "CheckpointError", "CheckpointStore", "restore_run", "run_state",
-           "settle_pending"]
+           "settle_pending", "open_store", "store_at"]
 
 RESUMABLE_STATUSES = ("interrupted", "checkpoint_error", "model_timeout", "model_rate_limited")
 """How a run may end and still be worth `runner resume`: a later try can get past these."""
@@ -220,6 +220,25 @@ def _unanswered(messages: list[dict[str, Any]], native: list[Any]) -> list[Any]:
 
 
 _HAS = "SELECT 1 FROM runs WHERE run_id = ?"
+
+
+def open_store(spec: Any, secrets: set[str] | None = None) -> CheckpointStore:
+    """The store a spec's `checkpoint:` names (SQLite, or Redis: `runner.checkpoints_redis`)."""
+    if spec.backend == "redis":
+        from .checkpoints_redis import RedisCheckpointStore
+
+        return RedisCheckpointStore(spec.url or "", lease_s=spec.lease_s,
+                                    timeout_s=spec.timeout_s, secrets=secrets)
+    return CheckpointStore(spec.path, secrets=secrets)
+
+
+def store_at(where: str, secrets: set[str] | None = None) -> CheckpointStore:
+    """The store `--db` names: a SQLite file, or a `redis://` URL."""
+    if where.startswith(("redis://", "rediss://", "unix://")):
+        from .checkpoints_redis import RedisCheckpointStore
+
+        return RedisCheckpointStore(where, secrets=secrets)
+    return CheckpointStore(where, secrets=secrets)
 
 
 class CheckpointStore:

@@ -130,7 +130,8 @@ def run(spec: str, input: str | None, inputs: tuple[str, ...], sets: tuple[str, 
 
 @cli.command()
 @click.argument("run_id")
-@click.option("--db", default=".runner/runs.db", show_default=True, help="Checkpoint database.")
+@click.option("--db", default=".runner/runs.db", show_default=True,
+              help="Checkpoint database: a SQLite file, or a redis:// URL.")
 @click.option("--force", is_flag=True, help="Resume even though the spec changed since.")
 @yes_option
 @json_option
@@ -157,23 +158,24 @@ def resume(run_id: str, db: str, force: bool, yes: bool, as_json: bool, quiet: b
 
 
 @cli.command()
-@click.option("--db", default=".runner/runs.db", show_default=True, help="Checkpoint database.")
+@click.option("--db", default=".runner/runs.db", show_default=True,
+              help="Checkpoint database: a SQLite file, or a redis:// URL.")
 @click.option("--limit", "-n", default=20, show_default=True, help="How many runs.")
 @json_option
 def runs(db: str, limit: int, as_json: bool) -> None:
     """List recent runs: id, agent, status, steps, tokens, last update."""
     import time
 
-    from .checkpoints import CheckpointStore
+    from .checkpoints import store_at
     from .redact import printable
 
-    if not os.path.exists(db):
+    if not db.startswith(("redis://", "rediss://", "unix://")) and not os.path.exists(db):
         click.echo(f"no runs yet ({db} does not exist)", err=True)
         return
     from .result import to_json
 
     try:
-        rows = CheckpointStore(db).list(limit)
+        rows = store_at(db).list(limit)
     except RunnerError as exc:
         _fail(exc, False)
     if as_json:

@@ -1257,3 +1257,105 @@ def test_kill_9_at_random_moments_then_resume_until_finished(
     assert figures["committed steps repeated"] == 0
     # the kills landed all over the run, not only at its start or end
     assert len([k for k in killed_at if 0 <= k <= n]) >= n - 2
+
+
+# ------------------------------------------------------------------ checkpoints in Redis
+
+
+def redis_state(url: str, run_id: str | None = None) -> dict[str, Any]:
+    store = runner.checkpoints.store_at(url)
+    try:
+        ids = [r["run_id"] for r in store.list(100)]
+        assert run_id is not None or len(ids) == 1, ids
+        return store.load(run_id or ids[0])
+    finally:
+        store.close()
+
+
+def test_a_run_checkpointed_in_redis_is_resumed_by_another_worker_at_most_once(
+        tmp_path: Path, server: ScriptedOpenAIServer, plugin_site: Path, crash_plugin: Any,
+        redis_server: Any) -> None:
+    """Worker one is killed while a tool marked idempotent: false runs; worker two, another
+    process with another working directory, resumes from Redis: the call is not repeated."""
+    n = 4
+    server.responder = tool_call_responder(n)
+    url = redis_server.url(5)
+    log = tmp_path / "tools.log"
+    one, two = tmp_path / "worker1", tmp_path / "worker2"
+    for folder in (one, two):
+        folder.mkdir()
+        (folder / "pyproject.toml").touch()
+        write_spec(folder / "a.yaml", [{"steplog_once": {"name": "calculator"}}],
+                   checkpoint={"backend": "redis", "url": url, "path": ".runner/runs.db"})
+    proc = run_cli("run", str(one / "a.yaml"), "redis once", *wire(server), cwd=one,
+                   env=plugin_env(plugin_site, log, CRASHTEST_CRASH="after:1+1"))
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert not (one / ".runner" / "runs.db").exists()  # nothing went to SQLite
+    state = redis_state(url)
+    assert state["in_flight"] == [2] and state["status"] == "running"
+
+    listed = run_cli("runs", "--db", url, "--json", cwd=two)
+    assert listed.returncode == 0 and state["run_id"] in listed.stdout, listed.stderr
+    # another worker resumes it (the spec it names is worker one's file)
+    done = run_cli("resume", state["run_id"][:8], "--db", url, cwd=two,
+                   env=plugin_env(plugin_site, log))
+    assert done.returncode == 0, done.stderr
+    final = redis_state(url, state["run_id"])
+    assert final["status"] == "finished" and UNKNOWN in final["steps"][1]["observation"]
+    assert executions(log, state["run_id"]) == ["0+1", "1+1", "2+1", "3+1"]
+
+
+def test_a_redis_lease_keeps_a_run_from_a_second_worker_until_it_lapses(
+        tmp_path: Path, redis_server: Any) -> None:
+    from runner.checkpoints_redis import RedisCheckpointStore
+
+    url = redis_server.url(6)
+    state = {"version": 1, "run_id": "lease-run-1", "parent_run_id": None, "agent": "a",
+             "spec_path": str(tmp_path / "a.yaml"), "spec_digest": "x", "overrides": [],
+             "session": None, "input": "q", "status": "running", "answer": None,
+             "error": None, "steps": [], "messages": [], "calls": 0, "parse_errors": 0,
+             "repeats": {}, "approvals": {}, "in_flight": [], "budget": {},
+             "run_usage": {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": None},
+             "owner": {"host": "another-worker", "pid": 4242, "resumed": False}}
+    store = RedisCheckpointStore(url, lease_s=60)
+    store.save(state)
+    with pytest.raises(SpecError) as caught:  # the lease of the worker elsewhere holds
+        store.claim("lease-run-1")
+    assert "another-worker" in str(caught.value) and "lease" in str(caught.value)
+    lapsed = RedisCheckpointStore(url, lease_s=0.001)
+    lapsed.save(state)
+    time.sleep(0.01)
+    # of two workers claiming at once, exactly one gets the run
+    stores = [RedisCheckpointStore(url) for _ in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = list(pool.map(lambda s: _try_claim(s, "lease-run-1"), stores))
+    assert sorted(outcomes) == ["claimed", "refused"], outcomes
+    for s in (store, lapsed, *stores):
+        s.close()
+    runner.checkpoints.release("lease-run-1")
+
+
+def _try_claim(store: Any, run_id: str) -> str:
+    try:
+        store.claim(run_id)
+        return "claimed"
+    except SpecError:
+        return "refused"
+
+
+def test_redis_checkpoints_down_fail_the_run_naming_the_url(tmp_path: Path,
+                                                            server: ScriptedOpenAIServer) -> None:
+    import socket as sockets
+
+    with sockets.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "pyproject.toml").touch()
+    spec = write_spec(tmp_path / "a.yaml", [], checkpoint={
+        "backend": "redis", "url": f"redis://:pw-not-shown-9@127.0.0.1:{port}/0",
+        "timeout_s": 2})
+    server.script("Final Answer: done")
+    done = run_cli("run", str(spec), "q", *wire(server), cwd=tmp_path)
+    assert done.returncode == 1
+    assert f"redis://:***@127.0.0.1:{port}/0" in done.stderr and "cannot reach" in done.stderr
+    assert "pw-not-shown-9" not in done.stdout + done.stderr

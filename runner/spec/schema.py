@@ -209,8 +209,25 @@ class CheckpointSpec(StrictModel):
 
     enabled: bool = True
     """Commit the run's state after every step."""
+    backend: Literal["sqlite", "redis"] = "sqlite"
+    """`sqlite` (the file at `path`) or `redis` (the server at `url`: a run started by one
+    worker can be resumed by another)."""
     path: str = ".runner/runs.db"
     """SQLite file, relative to the current directory."""
+    url: str | None = Field(None, pattern=r"^(redis|rediss|unix)://")
+    """The Redis server (`redis://[:password@]host:port/db`; put the password in a `${VAR}`)."""
+    lease_s: float = Field(120.0, gt=0, le=86400)
+    """Redis: a running run whose last save is older than this, on another host, counts as
+    abandoned, so another worker may resume it."""
+    timeout_s: float = Field(5.0, gt=0, le=300)
+    """Redis: deadline of one operation, connecting included."""
+
+    @model_validator(mode="after")
+    def _url_for_redis(self) -> CheckpointSpec:
+        if self.backend == "redis" and not self.url:
+            raise ValueError("backend: redis needs url: (redis://host:6379/0)")
+        return self
+
 
 
 def valid_regex(pattern: str) -> str:
