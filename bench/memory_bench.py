@@ -270,8 +270,9 @@ class Project:
         self.root, self.history, self.count = root, history, 0
 
     def spec(self, replies: list[str], summarize: dict[str, Any] | None,
-             db: Path) -> Path:
-        memory: dict[str, Any] = {"backend": "sqlite", "path": str(db), "session": "s"}
+             db: Path, **extra: Any) -> Path:
+        memory: dict[str, Any] = {"backend": "sqlite", "path": str(db), "session": "s",
+                                  **extra}
         if summarize is not None:
             memory["summarize"] = summarize
         self.count += 1
@@ -389,6 +390,37 @@ async def section_agents(root: Path, args: argparse.Namespace) -> None:
     print(f"3. One question (one step) on the same 400-message session: from agent.start() to "
           f"the answer, {args.runs} runs of each, in turn\n")
     table(["case", "runs", "median ms", "p95 ms", "vs without ms"], rows)
+    await section_recall(project, question, args)
+
+
+async def section_recall(project: Any, question: str, args: argparse.Namespace) -> None:
+    """4. What recall adds to a step: window 20 alone against window 20 with recall k 4, on
+    the 200-turn session: the first run of a process (embedder load and every old turn
+    embedded), a run whose turns are all in the vector cache, and a new question each time."""
+    from runner.recall import CACHE
+
+    plain = ["Final Answer: ok"]
+    db = await project.fresh_db()
+    window = {"window": 20}
+    recall = {"window": 20, "recall": {"k": 4}}
+    CACHE.unlink(missing_ok=True)
+    first: list[list[str]] = []
+    _, _, _, cold = await timed_run(project.spec(plain, None, db, **recall), question)
+    first.append(["recall, first run (model loaded, 190 turns embedded)", "1",
+                  f"{cold * 1000:.1f}", "-"])
+    samples: dict[str, list[float]] = {"window 20": [], "window 20 + recall k 4": []}
+    for i in range(args.runs):
+        asked = f"{question} (variant {i})"  # a new question: its embedding is not cached
+        for label, extra in (("window 20", window), ("window 20 + recall k 4", recall)):
+            _, _, _, elapsed = await timed_run(project.spec(plain, None, db, **extra), asked)
+            samples[label].append(elapsed)
+    base = statistics.median(samples["window 20"])
+    rows = first + [[label, str(len(v)), f"{stats_ms(v)[0]:.2f}",
+                     f"{(statistics.median(v) - base) * 1000:+.2f}"]
+                    for label, v in samples.items()]
+    print(f"4. Recall on the same session (window 20, k 4; each run adds a turn): from "
+          f"agent.start() to the answer, {args.runs} runs of each, in turn\n")
+    table(["case", "runs", "median ms", "vs window ms"], rows)
 
 
 # --------------------------------------------------------------------------- main

@@ -119,6 +119,39 @@ def test_a_long_history_is_summarized_counted_stored_and_reused(tmp_path: Path) 
     assert "Summary of the earlier conversation: SUMMARY-TWO" in agent_call[0]["content"]
 
 
+def test_summary_works_over_redis_and_over_the_buffer(tmp_path: Path, redis_server: Any) -> None:
+    """The summary is the prompt's, not the store's: any backend keeps the history and the
+    summary beside it."""
+    from runner.testing.memory_suite import build_memory
+
+    session = f"sum-{abs(hash(str(tmp_path)))}"  # the buffer is the process's: a name of its own
+    for memory in ({"backend": "redis", "url": redis_server.url(9)}, {"backend": "buffer"}):
+        (tmp_path / "pyproject.toml").touch()
+        spec = {"version": 1, "name": "talker", "loop": {"style": "react"},
+                "model": {"id": "fake/script", "options": {"replies": [
+                    "SUMMARY-R", "Final Answer: ok"]}},
+                "memory": {**memory, "session": session,
+                           "summarize": {"after_tokens": 300, "keep_tokens": 60}}}
+        path = tmp_path / "agent.yaml"
+        path.write_text(yaml.safe_dump(spec, sort_keys=False))
+
+        async def go() -> tuple[Any, list[Any], list[Any]]:
+            store = build_memory(memory, tmp_path)
+            await store.append(session, OLD)
+            async with runner.Agent(runner.load_spec(path), memory=store) as agent:
+                result = await agent.run("and now?")
+                found = (result, await agent.memory.load(session),
+                         await agent.memory.load(session + SUMMARY_SUFFIX))
+                for name in (session, session + SUMMARY_SUFFIX):
+                    await agent.memory.clear(name)
+                return found
+
+        result, kept, summary = asyncio.run(go())
+        assert result.ok and result.answer == "ok", (memory, result.error)
+        assert kept[:len(OLD)] == OLD and len(kept) == len(OLD) + 2
+        assert json.loads(summary[-1]["content"])["text"] == "SUMMARY-R"
+
+
 def test_a_stored_summary_that_still_covers_the_old_turns_is_reused(tmp_path: Path) -> None:
     path = project(tmp_path, scripted("Final Answer: reused"),
                    {"after_tokens": 300, "keep_tokens": 60})
