@@ -188,7 +188,8 @@ class MemorySpec(BaseModel):
     """Which conversation to continue; `--session` overrides it. Without one, each run
     starts with an empty history and keeps nothing for the next."""
     window: int | None = Field(None, ge=1)
-    """Keep only the last N messages in the prompt."""
+    """Keep only the last N messages in the prompt (with `summarize`, the summary decides
+    what is kept whole instead)."""
     summarize: SummarizeSpec | None = None
     """Summarize older turns once the history is long (`{after_tokens: 3000}`); the summary
     call is traced and counted in the run's usage and budget."""
