@@ -56,6 +56,7 @@ from typing import Any
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import yaml  # noqa: E402
+from _table import table  # bench/_table.py (the script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEVNULL = open(os.devnull, "w")
@@ -145,18 +146,6 @@ def stats_ms(samples: list[float]) -> dict[str, float]:
     p95 = statistics.quantiles(ms, n=100)[94] if len(ms) > 1 else ms[0]
     return {"mean": statistics.fmean(ms), "p50": statistics.median(ms), "p95": p95,
             "min": ms[0]}
-
-
-def table(head: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-    line = "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in
-                     enumerate(zip(head, widths)))
-    print(line)
-    print("-" * len(line))
-    for r in rows:
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
-                        enumerate(zip(r, widths))))
-    print()
 
 
 # --------------------------------------------------------------------------- 1. start
