@@ -161,3 +161,21 @@ def test_an_agent_keeps_its_conversation_in_redis_across_processes(redis_server:
     assert [t["content"] for t in turns] == ["first question", "first question",
                                              "second question", "second question"]
     assert runner  # the package the runs above used
+
+
+def test_a_corrupted_redis_session_is_a_clear_error(redis_server: Any, tmp_path: Path) -> None:
+    """Something else wrote the session's key (a string, not a list), or wrote junk into the
+    list: a clear error for the first, the junk skipped for the second."""
+    import redis
+
+    raw = redis.Redis.from_url(redis_server.url(10))
+    raw.set("runner:memory:clobbered", "not a list")
+    raw.rpush("runner:memory:junk", "{not json", '{"role": "user", "content": "kept"}', "[1]")
+    memory = build_memory({"backend": "redis", "url": redis_server.url(10)}, tmp_path)
+    with pytest.raises(RunnerError) as caught:
+        _call(memory, lambda m: m.load("clobbered"))
+    assert f"127.0.0.1:{redis_server.port}/10" in str(caught.value)
+    assert "WRONGTYPE" in str(caught.value)
+    memory = build_memory({"backend": "redis", "url": redis_server.url(10)}, tmp_path)
+    assert _call(memory, lambda m: m.load("junk")) == [{"role": "user", "content": "kept"}]
+    raw.close()
