@@ -252,14 +252,21 @@ class Agent:
 
     # ------------------------------------------------------------------ cleanup
 
-    def _close_now(self) -> None:
-        """Close what the build opened so far, waiting here (a build that failed): the tools'
-        servers, the sub-agents built before the failure, the checkpoint store."""
+    def _closing(self) -> list[Any]:
+        """Start closing what the tools' factories opened; the futures still to wait for."""
         import concurrent.futures
 
         futures = [f for f in (close() for close in self._closers)
                    if isinstance(f, concurrent.futures.Future)]
         self._closers.clear()
+        return futures
+
+    def _close_now(self) -> None:
+        """Close what the build opened so far, waiting here (a build that failed): the tools'
+        servers, the sub-agents built before the failure, the checkpoint store."""
+        import concurrent.futures
+
+        futures = self._closing()
         for child in self.children:
             child._close_now()
         concurrent.futures.wait(futures, 30)
@@ -268,12 +275,9 @@ class Agent:
 
     async def _close_tools(self) -> None:
         import asyncio
-        import concurrent.futures
 
-        futures = [asyncio.wrap_future(f) for f in (close() for close in self._closers)
-                   if isinstance(f, concurrent.futures.Future)]
-        self._closers.clear()
-        await asyncio.gather(*futures, return_exceptions=True)
+        await asyncio.gather(*map(asyncio.wrap_future, self._closing()),
+                             return_exceptions=True)
 
     async def close(self) -> None:
         """Close what this agent owns (tools' servers, memory, checkpoint store, sub-agents),

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .agent import Agent
-from .checkpoints import RESUMABLE_STATUSES, CheckpointStore, release, store_at
+from .checkpoints import RESUMABLE_STATUSES, CheckpointStore, is_remote, release, store_at
 from .errors import RunFailed, RunnerError, SpecError, SpecErrors
 from .loop import Run
 from .memory import SQLiteMemory
@@ -21,8 +21,9 @@ from .resolve import Resolved, resolve
 from .result import RunResult
 from .spec import AgentSpec, is_test_file, load_spec
 
-__all__ = ["run_agent", "arun_agent", "make_agent", "prepare_resume", "resume_run",
-           "aresume_run", "validate_paths", "drive", "resume_hint", "load_and_resolve", "model_tap"]
+__all__ = ["run_agent", "arun_agent", "make_agent", "session_memory", "prepare_resume",
+           "resume_run", "aresume_run", "validate_paths", "drive", "resume_hint",
+           "load_and_resolve", "model_tap"]
 
 
 def load_and_resolve(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> Resolved:
@@ -38,11 +39,17 @@ def make_agent(spec: AgentSpec | str | os.PathLike[str], *, overrides: Iterable[
     so a later run of the same session continues the conversation."""
     if isinstance(spec, (str, os.PathLike)):
         spec = load_spec(spec, overrides)
-    memory = None
-    backend = spec.memory.backend if isinstance(spec, AgentSpec) else spec.spec.memory.backend
-    if session is not None and backend in ("buffer", "none"):
-        memory = SQLiteMemory(".runner/memory.db")  # opened on first use: nothing to close yet
+    memory = session_memory(spec) if session is not None else None
     return Agent(spec, session=session, memory=memory, sinks=sinks, **agent_options)
+
+
+def session_memory(spec: AgentSpec | Resolved) -> SQLiteMemory | None:
+    """Where a named session of `spec` is kept when its own backend would not outlive the
+    process (`buffer`, `none`): .runner/memory.db; None: the spec's backend keeps it."""
+    backend = spec.memory.backend if isinstance(spec, AgentSpec) else spec.spec.memory.backend
+    if backend in ("buffer", "none"):
+        return SQLiteMemory(".runner/memory.db")  # opened on first use: nothing to close yet
+    return None
 
 
 async def arun_agent(spec: AgentSpec | str | os.PathLike[str], input: Any, *,
@@ -68,8 +75,7 @@ def prepare_resume(run_id: str, *, db: str | os.PathLike[str] = ".runner/runs.db
     needs `force`. A run still running (or being resumed) in a live process on this machine
     is not resumed (two processes would repeat each other's steps) unless `force` says that
     process is something else; of two resumes started together, one gets the run."""
-    remote = str(db).startswith(("redis://", "rediss://", "unix://"))
-    if not remote and not os.path.exists(db):
+    if not is_remote(str(db)) and not os.path.exists(db):
         raise SpecError(f"no run {run_id!r}: {db} does not exist (see `runner runs`)")
     store = store_at(str(db), secrets=env_secrets())
     try:

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from .loop import Run
 
 __all__ = ["RESUMABLE_STATUSES", "CheckpointError", "CheckpointStore", "restore_run", "run_state",
-           "settle_pending", "open_store", "store_at"]
+           "settle_pending", "open_store", "store_at", "is_remote"]
 
 RESUMABLE_STATUSES = ("interrupted", "checkpoint_error", "model_timeout", "model_rate_limited")
 """How a run may end and still be worth `runner resume`: a later try can get past these."""
@@ -232,9 +232,14 @@ def open_store(spec: Any, secrets: set[str] | None = None) -> CheckpointStore:
     return CheckpointStore(spec.path, secrets=secrets)
 
 
+def is_remote(where: str) -> bool:
+    """Whether `--db` names a Redis server rather than a SQLite file."""
+    return where.startswith(("redis://", "rediss://", "unix://"))
+
+
 def store_at(where: str, secrets: set[str] | None = None) -> CheckpointStore:
     """The store `--db` names: a SQLite file, or a `redis://` URL."""
-    if where.startswith(("redis://", "rediss://", "unix://")):
+    if is_remote(where):
         from .checkpoints_redis import RedisCheckpointStore
 
         return RedisCheckpointStore(where, secrets=secrets)

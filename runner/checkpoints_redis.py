@@ -20,7 +20,7 @@ from typing import Any
 
 from .checkpoints import CheckpointStore, _busy, _owner, hold
 from .errors import CheckpointError, SpecError
-from .memory_redis import shown_url
+from .redact import redact_text
 
 __all__ = ["RedisCheckpointStore"]
 
@@ -31,7 +31,7 @@ class RedisCheckpointStore(CheckpointStore):
     def __init__(self, url: str, *, lease_s: float = 120.0, timeout_s: float = 5.0,
                  prefix: str = "runner:runs:", secrets: set[str] | None = None) -> None:
         super().__init__(".runner/unused.db", timeout_s, secrets)
-        self.path = shown_url(url)  # type: ignore[assignment]  # what messages name
+        self.path = redact_text(url, ())  # type: ignore[assignment]  # password masked
         self.url, self.lease_s, self.timeout_s, self.prefix = url, lease_s, timeout_s, prefix
         self._client: Any = None
 

@@ -166,10 +166,10 @@ def runs(db: str, limit: int, as_json: bool) -> None:
     """List recent runs: id, agent, status, steps, tokens, last update."""
     import time
 
-    from .checkpoints import store_at
+    from .checkpoints import is_remote, store_at
     from .redact import printable
 
-    if not db.startswith(("redis://", "rediss://", "unix://")) and not os.path.exists(db):
+    if not is_remote(db) and not os.path.exists(db):
         click.echo(f"no runs yet ({db} does not exist)", err=True)
         return
     from .result import to_json
@@ -193,16 +193,15 @@ def runs(db: str, limit: int, as_json: bool) -> None:
 
 
 def _session_store(spec: str | None, sets: tuple[str, ...], debug: bool) -> Any:
-    """The memory `runner sessions` reads: SPEC's backend, else .runner/memory.db (where
-    `--session` keeps conversations of specs without a persistent backend)."""
+    """The memory `runner sessions` reads: where `runner run SPEC --session` keeps them
+    (without SPEC: .runner/memory.db, where specs without a persistent backend keep them)."""
+    from .api import session_memory
     from .memory import SQLiteMemory
 
     if spec is None:
         return SQLiteMemory(".runner/memory.db")
     resolved = _load(spec, sets, None, debug)
-    if resolved.spec.memory.backend in ("none", "buffer"):
-        return SQLiteMemory(".runner/memory.db")
-    return resolved.memory()
+    return session_memory(resolved) or resolved.memory()
 
 
 def _with_store(spec: str | None, sets: tuple[str, ...], debug: bool, op: Any) -> Any:

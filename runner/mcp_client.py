@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ToolError, ToolServerError, ToolTimeout
+from .errors import ToolError, ToolServerError
 
 __all__ = ["ServerConfig", "Connection", "describe_result", "definition_hash", "close_all",
            "runner_version", "SAFE_ENV", "MAX_TOOLS"]
@@ -114,9 +114,9 @@ class _Tail:
         self.text = ""
         self.total = 0
         """Characters read in all (`hint(since=...)` shows what came after a point)."""
-        self.read_fd, self.write_fd = os.pipe()
+        self.read_fd, write_fd = os.pipe()
         os.set_blocking(self.read_fd, False)
-        self.writer = os.fdopen(self.write_fd, "w")
+        self.writer = os.fdopen(write_fd, "w")
         asyncio.get_running_loop().add_reader(self.read_fd, self._read)
 
     def _read(self) -> None:
@@ -276,11 +276,6 @@ class Connection:
             return None
         return _on_host(self._end())
 
-    async def aclose(self) -> None:
-        future = self.close()
-        if future is not None:
-            await asyncio.wrap_future(future)
-
     async def _end(self) -> None:
         task, self._task = self._task, None
         if task is None:
@@ -301,60 +296,55 @@ class Connection:
     # ------------------------------------------------------------------ calls
 
     async def call(self, tool: str, arguments: dict[str, Any],
-                   on_progress: Callable[[float, float | None, str | None], None] | None = None,
-                   timeout_s: float | None = None) -> Any:
+                   on_progress: Callable[[float, float | None, str | None], None] | None = None
+                   ) -> Any:
         """Call `tool` (its server's own name); the CallToolResult. Runs on the caller's
         loop; the request itself runs on the host. Cancelling the caller (the tool's timeout,
         the run's deadline, an interrupt) cancels the request, and the server is told."""
-        caller = asyncio.get_running_loop()
+        progress = None
+        if on_progress is not None:
+            caller = asyncio.get_running_loop()
 
-        def progress(p: float, total: float | None, message: str | None) -> None:
-            if on_progress is not None:
+            async def progress(p: float, total: float | None, message: str | None) -> None:
                 caller.call_soon_threadsafe(on_progress, p, total, message)
 
-        return await asyncio.wrap_future(_on_host(self._call(tool, arguments, timeout_s,
-                                                             progress)))
+        return await asyncio.wrap_future(_on_host(self._call(tool, arguments, progress)))
 
-    async def _call(self, tool: str, arguments: dict[str, Any], timeout_s: float | None,
-                    progress: Callable[..., None]) -> Any:
+    async def _call(self, tool: str, arguments: dict[str, Any], progress: Any) -> Any:
         import anyio
         from mcp.shared.exceptions import MCPError
+        from mcp.types import CONNECTION_CLOSED, INTERNAL_ERROR
 
-        async def on_progress(p: float, total: float | None, message: str | None) -> None:
-            progress(p, total, message)
-
-        for attempt in (1, 2):
+        resent = False
+        while True:
             client = await self._ready()
             since = self._tail.total if self._tail is not None else 0
-            with anyio.move_on_after(timeout_s) as scope:
-                try:
-                    result = await client.call_tool(tool, arguments, progress_callback=on_progress)
-                except MCPError as exc:
-                    if _session_gone(exc) and attempt == 1:
-                        await self._drop(f"the session ended ({exc.error.message})")
-                        continue  # the server never took the call: send it again, once
-                    if _connection_closed(exc):
-                        raise await self._broke("closed the connection during the call", since)
-                    if self.config.url is not None and exc.error.code == _codes()[2]:
-                        # an HTTP error in place of an answer (a restarted server may answer
-                        # a session it forgot with 400, not 404): a new session next time,
-                        # and this call is not sent again, as it may have run
-                        await self._drop(f"the server answered {exc.error.message!r}")
-                        raise ToolError(f"{self.config.label}: {exc.error.message}; a new "
-                                        f"session is opened for the next call") from None
-                    raise ToolError(f"{self.config.label}: {exc.error.message}") from None
-                except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError) as exc:
-                    raise await self._broke(f"lost the connection ({type(exc).__name__})",
-                                            since)
-                self._succeeded = True
-                # the SDK hands each progress notification to a task of its own, which may
-                # not have run yet: let them, so no progress arrives after the result
-                for _ in range(2):
-                    await asyncio.sleep(0)
-                return result
-            raise ToolTimeout(f"{self.config.label}: {tool} did not answer within "
-                              f"{timeout_s:g}s; the call was cancelled")
-        raise AssertionError("unreachable")  # pragma: no cover
+            try:
+                result = await client.call_tool(tool, arguments, progress_callback=progress)
+            except MCPError as exc:
+                code, message = exc.error.code, exc.error.message
+                if not resent and _session_gone(exc):
+                    await self._drop(f"the session ended ({message})")
+                    resent = True
+                    continue  # the server never took the call: send it again, once
+                if code == CONNECTION_CLOSED:
+                    raise await self._broke("closed the connection during the call", since)
+                if self.config.url is not None and code == INTERNAL_ERROR:
+                    # an HTTP error in place of an answer (a restarted server may answer a
+                    # session it forgot with 400, not 404): a new session next time, and
+                    # this call is not sent again, as it may have run
+                    await self._drop(f"the server answered {message!r}")
+                    raise ToolError(f"{self.config.label}: {message}; a new session is "
+                                    f"opened for the next call") from None
+                raise ToolError(f"{self.config.label}: {message}") from None
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError) as exc:
+                raise await self._broke(f"lost the connection ({type(exc).__name__})", since)
+            self._succeeded = True
+            # the SDK hands each progress notification to a task of its own, which may not
+            # have run yet: let them, so no progress arrives after the result
+            for _ in range(2):
+                await asyncio.sleep(0)
+            return result
 
     async def _ready(self) -> Any:
         """The live client, the server started again first if it broke (once per break)."""
@@ -414,19 +404,12 @@ async def _list_tools(client: Any) -> list[Any]:
     return tools[:MAX_TOOLS]
 
 
-def _codes() -> tuple[int, int, int]:
-    from mcp.types import CONNECTION_CLOSED, INTERNAL_ERROR, INVALID_REQUEST
-
-    return CONNECTION_CLOSED, INVALID_REQUEST, INTERNAL_ERROR
-
-
-def _connection_closed(exc: Any) -> bool:
-    return exc.error.code == _codes()[0]
-
-
 def _session_gone(exc: Any) -> bool:
     """An HTTP server that forgot the session (404): the request was not processed."""
-    return exc.error.code == _codes()[1] and "session terminated" in exc.error.message.lower()
+    from mcp.types import INVALID_REQUEST
+
+    return exc.error.code == INVALID_REQUEST and \
+        "session terminated" in exc.error.message.lower()
 
 
 def _reason(exc: BaseException) -> str:

@@ -18,9 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import RunnerError
 from .models import Message
-from .redact import URL_PASSWORD
+from .redact import redact_text
 
-__all__ = ["RedisOptions", "RedisMemory", "shown_url"]
+__all__ = ["RedisOptions", "RedisMemory"]
 
 
 class RedisOptions(BaseModel):
@@ -38,17 +38,12 @@ class RedisOptions(BaseModel):
     """The prefix of the keys this memory uses."""
 
 
-def shown_url(url: str) -> str:
-    """The URL as messages show it: the password masked."""
-    return URL_PASSWORD.sub(lambda m: m.group(0).replace(m["password"], "***"), url)
-
-
 class RedisMemory:
     """Memory in Redis, one list per session (see the module docstring)."""
 
     def __init__(self, options: RedisOptions) -> None:
         self.options = options
-        self.url = shown_url(options.url)
+        self.url = redact_text(options.url, ())  # what messages show: the password masked
         self._client: Any = None
 
     def _redis(self) -> Any:

@@ -58,16 +58,11 @@ async def recall(run: Any, session: str, full: list[Message], shown: list[Messag
 
 def _pick(candidates: list[list[Message]], question: str, k: int, floor: float) -> list[int]:
     """Indices of the k turns most similar to the question (cosine of unit vectors)."""
-    import numpy as np
-
-    from .search_semantic import embedder
+    from .search_semantic import embedder, top
 
     texts = ["\n".join(str(m.get("content", "")) for m in t) for t in candidates]
-    vectors = _vectors(texts)
-    query = embedder().embed([question])[0]
-    scores = vectors @ query
-    order = np.argsort(-scores)[:k]
-    return [int(i) for i in order if scores[i] >= floor]
+    scores = _vectors(texts) @ embedder().embed([question])[0]
+    return [int(i) for i in top(scores, k) if scores[i] >= floor]
 
 
 def _vectors(texts: list[str]) -> Any:

@@ -173,7 +173,7 @@ class SemanticIndex:
                 return []
             scores = matrix @ embedder().embed([query[:EMBED_CHARS]])[0]
             hits = []
-            for i in _top(scores, k):
+            for i in top(scores, k):
                 row = db.execute(
                     "SELECT c.path, c.line_start, c.line_end, p.heading, p.body FROM chunks c "
                     "JOIN passages p ON p.rowid = c.id WHERE c.id = ?",
@@ -220,7 +220,7 @@ def fuse(rankings: list[list[Hit]], k: int) -> list[Hit]:
     return [Hit(**{**vars(hits[key]), "score": scores[key]}) for key in best]
 
 
-def _top(scores: Any, k: int) -> Any:
+def top(scores: Any, k: int) -> Any:
     """Indices of the k highest scores, highest first."""
     import numpy as np
 

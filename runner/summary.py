@@ -58,23 +58,26 @@ async def remembered(run: Any, session: str, history: list[Message]) -> list[Mes
     question brought back (`memory.recall`)."""
     memory = run.spec.memory
     shown = await condense(run, session, history)
-    if memory.window and memory.summarize is None:
-        shown = shown[-memory.window:]
-    if memory.recall is not None and len(shown) < len(history):
-        from .recall import recall  # the embedder loads only for specs that recall
+    if memory.recall is None:
+        return shown  # the store already cut it to the window
+    from .recall import recall  # the embedder loads only for specs that recall
+    from .result import as_text
 
-        from .result import as_text
-
-        shown = await recall(run, session, history, shown, as_text(run.result.input))
-    return shown
+    if memory.summarize is None and memory.window:
+        shown = shown[-memory.window:]  # loaded whole, so that recall can look further back
+    if len(shown) == len(history):
+        return shown
+    return await recall(run, session, history, shown, as_text(run.result.input))
 
 
 async def condense(run: Any, session: str, history: list[Message]) -> list[Message]:
     """`history` as the prompt should see it: whole if short, else the summary of its older
     turns followed by the recent ones."""
     spec = run.spec.memory.summarize
+    if spec is None:
+        return history
     before = estimate_tokens(history)
-    if spec is None or before <= spec.after_tokens:
+    if before <= spec.after_tokens:
         return history
     split = _split(history, spec.keep_tokens or spec.after_tokens // 3)
     older, recent = history[:split], history[split:]

@@ -19,13 +19,13 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from .. import events as ev
 from ..errors import SpecErrors, ToolError, did_you_mean
 from ..hookspecs import hookimpl
 from ..mcp_client import Connection, ServerConfig, definition_hash, describe_result
-from ..spec import shown_path
+from ..spec import CommonToolOptions, shown_path
 from ..tools import SchemaArguments, Tool, ToolContext, ToolFactory, too_deep
 
 __all__ = ["MCPOptions", "lock_path", "read_lock", "write_lock", "LOCK_SUFFIX"]
@@ -41,19 +41,12 @@ CONTEXT = "_runner_context_"
 TEMPLATE_MARKS = ("{{", "{%", "{#")
 
 
-class ToolSettings(BaseModel):
-    """Settings of one tool of the server, over the entry's own."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True)
-    confirm: bool | None = None
-    """Ask before each call of this tool (see loop.approve)."""
-    timeout_s: float | None = Field(None, gt=0, le=3600)
-    """Deadline for one call of this tool."""
-    idempotent: bool | None = None
-    """Whether the tool is safe to run again after a crash (default: the server's
-    readOnlyHint or idempotentHint; false when it says neither)."""
-    max_output_chars: int | None = Field(None, ge=1, le=10_000_000)
-    """Longer output of this tool is cut to this size."""
+ToolSettings = create_model(
+    "ToolSettings", __config__=ConfigDict(extra="forbid", strict=True),
+    __doc__="Settings of one tool of the server, over the entry's own: the common keys that "
+            "apply to a single tool, with their types, bounds and descriptions.",
+    **{key: (field.annotation, field) for key, field in CommonToolOptions.model_fields.items()
+       if key in ("confirm", "timeout_s", "idempotent", "max_output_chars")})
 
 
 class MCPOptions(BaseModel):
@@ -195,7 +188,7 @@ def tool_name(server: str, name: str) -> str:
     return full
 
 
-def _tool(connection: Connection, server: str, t: Any, own: ToolSettings | None,
+def _tool(connection: Connection, server: str, t: Any, own: Any,
           common: Any, ctx: Any) -> Tool:
     src, ref = ctx.spec.source, ctx.ref
     schema = t.input_schema if isinstance(t.input_schema, dict) else {}
@@ -217,12 +210,14 @@ def _tool(connection: Connection, server: str, t: Any, own: ToolSettings | None,
     async def call(**arguments: Any) -> str:
         context: ToolContext = arguments.pop(CONTEXT)
 
-        def progress(p: float, total: float | None, message: str | None) -> None:
-            if context.emit is not None:
-                context.emit(ev.ToolProgress(context.run_id, context.step, name, p, total,
-                                             None if message is None else str(message)[:500]))
+        emit = context.emit
 
-        result = await connection.call(own_name, arguments, progress)
+        def progress(p: float, total: float | None, message: str | None) -> None:
+            emit(ev.ToolProgress(context.run_id, context.step, name, p, total,  # type: ignore
+                                 None if message is None else str(message)[:500]))
+
+        # no listener, no progress token: the server then sends no notifications
+        result = await connection.call(own_name, arguments, progress if emit else None)
         text = describe_result(result, tool.max_output_chars or MAX_RESULT_CHARS)
         if result.is_error:
             raise ToolError(text or "the tool reported an error")

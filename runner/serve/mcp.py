@@ -141,6 +141,7 @@ def build_server(served: list[Served]) -> Any:
     from mcp.types import CallToolResult, ListToolsResult, TextContent
 
     by_name = {s.name: s for s in served}
+    checks = {s.name: jsonschema.Draft202012Validator(s.tool.input_schema) for s in served}
 
     def failed(text: str) -> Any:
         return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
@@ -153,8 +154,7 @@ def build_server(served: list[Served]) -> Any:
         if s is None:
             return failed(f"no agent named {params.name!r}; agents: {', '.join(by_name)}")
         arguments = params.arguments or {}
-        problems = [e.message for e in jsonschema.Draft202012Validator(
-            s.tool.input_schema).iter_errors(arguments)][:5]
+        problems = [e.message for e in checks[s.name].iter_errors(arguments)][:5]
         if problems:
             return failed(f"invalid arguments for {s.name}: {'; '.join(problems)}")
         spec = s.agent.spec

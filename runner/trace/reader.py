@@ -27,6 +27,10 @@ MAX_TRACE_BYTES = 1 << 30
 """The largest trace file `trace show` and `trace view` read."""
 MAX_PROGRESS = 20
 """Progress updates kept per tool call (the last ones)."""
+_MEMORY_FIELDS: dict[str, tuple[str, ...]] = {
+    "memory_read": (), "memory_written": (), "memory_recalled": ("recalled",),
+    "memory_summarized": ("tokens_before", "tokens_after", "reused", "error")}
+"""The memory events, and what each adds to its item beside the session and count."""
 
 _NONE = type(None)
 _INT, _NUM, _TEXT = (int, _NONE), (int, float, _NONE), (str, _NONE)
@@ -307,16 +311,14 @@ def build_tree(events: list[dict[str, Any]]) -> dict[str, Any]:
                                   "start": t, "end": None, "duration_s": None, "output": None,
                                   "error": False, "run": None})
         elif kind == "tool_progress" and step is not None:
-            call = next((c for c in step["tools"] if c["index"] == e.get("step")
-                         and c["end"] is None), None)
+            call = _open_call(step, e.get("step"))
             if call is not None:  # the last few updates: a chatty server cannot bloat it
                 call.setdefault("progress", []).append(
                     {"t": t, "progress": e.get("progress"), "total": e.get("total"),
                      "message": e.get("message")})
                 del call["progress"][:-MAX_PROGRESS]
         elif kind == "observation" and step is not None:
-            call = next((c for c in step["tools"] if c["index"] == e.get("step")
-                         and c["end"] is None), None) if e.get("tool") else None
+            call = _open_call(step, e.get("step")) if e.get("tool") else None
             if call is None:  # a parse failure or a rejected answer: advice to the model
                 step["failure"] = e.get("text")
             else:
@@ -332,14 +334,10 @@ def build_tree(events: list[dict[str, Any]]) -> dict[str, Any]:
             (step["warnings"] if step is not None else run["items"]).append(
                 e.get("message") if step is not None else {"type": "warning", "t": t,
                                                           "message": e.get("message")})
-        elif kind in ("memory_read", "memory_written", "memory_summarized", "memory_recalled"):
+        elif kind in _MEMORY_FIELDS:
             run["items"].append({"type": "memory", "t": t, "op": kind.split("_")[1],
                                  "session": e.get("session"), "messages": e.get("messages"),
-                                 **({k: e.get(k) for k in ("tokens_before", "tokens_after",
-                                                           "reused", "error")}
-                                    if kind == "memory_summarized" else {}),
-                                 **({"recalled": e.get("recalled")}
-                                    if kind == "memory_recalled" else {})})
+                                 **{k: e.get(k) for k in _MEMORY_FIELDS[kind]}})
         elif kind == "run_ended":
             run.update(end=t, status=e.get("status"), answer=e.get("answer"),
                        error=e.get("error"), duration_s=e.get("duration_s"),
@@ -382,3 +380,8 @@ def iter_runs(run: dict[str, Any]) -> Iterator[dict[str, Any]]:
                 yield from iter_runs(call["run"])
         if item.get("type") == "subrun":
             yield from iter_runs(item["run"])
+
+
+def _open_call(step: dict[str, Any], index: Any) -> dict[str, Any] | None:
+    """The call of `step` numbered `index` that has not ended yet."""
+    return next((c for c in step["tools"] if c["index"] == index and c["end"] is None), None)
