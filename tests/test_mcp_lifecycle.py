@@ -234,7 +234,8 @@ def test_runner_exiting_without_close_leaves_no_process(tmp_path: Path) -> None:
 def test_a_failed_build_leaks_no_server(tmp_path: Path) -> None:
     good, mute = tmp_path / "good", tmp_path / "mute"
     spec = agent_yaml(tmp_path, [entry("f", "grandchild", good),
-                                 entry("m", "mute", mute, start_timeout_s=2)], [DONE])
+                                 # long enough for the good server to start on a busy machine
+                                 entry("m", "mute", mute, start_timeout_s=15)], [DONE])
     seen: dict[str, Any] = {}
 
     def watch() -> None:

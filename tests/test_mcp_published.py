@@ -430,12 +430,10 @@ def test_everything_offers_the_model_no_tool_it_cannot_call(tmp_path: Path) -> N
                  (tool, {"topic": "tides"}))
     agent = runner.Agent(runner.load_spec(spec))
     try:
-        offered = tool in agent.tools
-        result = asyncio.run(agent.run("q")) if offered else None
+        assert "ev__echo" in agent.tools  # the server's tools were listed
+        assert tool not in agent.tools
     finally:
         asyncio.run(agent.close())
-    if result is not None:
-        assert not result.steps[0].error, result.steps[0].observation
 
 
 def test_everything_over_stdio_gets_only_the_safe_environment_and_its_env(

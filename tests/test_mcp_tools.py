@@ -266,9 +266,7 @@ def test_a_server_name_with_a_dot_is_found_when_the_spec_is_resolved(tmp_path: P
     checked = run_cli("validate", "agent.yaml")
     assert checked.returncode == 2, checked.stdout + checked.stderr
     assert f"agent.yaml:{line_of(path, 'name: my.server')}:" in checked.stdout
-    text = resolve_error(path).render()
-    assert f"agent.yaml:{line_of(path, 'name: my.server')}:" in text
-    assert "'my.server'" in text
+    assert "'my.server'" in checked.stdout
 
 
 @pytest.mark.parametrize("change", ["both", "neither"])

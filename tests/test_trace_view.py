@@ -391,6 +391,6 @@ def test_an_mcp_tool_call_shows_the_progress_its_server_sent(page: Page, project
     step.locator("summary").click()
     expect(step.locator(".step-body")).to_be_visible()  # a step's body is built as it opens
     call = step.locator(".call").first
-    assert call.get_by_text("Progress (the last 10)").is_visible()
+    expect(call.get_by_text("Progress (the last 10)")).to_be_visible()
     shown = call.locator("pre", has_text="step 9").inner_text()
     assert "9/10  step 9" in shown and "0/10  step 0" in shown
