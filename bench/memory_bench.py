@@ -104,26 +104,27 @@ def _pick(rng: random.Random, key: str) -> str:
     return rng.choice(_WORDS[key]).replace("{n}", str(rng.randint(2, 90)))
 
 
-def user_text(rng: random.Random, words: tuple[int, int]) -> str:
-    """A user message of varied sentences, cut to a length within `words`."""
+def _sentences(rng: random.Random, words: tuple[int, int], sentence: Any) -> str:
+    """Sentences from `sentence()` until the text has a length within `words`, cut there."""
     out: list[str] = []
     target = rng.randint(*words)
     while len(out) < target:
-        sentence = (f"{_pick(rng, 'who')} {_pick(rng, 'verb')} {_pick(rng, 'thing')} "
-                    f"{_pick(rng, 'when')}, and {_pick(rng, 'detail')}. {_pick(rng, 'ask')}")
-        out += sentence.split()
+        out += sentence().split()
     return " ".join(out[:target])
+
+
+def user_text(rng: random.Random, words: tuple[int, int]) -> str:
+    """A user message of varied sentences."""
+    return _sentences(rng, words, lambda: (
+        f"{_pick(rng, 'who')} {_pick(rng, 'verb')} {_pick(rng, 'thing')} "
+        f"{_pick(rng, 'when')}, and {_pick(rng, 'detail')}. {_pick(rng, 'ask')}"))
 
 
 def assistant_text(rng: random.Random, words: tuple[int, int]) -> str:
-    """An assistant reply of varied advice, cut to a length within `words`."""
-    out: list[str] = []
-    target = rng.randint(*words)
-    while len(out) < target:
-        sentence = (f"{_pick(rng, 'advice')} {_pick(rng, 'reason')}. For {_pick(rng, 'thing')},"
-                    f" note that {_pick(rng, 'detail')}, so plan it {_pick(rng, 'when')}.")
-        out += sentence.split()
-    return " ".join(out[:target])
+    """An assistant reply of varied advice."""
+    return _sentences(rng, words, lambda: (
+        f"{_pick(rng, 'advice')} {_pick(rng, 'reason')}. For {_pick(rng, 'thing')}, "
+        f"note that {_pick(rng, 'detail')}, so plan it {_pick(rng, 'when')}."))
 
 
 def turns(count: int, words: tuple[int, int], seed: int) -> list[dict[str, str]]:
