@@ -16,7 +16,8 @@ from typing import Any
 
 from . import events as ev
 from .budget import Budget
-from .errors import CheckpointError, LimitExceeded, LoopDetected, ToolError, did_you_mean
+from .errors import (CheckpointError, Interrupted, LimitExceeded, LoopDetected, ToolError,
+                     did_you_mean)
 from .parsing import Action, RawArguments
 from .result import Step
 from .spec import LoopSpec
@@ -63,6 +64,8 @@ class StepContext:
     checkpoint: Callable[[], None] | None
     """Commit the run's state now (None: the run keeps no checkpoints)."""
     approver: Callable[[str, dict[str, Any]], Awaitable[bool]] | None = None
+    run: Any = None
+    """The run itself, lent to tools that start sub-agents' runs (`runner.delegation`)."""
 
 
 async def act(ctx: StepContext, action: Action, step: Step, warnings: list[str],
@@ -99,7 +102,7 @@ async def _invoke(ctx: StepContext, action: Action, step: Step,
             return refusal, True
         ctx.budget.charge_tool_call()
         context = ToolContext(ctx.run_id, ctx.root, ctx.depth, ctx.budget, ctx.forward,
-                              step.index, ctx.emit)
+                              step.index, ctx.emit, ctx.run)
         timeout = ctx.budget.clip(t.timeout_s or ctx.loop.tool_timeout_s)
         if not t.idempotent and ctx.checkpoint is not None:
             ledger.in_flight.add(step.index)  # committed first: a resume will not re-run it
@@ -108,7 +111,7 @@ async def _invoke(ctx: StepContext, action: Action, step: Step,
             out = await run_tool(t, args, context, timeout)
         finally:
             ledger.in_flight.discard(step.index)
-    except (LimitExceeded, CheckpointError):
+    except (LimitExceeded, CheckpointError, Interrupted):  # a stopped sub-agent stops the run
         raise
     except ToolError as exc:
         return f"tool {t.name} failed: {exc}", True

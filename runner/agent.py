@@ -22,6 +22,7 @@ from .loop import Run
 from .memory import NoMemory
 from .models import Model, ModelTap
 from .redact import Redactor, env_secrets, redact_text
+from .handoff import handoff_tool
 from .resolve import MAX_AGENT_DEPTH, Resolved, ToolRef, resolve
 from .result import RunResult, as_text
 from .spec import COMMON_TOOL_KEYS, AgentSpec
@@ -105,6 +106,17 @@ class Agent:
         self._summary_models: list[Model] | None = None
         try:
             self.tools = self._tools()
+            self.stages = [self.child(s.sub) for s in resolved.stages]
+            """A pipeline's step agents, in order."""
+            self.critic = self.child(resolved.critic) if resolved.critic is not None else None
+            self.handoffs = {f"transfer_to_{h.spec.name}": self.child(h)
+                             for h in resolved.handoffs}
+            """The agents this one may hand over to, by the name of the tool that does it."""
+            for name, target in self.handoffs.items():
+                if name in self.tools:
+                    raise spec.source.error(("handoffs",), f"the handoff tool {name!r} clashes "
+                                            f"with a tool of that name; rename the tool")
+                self.tools[name] = handoff_tool(name, target.spec)
         except BaseException:
             self._close_now()  # servers already started must not outlive a failed build
             raise
@@ -200,21 +212,30 @@ class Agent:
         return self._summary_models
 
     def child(self, resolved: Resolved) -> Agent:
-        """A sub-agent of this one (see BuildContext.sub_agent)."""
+        """A sub-agent of this one (see BuildContext.sub_agent): its runs are committed to
+        this agent's checkpoint store (shared, closed by the top-level agent)."""
         agent = Agent(resolved, depth=self.depth + 1, sinks=self.sinks, tap=self.tap,
-                      memory_factory=self.memory_factory, clock=self.clock)
+                      memory_factory=self.memory_factory, clock=self.clock,
+                      checkpoints=self.checkpoints or False, approver=self.approver)
         self.children.append(agent)
         return agent
 
     # ------------------------------------------------------------------ runs
 
     def start(self, input: Any, *, budget: Budget | None = None,
-              parent_run_id: str | None = None) -> Run:
-        return Run(self, input, budget or Budget(self.spec.budget, self.clock), parent_run_id)
+              parent_run_id: str | None = None, run_id: str | None = None,
+              context: list[Any] | None = None) -> Run:
+        """A new run of `input`; `context`: messages of the conversation so far that the run
+        sees after its session's history (what a handoff passes on)."""
+        run = Run(self, input, budget or Budget(self.spec.budget, self.clock), parent_run_id,
+                  run_id)
+        run.context = list(context or [])
+        return run
 
-    def restore(self, state: dict[str, Any]) -> Run:
-        """A run rebuilt from its last checkpoint, ready to `execute()` from where it stopped."""
-        return restore_run(self, state)
+    def restore(self, state: dict[str, Any], budget: Budget | None = None) -> Run:
+        """A run rebuilt from its last checkpoint, ready to `execute()` from where it stopped
+        (`budget`: a parent's, which this sub-agent's run draws from)."""
+        return restore_run(self, state, budget)
 
     async def run(self, input: Any, **kw: Any) -> RunResult:
         return await self.start(input, **kw).execute()
@@ -270,7 +291,7 @@ class Agent:
         for child in self.children:
             child._close_now()
         concurrent.futures.wait(futures, 30)
-        if self.checkpoints is not None:
+        if self.checkpoints is not None and self.depth == 0:
             self.checkpoints.close()
 
     async def _close_tools(self) -> None:
@@ -295,7 +316,7 @@ class Agent:
                 if self._unused_memory is not None:  # given, so owned, though never used
                     await self._unused_memory.close()
         finally:
-            if self.checkpoints is not None:
+            if self.checkpoints is not None and self.depth == 0:  # sub-agents share it
                 self.checkpoints.close()
 
     async def __aenter__(self) -> Agent:

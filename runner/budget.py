@@ -99,6 +99,13 @@ class Budget:
         left = self.remaining()
         return timeout_s if left is None else max(0.001, min(timeout_s, left))
 
+    def absorb(self, usage: Usage, cost: float | None) -> None:
+        """Count what a sub-agent's run spent after this budget's last checkpoint (a resumed
+        parent finds that run again); clamped like a reply's usage."""
+        self.usage.prompt_tokens += token_count(usage.prompt_tokens)
+        self.usage.completion_tokens += token_count(usage.completion_tokens)
+        self.cost += _amount(cost) or 0.0
+
     def adopt(self, run: Any, usage: Usage, cost: float | None) -> None:
         """Start `run`'s own count from what it spent before it was resumed."""
         self._runs[id(run)] = (usage, cost)

@@ -56,7 +56,10 @@ def run_state(run: Run) -> dict[str, Any]:
             "calls": run.calls, "parse_errors": run.parse_errors, "repeats": ledger.repeats,
             "approvals": ledger.approvals, "in_flight": sorted(ledger.in_flight),
             "budget": run.budget.spent(), "run_usage": {**asdict(usage), "cost_usd": cost},
-            "owner": _owner(run.resumed)}
+            "owner": _owner(run.resumed),
+            **({"context": run.context} if run.context else {}),
+            **({"review": r.review} if r.review else {}),
+            **({"handoff": run.handoff} if run.handoff else {})}
 
 
 _owners: dict[tuple[int, bool], dict[str, Any]] = {}
@@ -130,7 +133,8 @@ _STATE: dict[str, tuple[type, ...]] = {
     "messages": (list,), "calls": (int,), "parse_errors": (int,), "repeats": (dict,),
     "approvals": (dict,), "budget": (dict,), "run_usage": (dict,)}
 _OPTIONAL: dict[str, tuple[type, ...]] = {
-    "parent_run_id": (str, _NONE), "in_flight": (list,), "owner": (dict, _NONE)}
+    "parent_run_id": (str, _NONE), "in_flight": (list,), "owner": (dict, _NONE),
+    "context": (list,), "review": (list,), "handoff": (str,)}
 _STEP: dict[str, tuple[type, ...]] = {
     "index": (int,), "thought": (str,), "action": (str, _NONE), "observation": (str, _NONE),
     "error": (bool,), "raw": (str,), "model_s": _NUM, "tool_s": _NUM, "call_id": (str, _NONE)}
@@ -160,6 +164,8 @@ def _problem(state: Any) -> str | None:
     usage = state["run_usage"]
     checks = {
         "messages": all(isinstance(m, dict) for m in state["messages"]),
+        "context": all(isinstance(m, dict) for m in state.get("context", [])),
+        "review": all(isinstance(d, dict) for d in state.get("review", [])),
         "overrides": all(isinstance(o, str) for o in state["overrides"]),
         "in_flight": all(isinstance(i, int) for i in state.get("in_flight", [])),
         "repeats": all(isinstance(v, int) for v in state["repeats"].values()),
@@ -172,11 +178,15 @@ def _problem(state: Any) -> str | None:
     return f"{wrong} holds values of the wrong type" if wrong else None
 
 
-def restore_run(agent: Agent, state: dict[str, Any]) -> Run:
-    """A run rebuilt from its last checkpoint, ready to `execute()` from where it stopped."""
-    budget = Budget(agent.spec.budget, agent.clock, spent=state["budget"])
-    run = agent.start(state["input"], budget=budget, parent_run_id=state.get("parent_run_id"))
-    run.run_id = run.result.run_id = state["run_id"]
+def restore_run(agent: Agent, state: dict[str, Any], budget: Budget | None = None) -> Run:
+    """A run rebuilt from its last checkpoint, ready to `execute()` from where it stopped.
+    With `budget` (a parent's), the run draws from it, and what it had spent is counted in it
+    again: the parent's own checkpoint came before."""
+    shared = budget is not None
+    budget = budget or Budget(agent.spec.budget, agent.clock, spent=state["budget"])
+    run = agent.start(state["input"], budget=budget, parent_run_id=state.get("parent_run_id"),
+                      run_id=state["run_id"], context=state.get("context"))
+    run.result.review, run.handoff = state.get("review", []), state.get("handoff")
     run.result.steps = [Step(**s) for s in state["steps"]]
     run.messages, run.calls = state["messages"], state["calls"]
     run.parse_errors, run.resumed = state["parse_errors"], True
@@ -186,8 +196,10 @@ def restore_run(agent: Agent, state: dict[str, Any]) -> Run:
     # pending call of a tool marked idempotent: false counts as started)
     ledger.unknown = set(state["in_flight"]) if "in_flight" in state else None
     spent = state["run_usage"]
-    budget.adopt(run, Usage(spent["prompt_tokens"], spent["completion_tokens"]),
-                 spent["cost_usd"])
+    usage = Usage(spent["prompt_tokens"], spent["completion_tokens"])
+    budget.adopt(run, usage, spent["cost_usd"])
+    if shared:
+        budget.absorb(usage, spent["cost_usd"])
     return run
 
 

@@ -29,11 +29,11 @@ from typing import Any, TextIO
 import click
 
 from . import events as ev
-from .events import (ActionTaken, Event, ModelCalled, Observed, Retried, RunEnded, RunStarted,
-                     Thought, ToolProgress, Warned)
+from .events import (ActionTaken, Event, ModelCalled, Observed, Retried, Reviewed, RunEnded,
+                     RunStarted, Thought, ToolProgress, Warned)
 from .errors import EXIT_FAILED, exit_code_for
 from .redact import json_printable, printable, redact_text, redact_value
-from .result import to_json
+from .result import as_text, to_json
 
 __all__ = ["StderrPrinter", "LivePrinter", "restore_terminal", "printer", "terminal_approver",
            "exit_now", "report"]
@@ -161,6 +161,11 @@ class StderrPrinter:
             total = f"/{ev.total:g}" if ev.total is not None else ""
             return f"  · {ev.tool} {ev.progress:g}{total}" + (f" {ev.message}" if ev.message
                                                                else "")
+        if isinstance(ev, Reviewed):
+            verdict = "approved" if ev.approved else "not approved: " + "; ".join(ev.problems)
+            text = f"Review {ev.round} of {as_text(ev.draft)!r}: {verdict}"
+            text = redact(text) if redact is not None else text
+            return text if len(text) <= 500 else text[:500] + " ..."
         if isinstance(ev, Warned):
             return f"warning: {ev.message}"
         if isinstance(ev, Retried):

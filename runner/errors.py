@@ -16,6 +16,9 @@
     │   └── ToolServerError         an MCP server did not start or list its tools (raised
     │                               while the agent is built: exit 1)
     ├── OutputError                 a final answer does not fit output.schema (exit 1)
+    │   └── NotApproved             reflection: the critic did not approve the last draft
+    ├── DelegationFailed            a pipeline's step or a handoff's target ended without an
+    │                               answer; its status and exit code are that run's
     ├── CheckpointError             the checkpoint database cannot be read or written (exit 1)
     ├── LimitExceeded               a limit ended the run (exit 3); `.limit` names it
     │   ├── MaxIterations           loop.max_iterations
@@ -41,6 +44,7 @@ __all__ = [
     "RunnerError", "SpecError", "SpecErrors", "TemplateError", "PluginError", "RecordingError",
     "ModelError", "ModelTimeout", "ModelAuthError", "ModelRateLimited", "ModelProviderError",
     "ReplayMismatch", "ToolError", "ToolTimeout", "ToolServerError", "OutputError",
+    "NotApproved", "DelegationFailed",
     "LimitExceeded",
     "MaxIterations", "MaxParseErrors", "LoopDetected", "Interrupted", "RunFailed",
     "CheckpointError", "did_you_mean",
@@ -168,6 +172,23 @@ class OutputError(RunnerError):
     status = "output_error"
 
 
+class NotApproved(OutputError):
+    """The critic did not approve the answer within reflection.max_rounds; the answer is the
+    last draft, and every draft and verdict is in the result's `review`."""
+
+    status = "not_approved"
+
+
+class DelegationFailed(RunnerError):
+    """A run this one handed work to (a pipeline's step, a handoff's target) ended without an
+    answer; `cause` is what ended it, whose status and exit code this error takes."""
+
+    def __init__(self, message: str, cause: BaseException | None) -> None:
+        self.cause = cause
+        self.status = getattr(cause, "status", None) or "error"
+        super().__init__(message)
+
+
 class CheckpointError(RunnerError):
     """The checkpoint database cannot be read or written."""
 
@@ -226,6 +247,8 @@ def exit_code_for(error: BaseException | None) -> int:
     """The process exit code for an error that ended a run (None: success)."""
     if error is None:
         return EXIT_OK
+    if isinstance(error, DelegationFailed) and error.cause is not None:
+        return exit_code_for(error.cause)
     if isinstance(error, SpecError):
         return EXIT_SPEC
     if isinstance(error, LimitExceeded):

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 __all__ = ["Event", "RunStarted", "ModelStarted", "ModelCalled", "Retried", "Thought",
            "ActionTaken", "Observed", "ToolProgress", "MemoryRead", "MemoryWritten",
-           "MemorySummarized", "MemoryRecalled",
+           "MemorySummarized", "MemoryRecalled", "Reviewed",
            "FinalAnswer", "Warned", "RunEnded"]
 
 
@@ -180,6 +180,20 @@ class MemoryRecalled(Event):
 class FinalAnswer(Event):
     kind: ClassVar[str] = "final_answer"
     answer: Any
+
+
+@dataclass
+class Reviewed(Event):
+    """Reflection: the critic's verdict on a draft (the problems go back to the agent)."""
+
+    kind: ClassVar[str] = "review"
+    round: int
+    approved: bool
+    problems: list[str] = field(default_factory=list)
+    critic_run_id: str | None = None
+    """The critic's own run (None: the agent's model reviewed with the built-in prompt)."""
+    draft: Any = None
+    """The answer reviewed."""
 
 
 @dataclass

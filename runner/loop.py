@@ -16,8 +16,12 @@ from . import events as ev
 from .acting import StepContext, ToolLedger, act
 from .budget import Budget
 from .chain import run_chain
-from .summary import remembered
 from .checkpoints import hold, release, run_state, settle_pending
+from .delegation import delegate
+from .handoff import hand_off, handoff_step
+from .reflection import reflect
+from .sequence import run_sequence
+from .summary import remembered
 from .errors import (Interrupted, LimitExceeded, MaxIterations, MaxParseErrors, OutputError,
                      RunnerError)
 from .models import Completion, Message, assistant_message, tool_messages
@@ -36,38 +40,59 @@ STOP = ["\nObservation:", "\nQuestion:"]
 class Run:
     """One run of an agent; iterate `events()` to drive it, then read `result`."""
 
-    def __init__(self, agent: Agent, input: Any, budget: Budget, parent: str | None) -> None:
+    def __init__(self, agent: Agent, input: Any, budget: Budget, parent: str | None,
+                 run_id: str | None = None) -> None:
         self.agent, self.spec, self.budget, self.parent = agent, agent.spec, budget, parent
-        self.run_id = uuid.uuid4().hex[:12]
+        self.run_id = run_id or uuid.uuid4().hex[:12]
         self.result = RunResult(self.run_id, self.spec.name, self.spec.model.id, input)
         self._listener: Callable[[ev.Event], None] | None = None
         self._started = time.monotonic()
         self.messages: list[Message] = []
         """The native tool-calling conversation (empty in text ReAct)."""
         self.calls = self.parse_errors = 0
-        self._partial: str | None = None
+        self.partial: Any = None
+        """The best answer so far, kept if the run fails (a reply past the budget, a draft
+        the critic did not approve)."""
         self.ledger = ToolLedger()
         self.resumed = False
         self._stop: int | None = None
         self._in_model_call = False
         self._task: asyncio.Task[Any] | None = None
+        self.context: list[Message] = []
+        """Messages before the input that no memory holds (a handoff's conversation so far)."""
+        self.children: set[Run] = set()
+        """Sub-agents' runs in progress for this one: a stop requested of it reaches them."""
+        self.handoff: str | None = None
+        """The handoff tool the model called: its agent answers instead."""
 
     def step_context(self) -> StepContext:
         a = self.agent
         return StepContext(self.run_id, a.tools, self.spec.loop, self.budget,
                            self.spec.source.root, a.depth, self.ledger, self.emit, self.forward,
-                           self.checkpoint if a.checkpoints is not None else None, a.approver)
+                           self.checkpoint if a.checkpoints is not None else None, a.approver,
+                           self)
 
     @property
     def stopping(self) -> bool:
         """Whether a stop was requested (the run ends at the next step boundary)."""
         return self._stop is not None
 
+    @property
+    def stopping_signal(self) -> int | None:
+        return self._stop
+
     def request_stop(self, signum: int) -> None:
-        """Stop at the next step boundary (a model call in flight is abandoned at once)."""
+        """Stop at the next step boundary (a model call in flight is abandoned at once), the
+        sub-agents' runs in progress too."""
         self._stop = signum
+        for child in list(self.children):
+            child.request_stop(signum)
         if self._in_model_call and self._task is not None:
             self._task.cancel()
+
+    async def delegate(self, agent: Agent, input: Any, place: str) -> RunResult:
+        """Run a sub-agent for this run: a worker called as a tool (`runner.delegation`)."""
+        return await delegate(self, agent, input, place)
 
     def checkpoint(self) -> None:
         """Commit the state (after every step, and before a tool that must not run twice)."""
@@ -116,22 +141,27 @@ class Run:
             if session is not None:
                 self.emit(ev.MemoryRead(self.run_id, len(r.steps), session, len(history)))
                 history = await remembered(self, session, history)
+            history = [*history, *self.context]
             if spec.kind == "chain":
                 await run_chain(self)
+            elif spec.kind == "sequence":
+                await run_sequence(self)
+            elif spec.reflection is not None:
+                await reflect(self, history)
             else:
-                await self._loop(history)
+                await self.drive_loop(history)
             if r.status == "finished" and session is not None:
                 await agent.remember(r.input, r.answer)
                 self.emit(ev.MemoryWritten(self.run_id, len(r.steps), session, 2))
         except asyncio.CancelledError:
             if self._stop is None:
-                r.fail(Interrupted(2), self._partial)
+                r.fail(Interrupted(2), self.partial)
                 raise
             if self._task is not None:
                 self._task.uncancel()  # the stop was ours: end normally, state saved
-            r.fail(Interrupted(self._stop), self._partial)
+            r.fail(Interrupted(self._stop), self.partial)
         except (RunnerError, KeyboardInterrupt) as exc:
-            r.fail(exc if isinstance(exc, RunnerError) else Interrupted(2), self._partial)
+            r.fail(exc if isinstance(exc, RunnerError) else Interrupted(2), self.partial)
         finally:
             r.duration_s = time.monotonic() - self._started
             r.usage, r.cost_usd = self.budget.usage_since(self), self.budget.cost_since(self)
@@ -147,7 +177,8 @@ class Run:
                                   r.usage.completion_tokens, r.cost_usd, self.budget.spent()))
         return r
 
-    async def _loop(self, history: list[Message]) -> None:
+    async def drive_loop(self, history: list[Message]) -> None:
+        """The tool loop, until an answer, a failure, or a handoff (whose agent answers)."""
         r, limits = self.result, self.spec.loop
         native = self.agent.native_tools()
         step = self._native_step if native else self._react_step
@@ -155,7 +186,7 @@ class Run:
             self.messages = self._native_messages(history)
         ctx = self.step_context()
         await settle_pending(self, ctx)
-        while r.status == "running":
+        while r.status == "running" and self.handoff is None:
             if self._stop is not None:
                 raise Interrupted(self._stop)
             if self.calls >= limits.max_iterations:
@@ -173,6 +204,8 @@ class Run:
                 self.checkpoint()
             if self.parse_errors >= limits.max_parse_errors:
                 raise MaxParseErrors(self.parse_errors, limits.max_parse_errors)
+        if self.handoff is not None:
+            await hand_off(self, history)
 
     async def call_model(self, messages: list[Message], tools: Any = None,
                          stop: list[str] | None = None) -> Completion:
@@ -191,7 +224,7 @@ class Run:
         try:
             self.budget.charge(self, reply)
         except LimitExceeded:  # the reply that crossed the budget was paid for: keep its answer
-            self._partial = partial_answer(reply, native=bool(tools))
+            self.partial = partial_answer(reply, native=bool(tools))
             raise
         self.emit(ev.ModelCalled.of(self.run_id, step, reply, stop))
         return reply
@@ -254,4 +287,6 @@ class Run:
             s.action, s.input = a.tool, a.input
         await asyncio.gather(*(act(ctx, a, s, parsed.warnings)
                                for a, s in zip(parsed.actions, steps)))
+        chosen = handoff_step(self, steps)
+        self.handoff = chosen.action if chosen is not None else None
         return True

@@ -25,10 +25,13 @@ from .spec import (COMMON_TOOL_KEYS, AgentSpec, CommonToolOptions, MemorySpec, M
 from .spec import shown_path
 from .tools import GROUP_NAME, ToolFactory
 
-__all__ = ["Resolved", "ToolRef", "resolve", "resolve_spec", "MAX_AGENT_DEPTH", "MAX_SUB_AGENTS"]
+__all__ = ["Resolved", "ToolRef", "Stage", "resolve", "resolve_spec", "MAX_AGENT_DEPTH", "MAX_SUB_AGENTS"]
 
 MAX_AGENT_DEPTH = 5
 """Sub-agents may nest this deep below the top-level agent (checked when a spec is resolved)."""
+
+CRITIC_INPUTS = ("question", "draft", "criteria")
+"""What a critic that is a chain may take as its named inputs."""
 
 MAX_SUB_AGENTS = 100
 """Most sub-agents below one agent, each use of a spec counted: the agents a run builds."""
@@ -53,6 +56,21 @@ class ToolRef:
 
 
 @dataclass
+class Stage:
+    """One step of a pipeline, checked: its agent and its compiled input templates."""
+
+    sub: Resolved
+    name: str
+    """What later steps' templates call its answer (`as:`)."""
+    input: PromptTemplate | None
+    """Renders the step's input; None: the previous step's answer."""
+    inputs: dict[str, PromptTemplate] | None
+    """Render a chain's named inputs, instead of `input`."""
+    output: Any = None
+    """The step's own OutputSpec, checked besides its spec's."""
+
+
+@dataclass
 class Resolved:
     """A spec with everything the installed plugins provide for it."""
 
@@ -68,6 +86,12 @@ class Resolved:
     """The plugins' lifecycle hooks (`on_event`), for the composition root."""
     summary_model: tuple[str, Callable[..., Any]] | None = None
     """(model id, factory) of `memory.summarize.model`, when it names one."""
+    stages: list[Stage] = field(default_factory=list)
+    """A pipeline's steps (`kind: sequence`)."""
+    handoffs: list[Resolved] = field(default_factory=list)
+    """The agents this one may hand the conversation to."""
+    critic: Resolved | None = None
+    """`reflection.critic`, when it names a spec."""
 
 
 @dataclass
@@ -144,16 +168,34 @@ def _resolve(spec: AgentSpec, _stack: tuple[Path, ...]) -> Resolved:
         seen[ref.alias] = i
         refs.append(ref)
     pm_hooks = hooks()
-    template = attempt(load_template, src, spec.prompt, spec.kind,
-                       pm_hooks.prepare_jinja2_environment)
+    prepare = pm_hooks.prepare_jinja2_environment
+    template = attempt(load_template, src, spec.prompt, spec.kind, prepare)
     if spec.output is not None:
-        attempt(_check_schema, spec)
-    if spec.kind == "chain" and spec.tools:
-        problems.append(src.error(("tools",), "a chain makes one model call and cannot use tools; "
-                                  "use kind: agent"))
+        attempt(_check_schema, spec, ("output", "schema"), spec.output)
+    problems.extend(_kind_problems(spec))
+    stages = [s for i, step in enumerate(spec.steps)
+              if (s := attempt(_stage, spec, i, step, stack, prepare)) is not None]
+    names = [s.name for s in stages]
+    taken = {"input", "previous", *spec.inputs}
+    problems.extend(src.error(("steps", i, "as"), f"two steps are called {n!r}; name one with "
+                              f"as:" if n in names[:i] else f"step name {n!r} is taken by the "
+                              f"pipeline's inputs; name the step with as:")
+                    for i, n in enumerate(names) if n in names[:i] or n in taken)
+    handoffs = [h for i, rel in enumerate(spec.handoffs) if (h := attempt(
+        _sub_agent, spec, ("handoffs", i), ("handoffs", i), rel, stack)) is not None]
+    critic = None
+    if spec.reflection is not None and spec.reflection.critic is not None:
+        key = ("reflection", "critic")
+        critic = attempt(_sub_agent, spec, key, key, spec.reflection.critic, stack)
+        unknown = sorted(set(critic.spec.inputs) - set(CRITIC_INPUTS)) if critic else []
+        if critic is not None and critic.spec.kind == "chain" and (unknown or not critic.spec.inputs):
+            problems.append(src.error(key, f"a critic chain takes the inputs "
+                                      f"{', '.join(CRITIC_INPUTS)}; {spec.reflection.critic} "
+                                      + (f"has {unknown[0]!r}" if unknown else "declares none")))
     if problems:
         raise SpecErrors(problems)
-    return Resolved(spec, refs, models, template, memory, pm_hooks, summary_model)
+    return Resolved(spec, refs, models, template, memory, pm_hooks, summary_model, stages,
+                    handoffs, critic)
 
 
 resolve_spec = resolve
@@ -275,6 +317,9 @@ def _sub_agent(spec: AgentSpec, key: tuple[Any, ...], path_key: tuple[Any, ...],
     the agents below one spec are capped at MAX_SUB_AGENTS, each use counted."""
     src = spec.source
     path = src.resolve(rel, path_key)
+    if not path.is_file():
+        raise src.error(path_key, f"no spec file {rel!r} (the path is relative to "
+                                  f"{shown_path(src.path)})")
     if path in stack:
         chain = " -> ".join(p.name for p in (*stack, path))
         raise src.error(key, f"sub-agent cycle: {chain}")
@@ -301,12 +346,66 @@ def _sub_agent(spec: AgentSpec, key: tuple[Any, ...], path_key: tuple[Any, ...],
     return sub
 
 
-def _check_schema(spec: AgentSpec) -> None:
+def _kind_problems(spec: AgentSpec) -> list[SpecError]:
+    """Keys that the spec's kind does not take."""
+    src, kind = spec.source, spec.kind
+    problems = []
+    if kind == "chain" and spec.tools:
+        problems.append(src.error(("tools",), "a chain makes one model call and cannot use tools; "
+                                  "use kind: agent"))
+    if kind == "sequence":
+        if not spec.steps:
+            problems.append(src.error(("steps",), "a sequence needs steps: (- agent: x.yaml)"))
+        if spec.tools:
+            problems.append(src.error(("tools",), "a sequence runs its steps and has no tools "
+                                      "of its own; give them to a step's agent"))
+    elif spec.steps:
+        problems.append(src.error(("steps",), f"steps: belong to kind: sequence, not {kind}"))
+    for key in ("reflection", "handoffs"):
+        if kind != "agent" and getattr(spec, key):
+            problems.append(src.error((key,), f"{key}: needs kind: agent (this is a {kind})"))
+    return problems
+
+
+def _stage(spec: AgentSpec, i: int, step: Any, stack: tuple[Path, ...],
+           prepare: Any) -> Stage:
+    key: tuple[Any, ...] = ("steps", i)
+    sub = _sub_agent(spec, key, key + ("agent",), step.agent, stack)
+    if step.inputs is not None:
+        if sub.spec.kind != "chain":
+            raise spec.source.error(key + ("inputs",), f"inputs: name a chain's inputs; "
+                                    f"{step.agent} is a {sub.spec.kind} (give input:)")
+        unknown = sorted(set(step.inputs) - set(sub.spec.inputs))
+        if unknown:
+            raise spec.source.error(key + ("inputs", unknown[0]), f"{step.agent} has no input "
+                                    f"{unknown[0]!r}{did_you_mean(unknown[0], sub.spec.inputs)}; "
+                                    f"its inputs: {', '.join(sub.spec.inputs) or 'none'}")
+    if step.output is not None:
+        _check_schema(spec, key + ("output", "schema"), step.output)
+    templates = {name: _step_template(spec, key + where, text, prepare)
+                 for name, where, text in ([("input", ("input",), step.input)]
+                                           if step.inputs is None else
+                                           [(n, ("inputs", n), t) for n, t in step.inputs.items()])
+                 if text is not None}
+    name = step.as_ or (sub.spec.name if sub.spec.name.isidentifier() else f"step{i + 1}")
+    return Stage(sub, name, templates.get("input") if step.inputs is None else None,
+                 templates if step.inputs is not None else None, step.output)
+
+
+def _step_template(spec: AgentSpec, key: tuple[Any, ...], text: str,
+                   prepare: Any) -> PromptTemplate:
+    try:
+        return PromptTemplate(spec.source.root, text=text, prepare=prepare,
+                              origin=f"{spec.source.path}: {'.'.join(map(str, key))}")
+    except SpecError as exc:
+        raise spec.source.error(key, getattr(exc, "reason", str(exc))) from None
+
+
+def _check_schema(spec: AgentSpec, key: tuple[Any, ...], output: Any) -> None:
     import jsonschema
 
-    assert spec.output is not None
     try:
-        jsonschema.Draft202012Validator.check_schema(spec.output.json_schema)
+        jsonschema.Draft202012Validator.check_schema(output.json_schema)
     except jsonschema.SchemaError as exc:
-        where = ("output", "schema", *exc.absolute_path)
-        raise spec.source.error(where, f"invalid JSON Schema: {exc.message}") from None
+        raise spec.source.error((*key, *exc.absolute_path),
+                                f"invalid JSON Schema: {exc.message}") from None

@@ -46,6 +46,13 @@ class RunResult:
     error: str | None = None
     incomplete: bool = False
     duration_s: float = 0.0
+    review: list[dict[str, Any]] = field(default_factory=list)
+    """Reflection: each draft with the critic's verdict on it (`round, draft, approved,
+    problems, critic_run`), in order."""
+    approved: bool | None = None
+    """Reflection: whether the critic approved the answer (None: no critic)."""
+    handed_to: str | None = None
+    """Handoff: the agent that took over the conversation and gave the answer."""
     exception: BaseException | None = field(default=None, repr=False)
 
     @property

@@ -68,6 +68,8 @@ class ToolContext:
     """The calling run's step."""
     emit: Callable[[Any], None] | None = None
     """Sends an event of the tool's own (progress) to the run's sinks and listener."""
+    run: Any = None
+    """The calling Run, for tools that start sub-agents' runs on its behalf."""
 
 
 @dataclass

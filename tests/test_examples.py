@@ -167,12 +167,15 @@ def test_base_example_runs_against_scripted_server(server, scripted) -> None:
 
 
 @pytest.mark.parametrize("name", AGENTS)
-def test_every_example_runs_on_the_wire(name: str, server, scripted) -> None:
+def test_every_example_runs_on_the_wire(name: str, server, scripted, monkeypatch) -> None:
     """Each example through LiteLLM against the scripted server: prompt, parsing, tools."""
+    for var, value in (("RUNNER_MODEL", "openai/scripted"), ("OPENAI_API_BASE", server.url),
+                       ("OPENAI_API_KEY", "sk-test-not-a-real-key")):  # a critic's spec too
+        monkeypatch.setenv(var, value)
     spec = load_spec(ROOT / "agents" / name, scripted)
     if spec.kind == "chain":
         server.script("Red leaves drift and fall")
-        result = run_agent(spec, {"topic": "autumn"})
+        result = run_agent(spec, {name: "autumn" for name in spec.inputs})
         assert result.answer == "Red leaves drift and fall"
     else:
         tools = [t.alias for t in runner.resolve_spec(spec).tools]
@@ -185,8 +188,11 @@ def test_every_example_runs_on_the_wire(name: str, server, scripted) -> None:
                           "Thought: done\nFinal Answer: done")
         else:
             server.script("Final Answer: done")
+        if spec.reflection is not None:  # its critic runs on the scripted server too
+            server.script("APPROVE")
         result = run_agent(spec, "question")
         assert result.answer == "done"
+        assert result.approved is (True if spec.reflection is not None else None)
         if tools:
             obs = result.steps[0].observation
             assert not result.steps[0].error and first[tools[0]][1](obs), obs
@@ -200,7 +206,9 @@ def test_validate_accepts_every_example() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     tests = len(list((ROOT / "agents").rglob("*.test.yaml")))  # agent test files are checked too
     assert tests >= 1
-    assert re.search(rf"{len(AGENTS) + tests} specs checked, 0 problems", proc.stderr)
+    team = len(list((ROOT / "agents" / "team").glob("*.yaml")))  # and the team's specs
+    assert team >= 8
+    assert re.search(rf"{len(AGENTS) + team + tests} specs checked, 0 problems", proc.stderr)
 
 
 def test_shipped_schema_matches_the_code() -> None:

@@ -12,7 +12,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 from .locate import SpecSource
 
 __all__ = ["StrictModel", "AgentSpec", "ModelSpec", "FallbackSpec", "PromptSpec", "LoopSpec", "BudgetSpec",
-           "MemorySpec", "SummarizeSpec", "RecallSpec", "CheckpointSpec", "TraceSpec", "OtlpSpec", "OutputSpec", "InputSpec",
+           "MemorySpec", "SummarizeSpec", "SequenceStep", "ReflectionSpec", "RecallSpec", "CheckpointSpec", "TraceSpec", "OtlpSpec", "OutputSpec", "InputSpec",
            "CommonToolOptions", "COMMON_TOOL_KEYS", "DEFAULT_MODEL", "json_schema", "valid_regex"]
 
 DEFAULT_MODEL = "local/gemma-3-270m"
@@ -291,6 +291,57 @@ class InputSpec(StrictModel):
     """Whether the run fails when the input is missing and has no default."""
 
 
+IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class SequenceStep(StrictModel):
+    """One step of a pipeline (`kind: sequence`): an agent or chain whose answer the next
+    step takes."""
+
+    agent: str
+    """The step's spec (an agent, a chain or another sequence), relative to this spec."""
+    input: str | None = None
+    """The step's input, a Jinja2 template over the pipeline's `input`, its named inputs and
+    the earlier steps' answers (by their `as` names, and `previous`); default: the previous
+    step's answer (the pipeline's input for the first step)."""
+    inputs: dict[Annotated[str, Field(pattern=IDENTIFIER)], str] | None = None
+    """A chain's named inputs, each a template like `input`, instead of `input`."""
+    as_: str | None = Field(None, alias="as", pattern=IDENTIFIER)
+    """The name later steps' templates know this step's answer by; default: the step agent's
+    name, where it is a valid name."""
+    output: OutputSpec | None = None
+    """A JSON Schema this step's answer must satisfy (besides its own spec's output.schema);
+    a step whose answer does not fit fails the pipeline there, and a resume retries it."""
+
+    @model_validator(mode="after")
+    def _one_input(self) -> SequenceStep:
+        if self.input is not None and self.inputs is not None:
+            raise ValueError("give input: or inputs:, not both")
+        return self
+
+
+class ReflectionSpec(StrictModel):
+    """A critic reviews each final answer against the criteria; until it approves or the
+    rounds run out, its problems go back to the agent, which revises."""
+
+    critic: str | None = None
+    """The critic's spec (relative to this spec); its answer is the verdict. Without it, the
+    agent's own model reviews with the built-in critic prompt (and `prompt`)."""
+    prompt: str | None = None
+    """Instructions for the built-in critic, instead of a critic spec."""
+    criteria: list[Annotated[str, Field(min_length=1)]] = []
+    """What a good answer does; each draft is checked against them."""
+    max_rounds: int = Field(2, ge=1, le=10)
+    """Most reviews: after the last one the run ends with the latest draft."""
+
+    @model_validator(mode="after")
+    def _one_critic(self) -> ReflectionSpec:
+        if self.critic is not None and self.prompt is not None:
+            raise ValueError("give critic: (a spec) or prompt: (the built-in critic's "
+                             "instructions), not both")
+        return self
+
+
 def _tool_entry(value: Any) -> Any:
     if not isinstance(value, (str, dict)):
         raise ValueError("a tool is a name (- calculator) or a mapping with one key "
@@ -306,8 +357,9 @@ class AgentSpec(StrictModel):
 
     version: Literal[1] = 1
     """Spec format version."""
-    kind: Literal["agent", "chain"] = "agent"
-    """`agent` runs the tool loop; `chain` renders its prompt and makes one model call."""
+    kind: Literal["agent", "chain", "sequence"] = "agent"
+    """`agent` runs the tool loop; `chain` renders its prompt and makes one model call;
+    `sequence` runs its `steps` in order, each step's answer the next one's input."""
     name: str = Field("agent", pattern=r"^[A-Za-z0-9_.-]+$")
     """The agent's name: letters, digits, `_`, `.` and `-`; a parent agent calls it by this name."""
     description: str = ""
@@ -334,6 +386,14 @@ class AgentSpec(StrictModel):
     """Named inputs of a chain; an agent takes the user's question as `input`."""
     output: OutputSpec | None = None
     """A structured final answer, checked against a JSON Schema."""
+    steps: list[SequenceStep] = []
+    """The pipeline's steps (`kind: sequence`), run in order."""
+    reflection: ReflectionSpec | None = None
+    """A critic that reviews the answer until it approves (`{critic: critic.yaml,
+    max_rounds: 2, criteria: [...]}`)."""
+    handoffs: list[str] = []
+    """Agents (spec paths) this agent may hand the conversation to; the one it picks answers
+    the user directly."""
 
     _source: SpecSource = PrivateAttr()
 

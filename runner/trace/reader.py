@@ -251,8 +251,10 @@ def build_tree(events: list[dict[str, Any]]) -> dict[str, Any]:
     model: {start, end (None: never answered), latency_s, messages, text, tool_calls, tokens,
     cost, ...},
     retries, thought, tools: [{tool, input, call_id, start, end, duration_s, output, error,
-    run: <sub-run or None>}], answer, failure, warnings`), `{"type": "memory", ...}` and
-    `{"type": "warning", ...}`. A sub-agent's run nests in the tool call that started it.
+    run: <sub-run or None>}], answer, failure, warnings`), `{"type": "memory", ...}`,
+    `{"type": "review", round, approved, problems, critic_run_id}` (reflection) and
+    `{"type": "warning", ...}`. A sub-agent's run nests in the tool call that started it, or
+    (a pipeline's step, a critic, a handoff's target) is an item `{"type": "subrun", run}`.
     """
     runs: dict[str, dict[str, Any]] = {}
     current: dict[str, dict[str, Any]] = {}  # run id -> its open step
@@ -334,6 +336,11 @@ def build_tree(events: list[dict[str, Any]]) -> dict[str, Any]:
             (step["warnings"] if step is not None else run["items"]).append(
                 e.get("message") if step is not None else {"type": "warning", "t": t,
                                                           "message": e.get("message")})
+        elif kind == "review":  # reflection: the critic's verdict on a draft
+            run["items"].append({"type": "review", "t": t, "round": e.get("round"),
+                                 "approved": bool(e.get("approved")),
+                                 "problems": e.get("problems") or [],
+                                 "critic_run_id": e.get("critic_run_id")})
         elif kind in _MEMORY_FIELDS:
             run["items"].append({"type": "memory", "t": t, "op": kind.split("_")[1],
                                  "session": e.get("session"), "messages": e.get("messages"),

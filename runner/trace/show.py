@@ -143,6 +143,11 @@ class _View:
                                                             "bold yellow")))
             elif kind == "subrun":
                 self.subrun(node, item["run"])
+            elif kind == "review":
+                verdict = ("approved", "bold green") if item["approved"] else \
+                    ("not approved: ", "bold yellow")
+                node.add(Text.assemble(self.at(item["t"]), (f"review {item['round']}: ", "bold"),
+                                       verdict, self.clip("; ".join(map(str, item["problems"])))))
         if run["status"] not in ("finished", "unfinished") and run.get("error"):
             node.add(Text.assemble(self.at(run["end"]), (f"■ {run['status']}: ", "bold red"),
                                    (self.clip(run["error"]), "red")))
