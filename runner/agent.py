@@ -135,6 +135,8 @@ class Agent:
 
     def _models(self) -> list[Model]:
         spec = self.spec
+        if spec.kind == "sequence":  # its steps' agents call the models
+            return []
 
         def build() -> list[Model]:
             return [factory(spec.model, model_id) for model_id, factory in self.resolved.models]
@@ -217,6 +219,8 @@ class Agent:
         agent = Agent(resolved, depth=self.depth + 1, sinks=self.sinks, tap=self.tap,
                       memory_factory=self.memory_factory, clock=self.clock,
                       checkpoints=self.checkpoints or False, approver=self.approver)
+        if self.checkpoints is not None:  # its runs are stored there: its secrets masked too
+            self.checkpoints.secrets |= agent.secrets
         self.children.append(agent)
         return agent
 

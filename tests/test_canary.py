@@ -207,7 +207,31 @@ LIMITS_AND_OTHERS = [
          code=3, expect=["budget_tokens: reached 30 of 20"], masked=True),
 ]
 
-CASES = SPEC_ERRORS + MODEL_ERRORS + TOOL_CASES + LIMITS_AND_OTHERS
+WORKER = {"name": "worker", "description": "holds the key too", "memory": None}
+TEAMS = [  # the sub-agents' runs are committed to the same database, their events traced
+    Case("supervisor-with-a-leaky-worker", {"tools": [{"agent": "worker.yaml"}]},
+         script=["Action: worker[x]", "Action: leak_return[x]", f"Final Answer: it is {CANARY}",
+                 f"Final Answer: the worker said {CANARY}"],
+         expect=["the worker said ***"], extra_specs={"worker": WORKER}),
+    Case("pipeline-with-a-leaky-step", {"kind": "sequence", "tools": None, "loop": None,
+                                        "steps": [{"agent": "worker.yaml"}]},
+         args=["run", "{spec}", "question", "--json"],
+         script=["Action: leak_return[x]", f"Final Answer: it is {CANARY}"],
+         expect=['"answer": "it is ***"'], extra_specs={"worker": WORKER}),
+    Case("reflection-with-a-leaky-critic", {"reflection": {"critic": "critic.yaml"}},
+         args=["run", "{spec}", "question", "--json"],
+         script=[f"Final Answer: the key is {CANARY}", f"- it reveals {CANARY}",
+                 "Final Answer: fixed", "APPROVE"],
+         expect=['"answer": "fixed"', '"it reveals ***"'], extra_specs={"critic": {
+             "name": "critic", "kind": "chain", "tools": None, "loop": None, "memory": None,
+             "inputs": {"draft": None}, "prompt": {"text": f"Key {ENV_KEY}: {{{{ draft }}}}"}}}),
+    Case("handoff-to-a-leaky-agent", {"handoffs": ["worker.yaml"]},
+         script=["Action: transfer_to_worker[x]", "Action: leak_return[x]",
+                 f"Final Answer: it is {CANARY}"],
+         expect=["it is ***"], extra_specs={"worker": WORKER}),
+]
+
+CASES = SPEC_ERRORS + MODEL_ERRORS + TOOL_CASES + LIMITS_AND_OTHERS + TEAMS
 
 XFAIL: dict[str, str] = {}
 
@@ -319,6 +343,6 @@ def test_the_canary_was_really_in_use(tmp_path: Path, server: ScriptedOpenAIServ
 
 
 def test_every_case_is_counted() -> None:
-    assert len(CASES) == len({c.id for c in CASES}) == 32
+    assert len(CASES) == len({c.id for c in CASES}) == 36
     assert all(c.code != 0 or c.masked or c.expect for c in CASES)
     assert set(XFAIL) <= {c.id for c in CASES}

@@ -213,7 +213,7 @@ def pipeline(tmp_path: Path, steps: list[dict[str, Any]], **extra: Any) -> Path:
 
 @sync
 async def test_a_pipeline_passes_each_answer_on_in_one_trace(tmp_path) -> None:
-    write(tmp_path, "research", replies=["Final Answer: owls hunt at night"])
+    write(tmp_path, "research", replies=["Final Answer: owls hunt at night {{ 7*7 }}"])
     write(tmp_path, "outline", kind="chain", inputs={"facts": None, "tone": None},
           prompt={"text": "Outline {{ facts }} in a {{ tone }} tone"},
           replies=['{"title": "Night owls", "points": 2}'],
@@ -229,7 +229,9 @@ async def test_a_pipeline_passes_each_answer_on_in_one_trace(tmp_path) -> None:
     assert result.status == "finished" and result.answer == "Night owls: a two-point note."
     assert [s.action for s in result.steps] == ["facts", "outline", "writer"]
     assert prompts(model_of(agent, "research"))[0].count("Question: a child") == 1
-    assert prompts(model_of(agent, "outline")) == ["Outline owls hunt at night in a calm tone"]
+    # an answer is data: the `{{ }}` in it reaches the next step literally
+    assert prompts(model_of(agent, "outline")) == [
+        "Outline owls hunt at night {{ 7*7 }} in a calm tone"]
     assert "Question: Write 'Night owls' (2 points) for a child; literal: {{ x }}" in \
         prompts(model_of(agent, "writer"))[0]
     assert json.loads(result.steps[1].observation) == {"title": "Night owls", "points": 2}
@@ -552,3 +554,52 @@ def test_the_reviewed_example_revises_after_the_critic(server, monkeypatch) -> N
     critic_prompt = server.requests[2]["messages"][-1]["content"]
     assert "Question: What is 15 percent of 240?\nAnswer: 3600\nCriteria:\n- gives the number" \
         in critic_prompt
+
+
+# -- on the embedded model (quality aside: what is checked is the pattern, not the answer) ----
+
+
+@pytest.mark.embedded
+def test_the_report_example_runs_on_the_embedded_model() -> None:
+    result = runner.run_agent(ROOT / "agents/team/report.yaml",
+                              "Write a note on how many legs 4 spiders have.")
+    assert result.status in ("finished", "max_iterations"), result.error
+    delegated = [s for s in result.steps if s.action in ("researcher", "analyst", "writer")]
+    assert delegated  # it follows its examples and hands work to a worker
+    calls = [c for item in the_trace()["items"] if item["type"] == "step"
+             for c in item["tools"]]
+    for step in delegated:  # each worker's own run nests in the call that started it
+        call = next(c for c in calls if c["index"] == step.index)
+        assert call["run"]["agent"] == step.action and call["run"]["input"] == step.input
+        assert call["output"] == step.observation
+    children = [r for r in runner.checkpoints.CheckpointStore().list()
+                if r["parent"] == result.run_id]
+    assert sorted(r["agent"] for r in children) == sorted(s.action for s in delegated)
+
+
+@pytest.mark.embedded
+def test_the_brief_pipeline_runs_on_the_embedded_model() -> None:
+    proc = run_cli("run", str(ROOT / "agents/team/brief.yaml"), "--input",
+                   "question=Where is the trace of a run kept?", "--json")
+    result = json.loads(proc.stdout)
+    assert proc.returncode == 0 and result["status"] == "finished", proc.stderr
+    research, write_step = result["steps"]
+    assert (research["action"], write_step["action"]) == ("researcher", "writer")
+    assert write_step["input"] == ("Write one sentence answering 'Where is the trace of a run "
+                                   f"kept?' from this: {research['observation']}")
+    assert result["answer"] == write_step["observation"]
+
+
+@pytest.mark.embedded
+def test_triage_and_reviewed_run_on_the_embedded_model() -> None:
+    triage = runner.run_agent(ROOT / "agents/team/triage.yaml",
+                              "My invoice lists 3 seats at 12 dollars; what is the total?")
+    assert triage.status == "finished", triage.error
+    assert triage.handed_to in ("billing", "support")
+    assert triage.steps[-1].action == f"transfer_to_{triage.handed_to}"
+    reviewed = runner.run_agent(ROOT / "agents/reviewed.yaml", "What is 15 percent of 240?")
+    assert reviewed.status in ("finished", "not_approved"), reviewed.error
+    assert reviewed.review and all(isinstance(d["approved"], bool) for d in reviewed.review)
+    assert reviewed.approved is (reviewed.status == "finished")
+    assert reviewed.answer == reviewed.review[-1]["draft"]
+    assert len(reviewed.review) <= 2

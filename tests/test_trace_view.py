@@ -394,3 +394,30 @@ def test_an_mcp_tool_call_shows_the_progress_its_server_sent(page: Page, project
     expect(call.get_by_text("Progress (the last 10)")).to_be_visible()
     shown = call.locator("pre", has_text="step 9").inner_text()
     assert "9/10  step 9" in shown and "0/10  step 0" in shown
+
+
+def test_a_pipeline_and_a_critics_reviews_show_in_order(page: Page, project: Path) -> None:
+    """The pipeline's steps are its sub-agents' runs, one after the other; a reflection's
+    reviews follow the critic's run with their verdicts (the critic's text stays literal)."""
+    fake = "model: {{id: fake/script, options: {{replies: {replies}}}}}\nloop: {{style: react}}\n"
+    (project / "critic.yaml").write_text(
+        "name: critic\nkind: chain\ninputs: {draft: }\nprompt: {text: '{{ draft }}'}\n"
+        + fake.format(replies='["- <b>no</b> unit", "APPROVE"]'))
+    (project / "gen.yaml").write_text(
+        "name: gen\nreflection: {critic: critic.yaml}\n"
+        + fake.format(replies='["Final Answer: 40", "Final Answer: 40 km"]'))
+    (project / "first.yaml").write_text(
+        "name: first\n" + fake.format(replies='["Final Answer: facts"]'))
+    (project / "pipe.yaml").write_text(
+        "name: pipe\nkind: sequence\nsteps:\n  - agent: first.yaml\n  - agent: gen.yaml\n"
+        f"trace: {{path: {project / 'traces'}}}\n")
+    with ThreadPoolExecutor(1) as pool:
+        result = pool.submit(runner.run_agent, project / "pipe.yaml", "go").result()
+    assert result.status == "finished" and result.answer == "40 km"
+    tab = page.open(view(project, result.run_id))
+    heads = tab.locator(".subrun-head b")
+    expect(heads).to_have_text(["first", "gen", "critic", "critic"])
+    notes = tab.locator(".note")
+    expect(notes).to_have_text(["review 1: not approved: <b>no</b> unit", "review 2: approved"])
+    expect(tab.locator(".note.warn")).to_have_count(1)
+    page.check_offline(project / "page.html")

@@ -221,11 +221,18 @@ def summarize(path: Path, mtime: float | None = None) -> dict[str, Any]:
                "model": first.get("model", "?"), "started": first.get("t"),
                "input": first.get("input"), "status": "unfinished", "steps": None,
                "tokens": None, "cost_usd": None, "duration_s": None, "path": str(path)}
-    if end:
+    if end:  # tokens of the whole trace: the budget the run shared with its sub-agents
+        used = end.get("budget") if isinstance(end.get("budget"), dict) and \
+            "prompt_tokens" in end["budget"] else end
         summary.update(status=end.get("status"), steps=end.get("steps"),
-                       tokens=(end.get("prompt_tokens") or 0) + (end.get("completion_tokens") or 0),
+                       tokens=_count(used.get("prompt_tokens")) + _count(
+                           used.get("completion_tokens")),
                        cost_usd=end.get("cost_usd"), duration_s=end.get("duration_s"))
     return summary
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _head_and_tail(path: Path, tail_bytes: int = 1 << 16) -> tuple[bytes, list[bytes]]:
