@@ -165,7 +165,11 @@ def _problem(state: Any) -> str | None:
     checks = {
         "messages": all(isinstance(m, dict) for m in state["messages"]),
         "context": all(isinstance(m, dict) for m in state.get("context", [])),
-        "review": all(isinstance(d, dict) for d in state.get("review", [])),
+        "review": all(isinstance(d, dict) and isinstance(d.get("round"), int)
+                      and isinstance(d.get("approved"), (bool, _NONE))
+                      and isinstance(d.get("problems"), list)
+                      and isinstance(d.get("critic_run"), (str, _NONE))
+                      for d in state.get("review", [])),
         "overrides": all(isinstance(o, str) for o in state["overrides"]),
         "in_flight": all(isinstance(i, int) for i in state.get("in_flight", [])),
         "repeats": all(isinstance(v, int) for v in state["repeats"].values()),

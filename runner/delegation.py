@@ -64,7 +64,7 @@ async def delegate(parent: Run, agent: Agent, input: Any, place: str, *,
     parent.children.add(run)
     try:
         if parent.stopping:
-            run.request_stop(parent.stopping_signal)
+            run.request_stop(parent.stopping)
         return await run.execute(listener=parent.forward)
     finally:
         parent.children.discard(run)

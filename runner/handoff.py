@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import Field
 
 from . import events as ev
-from .errors import DelegationFailed
+from .errors import DelegationFailed, SpecError
 from .result import as_text
 from .spec import AgentSpec
 from .tools import Tool, tool
@@ -54,7 +54,11 @@ async def hand_off(run: Run, history: list[Any]) -> None:
 
     r = run.result
     name = run.handoff or ""
-    target = run.agent.handoffs[name]
+    target = run.agent.handoffs.get(name)
+    if target is None:  # resumed with --force after the spec lost that handoff
+        raise SpecError(f"the run handed the conversation over with {name}, which "
+                        f"{run.spec.name} no longer has; its handoffs: "
+                        f"{', '.join(run.agent.handoffs) or 'none'}")
     chosen = next(s for s in reversed(r.steps) if s.action == name)
     reason = chosen.input.get("reason", "") if isinstance(chosen.input, dict) else \
         as_text(chosen.input or "")

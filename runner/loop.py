@@ -73,12 +73,8 @@ class Run:
                            self)
 
     @property
-    def stopping(self) -> bool:
-        """Whether a stop was requested (the run ends at the next step boundary)."""
-        return self._stop is not None
-
-    @property
-    def stopping_signal(self) -> int | None:
+    def stopping(self) -> int | None:
+        """The signal of a stop requested (the run ends at the next step boundary), or None."""
         return self._stop
 
     def request_stop(self, signum: int) -> None:

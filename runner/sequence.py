@@ -38,7 +38,7 @@ async def run_sequence(run: Run) -> None:
             previous = values[stage.name] = _answer(done[i].observation or "", stage)
             continue
         if run.stopping:
-            raise Interrupted(run.stopping_signal or 2)
+            raise Interrupted(run.stopping)
         given = _input(stage, {**values, "previous": previous}, previous)
         step = Step(i, action=stage.name, input=given)
         r.steps = [s for s in r.steps if s.index != i] + [step]  # a failed attempt's step

@@ -477,6 +477,39 @@ async def test_a_handoff_target_that_fails_fails_the_run_with_its_status(tmp_pat
     assert proc.returncode == 3
 
 
+@sync
+async def test_a_handoff_stopped_in_the_target_continues_there_on_resume(tmp_path, server) -> None:
+    order = by_agent(server, {"triage": ["Action: transfer_to_billing[refund]"],
+                              "billing": [{"hang": True}, "Final Answer: 60"]})
+    wired(tmp_path, server, "billing")
+    triage = wired(tmp_path, server, "triage", handoffs=["billing.yaml"])
+    async with agent_of(triage) as agent:
+        run = agent.start("charged twice")
+        task = asyncio.create_task(run.execute())
+        while "billing" not in order:
+            await asyncio.sleep(0.01)
+        run.request_stop(signal.SIGTERM)
+        first = await task
+    assert first.status == "interrupted" and first.handed_to is None
+    resumed = await aresume_run(first.run_id)
+    assert resumed.status == "finished" and resumed.answer == "60"
+    assert resumed.handed_to == "billing"
+    assert order == ["triage", "billing", "billing"]  # triage was not asked again
+
+
+@sync
+async def test_a_hand_edited_review_in_a_checkpoint_is_a_typed_error(tmp_path) -> None:
+    gen = write(tmp_path, "gen", replies=["Final Answer: a"], reflection={"prompt": "x"})
+    store = runner.checkpoints.CheckpointStore()
+    async with agent_of(gen, checkpoints=store) as agent:
+        run = agent.start("q")
+        run.result.review = [{"round": "one"}]
+        run.checkpoint()
+        run_id = run.run_id
+    with pytest.raises(runner.errors.CheckpointError, match=r"review holds values of the wrong"):
+        await aresume_run(run_id)
+
+
 # -- the shipped examples ----------------------------------------------------------------------
 
 ROOT = Path(__file__).resolve().parent.parent
