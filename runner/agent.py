@@ -18,12 +18,12 @@ from . import events as ev
 from .budget import Budget, Clock
 from .checkpoints import CheckpointStore, open_store, restore_run
 from .errors import SpecError
+from .handoff import handoff_tool
 from .loop import Run
 from .memory import NoMemory
 from .models import Model, ModelTap
 from .redact import Redactor, env_secrets, redact_text
-from .handoff import handoff_tool
-from .resolve import MAX_AGENT_DEPTH, Resolved, ToolRef, resolve
+from .resolve import MAX_AGENT_DEPTH, Resolved, ToolRef, handoff_name, resolve
 from .result import RunResult, as_text
 from .spec import COMMON_TOOL_KEYS, AgentSpec
 from .tools import Tool, renamed
@@ -109,8 +109,7 @@ class Agent:
             self.stages = [self.child(s.sub) for s in resolved.stages]
             """A pipeline's step agents, in order."""
             self.critic = self.child(resolved.critic) if resolved.critic is not None else None
-            self.handoffs = {f"transfer_to_{h.spec.name}": self.child(h)
-                             for h in resolved.handoffs}
+            self.handoffs = {handoff_name(h.spec.name): self.child(h) for h in resolved.handoffs}
             """The agents this one may hand over to, by the name of the tool that does it."""
             for name, target in self.handoffs.items():
                 if name in self.tools:

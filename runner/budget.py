@@ -99,12 +99,17 @@ class Budget:
         left = self.remaining()
         return timeout_s if left is None else max(0.001, min(timeout_s, left))
 
-    def absorb(self, usage: Usage, cost: float | None) -> None:
-        """Count what a sub-agent's run spent after this budget's last checkpoint (a resumed
-        parent finds that run again); clamped like a reply's usage."""
-        self.usage.prompt_tokens += token_count(usage.prompt_tokens)
-        self.usage.completion_tokens += token_count(usage.completion_tokens)
-        self.cost += _amount(cost) or 0.0
+    def catch_up(self, spent: dict[str, Any]) -> None:
+        """Count what a sub-agent's checkpoint says this shared budget had spent, where that
+        is more than it holds now: the sub-agent's run went on after the parent's last
+        checkpoint (a crash), and a resumed parent must not spend it again. Clamped like a
+        reply's usage; never lowers a count."""
+        self.usage.prompt_tokens = max(self.usage.prompt_tokens,
+                                       token_count(spent.get("prompt_tokens", 0)))
+        self.usage.completion_tokens = max(self.usage.completion_tokens,
+                                           token_count(spent.get("completion_tokens", 0)))
+        self.cost = max(self.cost, _amount(spent.get("cost_usd")) or 0.0)
+        self.tool_calls = max(self.tool_calls, token_count(spent.get("tool_calls", 0)))
 
     def adopt(self, run: Any, usage: Usage, cost: float | None) -> None:
         """Start `run`'s own count from what it spent before it was resumed."""

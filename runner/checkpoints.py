@@ -184,8 +184,8 @@ def _problem(state: Any) -> str | None:
 
 def restore_run(agent: Agent, state: dict[str, Any], budget: Budget | None = None) -> Run:
     """A run rebuilt from its last checkpoint, ready to `execute()` from where it stopped.
-    With `budget` (a parent's), the run draws from it, and what it had spent is counted in it
-    again: the parent's own checkpoint came before."""
+    With `budget` (a parent's), the run draws from it, brought up to what the run's own
+    checkpoint says it had spent (see Budget.catch_up)."""
     shared = budget is not None
     budget = budget or Budget(agent.spec.budget, agent.clock, spent=state["budget"])
     run = agent.start(state["input"], budget=budget, parent_run_id=state.get("parent_run_id"),
@@ -203,7 +203,7 @@ def restore_run(agent: Agent, state: dict[str, Any], budget: Budget | None = Non
     usage = Usage(spent["prompt_tokens"], spent["completion_tokens"])
     budget.adopt(run, usage, spent["cost_usd"])
     if shared:
-        budget.absorb(usage, spent["cost_usd"])
+        budget.catch_up(state["budget"])
     return run
 
 

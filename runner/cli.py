@@ -482,11 +482,15 @@ def tools(spec: str, sets: tuple[str, ...], model: str | None, debug: bool,
     try:
         rows = []
         for name, t in agent.tools.items():
-            ref = agent.tool_entries[name]
-            registered = reg.tools.get(ref.name)
-            origin = ("built-in" if registered is None or registered.origin == "built-in" else
-                      f"plugin {registered.plugin} ({registered.origin})")
-            entry = f"{format_path(ref.key[:2])}: {ref.name}"  # tools[i]: its registered name
+            ref = agent.tool_entries.get(name)
+            if ref is None:  # a handoff's tool: its entry is in handoffs:
+                i = list(agent.handoffs).index(name)
+                origin, entry = "built-in", f"handoffs[{i}]: {resolved.spec.handoffs[i]}"
+            else:
+                registered = reg.tools.get(ref.name)
+                origin = ("built-in" if registered is None or registered.origin == "built-in"
+                          else f"plugin {registered.plugin} ({registered.origin})")
+                entry = f"{format_path(ref.key[:2])}: {ref.name}"  # tools[i]: its registered name
             row = {"name": name, "from": origin, "entry": entry,
                    "description": t.description, "input_hint": t.input_hint(),
                    "parameters": t.schema()["function"]["parameters"]}

@@ -16,7 +16,6 @@ import hashlib
 from typing import TYPE_CHECKING, Any
 
 from .checkpoints import RESUMABLE_STATUSES
-from .models import Usage
 from .result import RunResult, as_text
 
 if TYPE_CHECKING:
@@ -48,9 +47,7 @@ async def delegate(parent: Run, agent: Agent, input: Any, place: str, *,
             break
         state = store.load(rid)
         if state["status"] == "finished":  # done before the parent stopped: not run again
-            spent = state["run_usage"]
-            budget.absorb(Usage(spent["prompt_tokens"], spent["completion_tokens"]),
-                          spent["cost_usd"])
+            budget.catch_up(state["budget"])
             return RunResult(rid, state["agent"], agent.spec.model.id, state["input"],
                              answer=state["answer"], status="finished")
         if state["status"] in _CONTINUED:

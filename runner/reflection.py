@@ -1,8 +1,8 @@
 """Reflection (`reflection: {critic: critic.yaml, max_rounds: 2, criteria: [...]}`): each
 final answer is a draft a critic reviews against the criteria; until it approves or the
 rounds run out, its problems go back to the agent as the observation of its answer, and the
-agent revises in the same run (the rounds' model calls count against the same budget and
-`loop.max_iterations`).
+agent revises in the same run (every review and revision counts against the run's budget;
+the revisions' model calls count against `loop.max_iterations` too, the reviews do not).
 
 The critic is another spec (an agent, or a chain whose inputs may be `question`, `draft` and
 `criteria`), or the agent's own model with the built-in critic prompt. Its verdict is read

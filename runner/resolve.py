@@ -8,6 +8,7 @@ else reads the plugin registry.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -25,7 +26,8 @@ from .spec import (COMMON_TOOL_KEYS, AgentSpec, CommonToolOptions, MemorySpec, M
 from .spec import shown_path
 from .tools import GROUP_NAME, ToolFactory
 
-__all__ = ["Resolved", "ToolRef", "Stage", "resolve", "resolve_spec", "MAX_AGENT_DEPTH", "MAX_SUB_AGENTS"]
+__all__ = ["Resolved", "ToolRef", "Stage", "resolve", "resolve_spec", "MAX_AGENT_DEPTH",
+           "MAX_SUB_AGENTS", "CRITIC_INPUTS", "handoff_name"]
 
 MAX_AGENT_DEPTH = 5
 """Sub-agents may nest this deep below the top-level agent (checked when a spec is resolved)."""
@@ -183,15 +185,21 @@ def _resolve(spec: AgentSpec, _stack: tuple[Path, ...]) -> Resolved:
                     for i, n in enumerate(names) if n in names[:i] or n in taken)
     handoffs = [h for i, rel in enumerate(spec.handoffs) if (h := attempt(
         _sub_agent, spec, ("handoffs", i), ("handoffs", i), rel, stack)) is not None]
+    tools = [handoff_name(h.spec.name) for h in handoffs]
+    problems.extend(src.error(("handoffs", i), f"two handoffs give the tool {t!r}; their specs "
+                              f"need different names") for i, t in enumerate(tools)
+                    if t in tools[:i])
     critic = None
     if spec.reflection is not None and spec.reflection.critic is not None:
         key = ("reflection", "critic")
         critic = attempt(_sub_agent, spec, key, key, spec.reflection.critic, stack)
-        unknown = sorted(set(critic.spec.inputs) - set(CRITIC_INPUTS)) if critic else []
-        if critic is not None and critic.spec.kind == "chain" and (unknown or not critic.spec.inputs):
-            problems.append(src.error(key, f"a critic chain takes the inputs "
-                                      f"{', '.join(CRITIC_INPUTS)}; {spec.reflection.critic} "
-                                      + (f"has {unknown[0]!r}" if unknown else "declares none")))
+        if critic is not None and critic.spec.kind == "chain":
+            unknown = sorted(set(critic.spec.inputs) - set(CRITIC_INPUTS))
+            if unknown or not critic.spec.inputs:
+                problems.append(src.error(key, f"a critic chain takes the inputs "
+                                          f"{', '.join(CRITIC_INPUTS)}; {spec.reflection.critic} "
+                                          + (f"has {unknown[0]!r}" if unknown else
+                                             "declares none")))
     if problems:
         raise SpecErrors(problems)
     return Resolved(spec, refs, models, template, memory, pm_hooks, summary_model, stages,
@@ -346,6 +354,12 @@ def _sub_agent(spec: AgentSpec, key: tuple[Any, ...], path_key: tuple[Any, ...],
     return sub
 
 
+def handoff_name(agent: str) -> str:
+    """The tool that hands the conversation to the agent called `agent` (letters, digits, `_`
+    and `-` only, as providers require)."""
+    return "transfer_to_" + re.sub(r"[^A-Za-z0-9_-]", "_", agent)
+
+
 def _kind_problems(spec: AgentSpec) -> list[SpecError]:
     """Keys that the spec's kind does not take."""
     src, kind = spec.source, spec.kind
@@ -380,16 +394,20 @@ def _stage(spec: AgentSpec, i: int, step: Any, stack: tuple[Path, ...],
             raise spec.source.error(key + ("inputs", unknown[0]), f"{step.agent} has no input "
                                     f"{unknown[0]!r}{did_you_mean(unknown[0], sub.spec.inputs)}; "
                                     f"its inputs: {', '.join(sub.spec.inputs) or 'none'}")
+        missing = [n for n, d in sub.spec.inputs.items() if n not in step.inputs and (
+            d is None or (d.default is None and d.required))]
+        if missing:
+            raise spec.source.error(key + ("inputs",), f"{step.agent} needs the input "
+                                    f"{missing[0]!r}, which has no default")
     if step.output is not None:
         _check_schema(spec, key + ("output", "schema"), step.output)
-    templates = {name: _step_template(spec, key + where, text, prepare)
-                 for name, where, text in ([("input", ("input",), step.input)]
-                                           if step.inputs is None else
-                                           [(n, ("inputs", n), t) for n, t in step.inputs.items()])
-                 if text is not None}
+    inputs = None if step.inputs is None else {
+        n: _step_template(spec, key + ("inputs", n), text, prepare)
+        for n, text in step.inputs.items()}
+    given = None if step.input is None else _step_template(spec, key + ("input",), step.input,
+                                                          prepare)
     name = step.as_ or (sub.spec.name if sub.spec.name.isidentifier() else f"step{i + 1}")
-    return Stage(sub, name, templates.get("input") if step.inputs is None else None,
-                 templates if step.inputs is not None else None, step.output)
+    return Stage(sub, name, given, inputs, step.output)
 
 
 def _step_template(spec: AgentSpec, key: tuple[Any, ...], text: str,

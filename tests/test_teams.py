@@ -104,7 +104,7 @@ async def test_supervisor_delegates_in_order_and_the_budget_covers_the_team(tmp_
         assert len(sent) == 1 and f"Question: {task}" in sent[0]
     boss_prompts = prompts(agent.models[0])
     assert len(boss_prompts) == 4 and "Observation: owls see at night" in boss_prompts[1]
-    # the shared budget counts every model of the team, and the boss's usage includes theirs
+    # the shared budget counts every model of the team; the boss's usage, its own calls
     used = [u for m in [agent.models[0], *(model_of(agent, n) for n in
                                           ("researcher", "analyst", "writer"))]
             for u in [sum(len(p) // 4 for p in prompts(m))]]
@@ -262,6 +262,7 @@ def test_pipeline_spec_errors_name_the_key(tmp_path) -> None:
         "steps[1].as": [{"agent": "plain.yaml"}, {"agent": "plain.yaml"}],
         "steps[0].input": [{"agent": "plain.yaml", "input": "{{ broken"}],
         "steps[0].agent": [{"agent": "missing.yaml"}],
+        "needs the input 'facts'": [{"agent": "chain.yaml", "inputs": {}}],
     }
     for key, steps in cases.items():
         pipe = pipeline(tmp_path, steps)
@@ -340,6 +341,12 @@ async def test_a_supervisor_stopped_mid_delegation_continues_the_worker(tmp_path
     assert order == ["boss", "worker", "worker", "worker", "boss"]
     assert store.load(child["run_id"])["status"] == "finished"
     assert [s["action"] for s in store.load(child["run_id"])["steps"]] == ["calculator", None]
+    # the budget counts each reply once, across the stop and the resume
+    events = [json.loads(line) for f in Path(".runner/traces").glob("*.jsonl")
+              for line in f.read_text().splitlines()]
+    paid = sum(e["prompt_tokens"] for e in events if e["kind"] == "model_called")
+    ended = [e for e in events if e["kind"] == "run_ended" and e["run_id"] == first.run_id]
+    assert paid > 0 and ended[-1]["budget"]["prompt_tokens"] == paid
 
 
 # -- reflection --------------------------------------------------------------------------------
@@ -461,6 +468,20 @@ async def test_a_handoff_lets_the_target_answer_with_the_conversation(tmp_path) 
     assert "(triage handed this conversation to billing: refund for a double charge)" in sent[0]
     assert model_of(agent, "support").calls == [] and len(agent.models[0].calls) == 1
     assert [r["agent"] for r in iter_runs(the_trace())] == ["triage", "billing"]
+    listed = run_cli("tools", str(triage))
+    assert listed.returncode == 0 and "transfer_to_billing  (built-in; handoffs[0]: " \
+        "billing.yaml)" in listed.stdout, listed.stderr
+
+
+def test_two_handoff_targets_giving_one_tool_name_are_a_spec_error(tmp_path) -> None:
+    for name in ("help.desk", "help-desk", "help_desk"):  # file names as the spec names
+        write(tmp_path, name, replies=[])
+    triage = write(tmp_path, "triage", handoffs=["help.desk.yaml", "help-desk.yaml",
+                                                 "help_desk.yaml"], replies=[])
+    proc = run_cli("validate", str(triage))
+    assert proc.returncode == 2, proc.stdout
+    assert "handoffs[2]: two handoffs give the tool 'transfer_to_help_desk'" in proc.stdout
+    assert "handoffs[1]" not in proc.stdout  # `-` is kept: help-desk is another name
 
 
 @sync

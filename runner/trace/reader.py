@@ -221,13 +221,17 @@ def summarize(path: Path, mtime: float | None = None) -> dict[str, Any]:
                "model": first.get("model", "?"), "started": first.get("t"),
                "input": first.get("input"), "status": "unfinished", "steps": None,
                "tokens": None, "cost_usd": None, "duration_s": None, "path": str(path)}
-    if end:  # tokens of the whole trace: the budget the run shared with its sub-agents
-        used = end.get("budget") if isinstance(end.get("budget"), dict) and \
-            "prompt_tokens" in end["budget"] else end
+    if end:  # tokens and cost of the whole trace: the budget shared with its sub-agents
+        team = isinstance(end.get("budget"), dict) and "prompt_tokens" in end["budget"]
+        used = end["budget"] if team else end
+        cost = end.get("cost_usd")
+        if team and isinstance(used.get("cost_usd"), (int, float)) and (
+                cost is not None or used["cost_usd"] > 0):  # an unknown price stays unknown
+            cost = used["cost_usd"]
         summary.update(status=end.get("status"), steps=end.get("steps"),
                        tokens=_count(used.get("prompt_tokens")) + _count(
                            used.get("completion_tokens")),
-                       cost_usd=end.get("cost_usd"), duration_s=end.get("duration_s"))
+                       cost_usd=cost, duration_s=end.get("duration_s"))
     return summary
 
 
