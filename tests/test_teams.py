@@ -22,7 +22,7 @@ from runner.models import Completion, Usage
 from runner.reflection import FEEDBACK, parse_verdict
 from runner.trace.reader import build_tree, iter_runs, read_trace
 
-from conftest import run_cli
+from conftest import run_cli, wait_for
 
 
 def sync(test: Any) -> Any:
@@ -312,6 +312,35 @@ async def test_a_pipeline_resumes_at_the_step_that_failed(tmp_path, server) -> N
     assert resumed.status == "finished" and resumed.answer == "text"
     assert order == ["research", "writer", "writer"]  # the finished step was not run again
     assert "Question: write facts" in server.requests[-1]["messages"][-1]["content"]
+
+
+def test_a_pipeline_killed_mid_step_resumes_there(tmp_path, server) -> None:
+    """kill -9 while step 2 waits for its model: the resume keeps step 1's answer and runs
+    step 2's own run on from its checkpoint; nothing runs twice but the call cut short."""
+    import subprocess
+    import sys
+
+    order = by_agent(server, {"research": ["Final Answer: facts"],
+                              "writer": [{"hang": True}, "Final Answer: text"]})
+    wired(tmp_path, server, "research")
+    wired(tmp_path, server, "writer")
+    pipe = pipeline(tmp_path, [{"agent": "research.yaml"},
+                               {"agent": "writer.yaml", "input": "write {{ research }}"}])
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "run", str(pipe), "topic"],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: "writer" in order, what="the writer's call")
+    finally:
+        proc.kill()
+        proc.wait(30)
+    store = runner.checkpoints.CheckpointStore(tmp_path / ".runner/runs.db")
+    top = next(r for r in store.list() if r["parent"] is None)
+    assert top["status"] == "running"  # as the killed process left it
+    store.close()
+    resumed = asyncio.run(aresume_run(top["run_id"], db=str(tmp_path / ".runner/runs.db")))
+    assert resumed.status == "finished" and resumed.answer == "text", resumed.error
+    assert order == ["research", "writer", "writer"]
+    assert [s.action for s in resumed.steps] == ["research", "writer"]
 
 
 @sync
