@@ -200,8 +200,8 @@ def restore_run(agent: Agent, state: dict[str, Any], budget: Budget | None = Non
     # pending call of a tool marked idempotent: false counts as started)
     ledger.unknown = set(state["in_flight"]) if "in_flight" in state else None
     spent = state["run_usage"]
-    usage = Usage(spent["prompt_tokens"], spent["completion_tokens"])
-    budget.adopt(run, usage, spent["cost_usd"])
+    budget.adopt(run, Usage(spent["prompt_tokens"], spent["completion_tokens"]),
+                 spent["cost_usd"])
     if shared:
         budget.catch_up(state["budget"])
     return run

@@ -7,8 +7,8 @@ checkpoint store under an id derived from the parent's run, the place it was mad
 (`tool:3`, `step:2`, `review:1`) and its input. A resumed parent that makes the same
 delegation again finds it: it takes the answer of a child that had finished and continues
 one that had stopped (a crash, a signal, a timeout) from its last step, instead of running
-either twice. A child that had failed for good is kept as it was, and the delegation runs
-afresh under the next id."""
+either twice. A child that had failed for good, or whose spec has changed since, is kept as
+it was, and the delegation runs afresh under the next id."""
 
 from __future__ import annotations
 
@@ -46,6 +46,8 @@ async def delegate(parent: Run, agent: Agent, input: Any, place: str, *,
         if store is None or not store.has(rid):
             break
         state = store.load(rid)
+        if state["spec_digest"] != agent.spec.source.digest:
+            continue  # its spec changed since: kept as it was, and the delegation runs afresh
         if state["status"] == "finished":  # done before the parent stopped: not run again
             budget.catch_up(state["budget"])
             return RunResult(rid, state["agent"], agent.spec.model.id, state["input"],

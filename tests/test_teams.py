@@ -314,9 +314,23 @@ async def test_a_pipeline_resumes_at_the_step_that_failed(tmp_path, server) -> N
     assert "Question: write facts" in server.requests[-1]["messages"][-1]["content"]
 
 
-def test_a_pipeline_killed_mid_step_resumes_there(tmp_path, server) -> None:
+async def stop_when(path: Path, question: str, until: Any, signum: int) -> Any:
+    """Run the spec at `path` until `until()` holds (the scripted server has had the call
+    that hangs), then send the run a stop, as the signal `signum` would; return its result."""
+    async with agent_of(path) as agent:
+        run = agent.start(question)
+        task = asyncio.create_task(run.execute())
+        while not until():
+            await asyncio.sleep(0.01)
+        run.request_stop(signum)
+        return await task
+
+
+@pytest.mark.parametrize("edited", [False, True])
+def test_a_pipeline_killed_mid_step_resumes_there(tmp_path, server, edited) -> None:
     """kill -9 while step 2 waits for its model: the resume keeps step 1's answer and runs
-    step 2's own run on from its checkpoint; nothing runs twice but the call cut short."""
+    step 2's own run on from its checkpoint; nothing runs twice but the call cut short. If
+    step 2's spec was edited in between, its old run is kept and a new one starts."""
     import subprocess
     import sys
 
@@ -336,11 +350,15 @@ def test_a_pipeline_killed_mid_step_resumes_there(tmp_path, server) -> None:
     store = runner.checkpoints.CheckpointStore(tmp_path / ".runner/runs.db")
     top = next(r for r in store.list() if r["parent"] is None)
     assert top["status"] == "running"  # as the killed process left it
-    store.close()
+    if edited:
+        wired(tmp_path, server, "writer", description="edited")
     resumed = asyncio.run(aresume_run(top["run_id"], db=str(tmp_path / ".runner/runs.db")))
     assert resumed.status == "finished" and resumed.answer == "text", resumed.error
     assert order == ["research", "writer", "writer"]
     assert [s.action for s in resumed.steps] == ["research", "writer"]
+    writers = [r["status"] for r in store.list() if r["agent"] == "writer"]
+    assert sorted(writers) == (["finished", "running"] if edited else ["finished"])
+    store.close()
 
 
 @sync
@@ -352,13 +370,7 @@ async def test_a_supervisor_stopped_mid_delegation_continues_the_worker(tmp_path
         "worker": ["Action: calculator[1+1]", {"hang": True}, "Final Answer: 2"]})
     wired(tmp_path, server, "worker", tools=["calculator"])
     boss = wired(tmp_path, server, "boss", tools=[{"agent": "worker.yaml"}])
-    async with agent_of(boss) as agent:
-        run = agent.start("how many?")
-        task = asyncio.create_task(run.execute())
-        while order.count("worker") < 2:
-            await asyncio.sleep(0.01)
-        run.request_stop(signal.SIGTERM)
-        first = await task
+    first = await stop_when(boss, "how many?", lambda: order.count("worker") == 2, signal.SIGTERM)
     assert first.status == "interrupted"
     store = runner.checkpoints.CheckpointStore()
     child = next(r for r in store.list() if r["parent"] == first.run_id)
@@ -433,13 +445,7 @@ async def test_a_review_cut_short_is_done_again_on_resume_not_the_draft(tmp_path
     c = wired(tmp_path, server, "critic", kind="chain", prompt={"text": "AGENT=critic. {{ draft }}"},
               inputs={"draft": None})
     gen = wired(tmp_path, server, "gen", reflection={"critic": c.name})
-    async with agent_of(gen) as agent:
-        run = agent.start("q")
-        task = asyncio.create_task(run.execute())
-        while "critic" not in order:
-            await asyncio.sleep(0.01)
-        run.request_stop(signal.SIGINT)
-        first = await task
+    first = await stop_when(gen, "q", lambda: "critic" in order, signal.SIGINT)
     assert first.status == "interrupted" and first.review[0]["approved"] is None
     resumed = await aresume_run(first.run_id)
     assert resumed.status == "finished" and resumed.answer == "d1" and resumed.approved
@@ -533,13 +539,7 @@ async def test_a_handoff_stopped_in_the_target_continues_there_on_resume(tmp_pat
                               "billing": [{"hang": True}, "Final Answer: 60"]})
     wired(tmp_path, server, "billing")
     triage = wired(tmp_path, server, "triage", handoffs=["billing.yaml"])
-    async with agent_of(triage) as agent:
-        run = agent.start("charged twice")
-        task = asyncio.create_task(run.execute())
-        while "billing" not in order:
-            await asyncio.sleep(0.01)
-        run.request_stop(signal.SIGTERM)
-        first = await task
+    first = await stop_when(triage, "charged twice", lambda: "billing" in order, signal.SIGTERM)
     assert first.status == "interrupted" and first.handed_to is None
     resumed = await aresume_run(first.run_id)
     assert resumed.status == "finished" and resumed.answer == "60"
