@@ -21,7 +21,7 @@ from .delegation import delegate
 from .handoff import hand_off, handoff_step
 from .reflection import reflect
 from .sequence import run_sequence
-from .summary import remembered
+from .summary import history_for
 from .errors import (Interrupted, LimitExceeded, MaxIterations, MaxParseErrors, OutputError,
                      RunnerError)
 from .models import Completion, Message, assistant_message, tool_messages
@@ -130,14 +130,7 @@ class Run:
             # committed before anything runs: a location that cannot be written fails the run
             # now, not after its first tool call, and `runner runs` shows the run at once
             self.checkpoint()
-            session = agent.session  # None: this run neither reads nor keeps a history
-            cut = spec.memory.summarize or spec.memory.recall  # these see the whole history
-            history = [] if session is None else await agent.memory.load(
-                session, None if cut else spec.memory.window)
-            if session is not None:
-                self.emit(ev.MemoryRead(self.run_id, len(r.steps), session, len(history)))
-                history = await remembered(self, session, history)
-            history = [*history, *self.context]
+            history = await history_for(self)
             if spec.kind == "chain":
                 await run_chain(self)
             elif spec.kind == "sequence":
@@ -146,9 +139,9 @@ class Run:
                 await reflect(self, history)
             else:
                 await self.drive_loop(history)
-            if r.status == "finished" and session is not None:
+            if r.status == "finished" and agent.session is not None:
                 await agent.remember(r.input, r.answer)
-                self.emit(ev.MemoryWritten(self.run_id, len(r.steps), session, 2))
+                self.emit(ev.MemoryWritten(self.run_id, len(r.steps), agent.session, 2))
         except asyncio.CancelledError:
             if self._stop is None:
                 r.fail(Interrupted(2), self.partial)

@@ -20,7 +20,7 @@ from .errors import ModelError
 from .models import Message
 from .models.retry import complete_with_retries
 
-__all__ = ["remembered", "condense", "estimate_tokens", "SUMMARY_SUFFIX"]
+__all__ = ["history_for", "remembered", "condense", "estimate_tokens", "SUMMARY_SUFFIX"]
 
 SUMMARY_SUFFIX = "\x1fsummary"
 """The summary of session S is kept in the same store as session `S\\x1fsummary`."""
@@ -50,6 +50,18 @@ def _split(history: list[Message], keep_tokens: int) -> int:
         if history[i].get("role") == "user":
             start = i
     return start
+
+
+async def history_for(run: Any) -> list[Message]:
+    """The session's history as the run's prompt sees it (empty without a session), read
+    from the memory and recorded as read; then what the run was handed (`run.context`)."""
+    session, spec = run.agent.session, run.spec
+    if session is None:  # this run neither reads nor keeps a history
+        return list(run.context)
+    cut = spec.memory.summarize or spec.memory.recall  # these see the whole history
+    history = await run.agent.memory.load(session, None if cut else spec.memory.window)
+    run.emit(ev.MemoryRead(run.run_id, len(run.result.steps), session, len(history)))
+    return [*await remembered(run, session, history), *run.context]
 
 
 async def remembered(run: Any, session: str, history: list[Message]) -> list[Message]:
