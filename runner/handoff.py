@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import Field
 
 from . import events as ev
+from .delegation import delegate
 from .errors import DelegationFailed, SpecError
 from .result import as_text
 from .spec import AgentSpec
@@ -50,8 +51,6 @@ def handoff_step(run: Run, steps: list[Step]) -> Step | None:
 
 async def hand_off(run: Run, history: list[Any]) -> None:
     """Let the chosen agent answer the user, with the conversation so far before the question."""
-    from .delegation import delegate
-
     r = run.result
     name = run.handoff or ""
     target = run.agent.handoffs.get(name)

@@ -13,12 +13,16 @@ the draft it stopped at."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import events as ev
+from .delegation import delegate
 from .errors import Interrupted, NotApproved
+from .prompts import PromptTemplate
 from .result import as_text
 
 if TYPE_CHECKING:
@@ -31,7 +35,6 @@ FEEDBACK = ("A reviewer checked this answer against the criteria and found probl
 MAX_PROBLEMS, MAX_PROBLEM_CHARS = 20, 500
 _APPROVE = re.compile(r"^[\s*_#>'\"`]*(approved?|lgtm)\b", re.I)
 _BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+(.*\S)")
-_CRITIC_TEMPLATE = None
 
 
 async def reflect(run: Run, history: list[Any]) -> None:
@@ -67,8 +70,6 @@ async def reflect(run: Run, history: list[Any]) -> None:
 
 async def _review(run: Run, entry: dict[str, Any]) -> tuple[bool, list[str], str | None]:
     """The critic's verdict on one draft: (approved, problems, the critic's run id)."""
-    from .delegation import delegate
-
     spec = run.spec.reflection
     assert spec is not None
     question, draft, criteria = as_text(run.result.input), as_text(entry["draft"]), spec.criteria
@@ -134,13 +135,6 @@ def _feed_back(run: Run, problems: list[str]) -> None:
         last.observation = text
 
 
-def _critic_template() -> Any:
-    global _CRITIC_TEMPLATE
-    if _CRITIC_TEMPLATE is None:
-        from pathlib import Path
-
-        from .prompts import PromptTemplate
-
-        _CRITIC_TEMPLATE = PromptTemplate(Path(__file__).parent / "templates",
-                                          name="critic.md.j2")
-    return _CRITIC_TEMPLATE
+@functools.cache
+def _critic_template() -> PromptTemplate:
+    return PromptTemplate(Path(__file__).parent / "templates", name="critic.md.j2")

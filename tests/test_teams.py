@@ -686,3 +686,18 @@ def test_triage_and_reviewed_run_on_the_embedded_model() -> None:
     assert reviewed.approved is (reviewed.status == "finished")
     assert reviewed.answer == reviewed.review[-1]["draft"]
     assert len(reviewed.review) <= 2
+
+
+def test_a_hand_edited_review_event_in_a_trace_is_a_typed_error(tmp_path) -> None:
+    start = {"kind": "run_started", "run_id": "r1", "step": 0, "t": 1.0, "agent": "gen",
+             "model": "m", "input": "q"}
+    review = {"kind": "review", "run_id": "r1", "step": 1, "t": 2.0, "round": 1,
+              "approved": False, "problems": ["no unit"], "critic_run_id": None, "draft": "4"}
+    good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
+    good.write_text("\n".join(json.dumps(e) for e in (start, review)) + "\n")
+    bad.write_text("\n".join(json.dumps(e) for e in (start, {**review, "problems": 7})) + "\n")
+    items = build_tree(read_trace(good))["items"]
+    assert items == [{"type": "review", "t": 2.0, "round": 1, "approved": False,
+                      "problems": ["no unit"], "critic_run_id": None}]
+    with pytest.raises(runner.errors.RunnerError, match=r"bad.jsonl"):
+        read_trace(bad)

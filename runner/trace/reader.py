@@ -43,7 +43,8 @@ _FIELDS: dict[str, tuple[type, ...]] = {
     "finish_reason": _TEXT, "error": (str, bool, _NONE), "resumed": (bool, _NONE),
     "settings": (dict, _NONE), "budget": (dict, _NONE), "tools": (list, _NONE),
     "tool_calls": (list, _NONE), "stop": (list, _NONE), "messages": (list, int),
-    "messages_delta": (dict,)}
+    "messages_delta": (dict,), "round": _INT, "approved": (bool, _NONE),
+    "problems": (list, _NONE), "critic_run_id": _TEXT}
 """The type of each field an event may have (a memory event's `messages` is a count)."""
 
 
