@@ -58,9 +58,9 @@ async def hand_off(run: Run, history: list[Any]) -> None:
         raise SpecError(f"the run handed the conversation over with {name}, which "
                         f"{run.spec.name} no longer has; its handoffs: "
                         f"{', '.join(run.agent.handoffs) or 'none'}")
-    chosen = next(s for s in reversed(r.steps) if s.action == name)
-    reason = chosen.input.get("reason", "") if isinstance(chosen.input, dict) else \
-        as_text(chosen.input or "")
+    chosen = next((s for s in reversed(r.steps) if s.action == name), None)
+    given = chosen.input if chosen is not None else None
+    reason = given.get("reason", "") if isinstance(given, dict) else as_text(given or "")
     found = [{"role": "assistant", "content": f"{s.action}: {s.observation[:MAX_NOTE_CHARS]}"}
              for s in r.steps if s.action and s.action not in run.agent.handoffs
              and s.observation and not s.error]
@@ -68,7 +68,8 @@ async def hand_off(run: Run, history: list[Any]) -> None:
         f": {reason})" if reason else ")")
     context = [*history, *found, {"role": "assistant", "content": note}]
     run.checkpoint()  # the choice is kept: a resume goes straight to the target
-    result = await delegate(run, target, r.input, f"handoff:{chosen.index}", context=context)
+    place = f"handoff:{chosen.index if chosen is not None else 0}"
+    result = await delegate(run, target, r.input, place, context=context)
     if not result.ok:
         raise DelegationFailed(f"{target.spec.name}, handed the conversation, ended with "
                                f"{result.status}: {result.error}", result.exception)
