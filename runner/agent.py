@@ -134,8 +134,6 @@ class Agent:
 
     def _models(self) -> list[Model]:
         spec = self.spec
-        if spec.kind == "sequence":  # its steps' agents call the models
-            return []
 
         def build() -> list[Model]:
             return [factory(spec.model, model_id) for model_id, factory in self.resolved.models]

@@ -154,18 +154,14 @@ class StderrPrinter:
         if isinstance(ev, ActionTaken):
             return f"Action: {ev.tool}[{ev.input}]"
         if isinstance(ev, Observed):
-            text = redact(ev.text) if redact is not None else ev.text
-            text = text if len(text) <= 500 else text[:500] + " ..."
-            return f"Observation{' (error)' if ev.error else ''}: {text}"
+            return f"Observation{' (error)' if ev.error else ''}: {_clip(ev.text, redact)}"
         if isinstance(ev, ToolProgress):
             total = f"/{ev.total:g}" if ev.total is not None else ""
             return f"  · {ev.tool} {ev.progress:g}{total}" + (f" {ev.message}" if ev.message
                                                                else "")
         if isinstance(ev, Reviewed):
             verdict = "approved" if ev.approved else "not approved: " + "; ".join(ev.problems)
-            text = f"Review {ev.round} of {as_text(ev.draft)!r}: {verdict}"
-            text = redact(text) if redact is not None else text
-            return text if len(text) <= 500 else text[:500] + " ..."
+            return _clip(f"Review {ev.round} of {as_text(ev.draft)!r}: {verdict}", redact)
         if isinstance(ev, Warned):
             return f"warning: {ev.message}"
         if isinstance(ev, Retried):
@@ -173,6 +169,12 @@ class StderrPrinter:
         if isinstance(ev, RunEnded):
             return f"■ {ev.status} in {ev.duration_s:.2f}s"  # the error follows, once
         return None
+
+
+def _clip(text: str, redact: Callable[[str], str] | None) -> str:
+    """`text` masked, then cut to 500 characters (a secret cut in two would escape the mask)."""
+    text = redact(text) if redact is not None else text
+    return text if len(text) <= 500 else text[:500] + " ..."
 
 
 def _isatty(stream: Any) -> bool:

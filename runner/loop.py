@@ -130,7 +130,7 @@ class Run:
             # committed before anything runs: a location that cannot be written fails the run
             # now, not after its first tool call, and `runner runs` shows the run at once
             self.checkpoint()
-            history = await history_for(self)
+            history = [] if spec.kind == "sequence" else await history_for(self)
             if spec.kind == "chain":
                 await run_chain(self)
             elif spec.kind == "sequence":

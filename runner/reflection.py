@@ -56,7 +56,7 @@ async def reflect(run: Run, history: list[Any]) -> None:
         run.emit(ev.Reviewed(run.run_id, len(r.steps), entry["round"], approved, problems,
                              critic_run, entry["draft"]))
         if approved or entry["round"] >= spec.max_rounds:
-            r.answer, r.approved = entry["draft"], approved
+            r.answer = entry["draft"]
             if not approved:
                 run.partial = entry["draft"]
                 raise NotApproved(f"the critic did not approve the answer after "

@@ -143,13 +143,14 @@ def _resolve(spec: AgentSpec, _stack: tuple[Path, ...]) -> Resolved:
     reg = registry()
     stack = (*_stack, src.path)
     models = []
-    provider = attempt(_provider, spec, ("model", "id"), spec.model.id, reg)
-    if provider is not None:
-        models.append((spec.model.id, provider.value))
-    for i, fallback in enumerate(spec.model.fallbacks):
-        provider = attempt(_provider, spec, ("model", "fallbacks", i), fallback.id, reg)
+    if spec.kind != "sequence":  # a sequence's steps call the models; it has none of its own
+        provider = attempt(_provider, spec, ("model", "id"), spec.model.id, reg)
         if provider is not None:
-            models.append((fallback.id, _fallback_factory(provider.value, i)))
+            models.append((spec.model.id, provider.value))
+        for i, fallback in enumerate(spec.model.fallbacks):
+            provider = attempt(_provider, spec, ("model", "fallbacks", i), fallback.id, reg)
+            if provider is not None:
+                models.append((fallback.id, _fallback_factory(provider.value, i)))
     memory = attempt(_memory, spec, reg)
     summary_model = None
     summarize = spec.memory.summarize
@@ -373,6 +374,9 @@ def _kind_problems(spec: AgentSpec) -> list[SpecError]:
         if spec.tools:
             problems.append(src.error(("tools",), "a sequence runs its steps and has no tools "
                                       "of its own; give them to a step's agent"))
+        problems.extend(src.error((key,), f"a sequence has no {key} of its own: each step's "
+                                  f"spec has its own") for key in ("model", "prompt", "loop")
+                        if key in spec.model_fields_set)
     elif spec.steps:
         problems.append(src.error(("steps",), f"steps: belong to kind: sequence, not {kind}"))
     for key in ("reflection", "handoffs"):

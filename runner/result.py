@@ -49,11 +49,14 @@ class RunResult:
     review: list[dict[str, Any]] = field(default_factory=list)
     """Reflection: each draft with the critic's verdict on it (`round, draft, approved,
     problems, critic_run`), in order."""
-    approved: bool | None = None
-    """Reflection: whether the critic approved the answer (None: no critic)."""
     handed_to: str | None = None
     """Handoff: the agent that took over the conversation and gave the answer."""
     exception: BaseException | None = field(default=None, repr=False)
+
+    @property
+    def approved(self) -> bool | None:
+        """Reflection: whether the critic approved the latest draft (None: none reviewed)."""
+        return self.review[-1]["approved"] if self.review else None
 
     @property
     def ok(self) -> bool:
@@ -78,6 +81,7 @@ class RunResult:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "exception"}
         d["steps"] = [asdict(s) for s in self.steps]
         d["usage"] = {**asdict(self.usage), "total_tokens": self.usage.total}
+        d["approved"] = self.approved
         return d
 
 

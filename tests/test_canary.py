@@ -214,6 +214,7 @@ TEAMS = [  # the sub-agents' runs are committed to the same database, their even
                  f"Final Answer: the worker said {CANARY}"],
          expect=["the worker said ***"], extra_specs={"worker": WORKER}),
     Case("pipeline-with-a-leaky-step", {"kind": "sequence", "tools": None, "loop": None,
+                                        "model": None, "prompt": None,
                                         "steps": [{"agent": "worker.yaml"}]},
          args=["run", "{spec}", "question", "--json"],
          script=["Action: leak_return[x]", f"Final Answer: it is {CANARY}"],

@@ -38,9 +38,10 @@ def write(folder: Path, name: str, **spec: Any) -> Path:
     (folder / "pyproject.toml").write_text("")
     spec.setdefault("name", name)
     spec.setdefault("memory", {"backend": "none"})
-    if "model" not in spec and spec.get("kind") != "sequence":
-        spec["model"] = {"id": "fake/script", "options": {"replies": spec.pop("replies", [])}}
-    spec.setdefault("loop", {"style": "react"}) if spec.get("kind") != "sequence" else None
+    if spec.get("kind") != "sequence":  # a sequence has no model or loop of its own
+        spec.setdefault("model", {"id": "fake/script",
+                                  "options": {"replies": spec.pop("replies", [])}})
+        spec.setdefault("loop", {"style": "react"})
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
@@ -269,9 +270,11 @@ def test_pipeline_spec_errors_name_the_key(tmp_path) -> None:
         proc = run_cli("validate", str(pipe))
         assert proc.returncode == 2 and "pipe.yaml:" in proc.stdout and key in proc.stdout, (
             key, proc.stdout)
-    write(tmp_path, "pipe", kind="sequence", steps=[], tools=["calculator"])
+    write(tmp_path, "pipe", kind="sequence", steps=[], tools=["calculator"],
+          model={"id": "fake/x"})
     proc = run_cli("validate", str(tmp_path / "pipe.yaml"))
     assert "steps: a sequence needs steps" in proc.stdout and "has no tools" in proc.stdout
+    assert "model: a sequence has no model of its own" in proc.stdout
 
 
 def by_agent(server: Any, replies: dict[str, list[Any]]) -> list[str]:

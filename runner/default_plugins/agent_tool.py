@@ -39,9 +39,8 @@ def _build(options: AgentOptions, ctx: Any) -> Tool:
             raise ToolError(f"sub-agent {sub.name} ended with {result.status}: {result.error}")
         return as_text(result.answer)
 
-    t = tool(run, name=sub.name, description=sub.description or f"the {sub.name} agent")
-    t.timeout_s = SUB_AGENT_TIMEOUT_S  # its own limits and the shared budget bound it
-    return t
+    return tool(run, name=sub.name, description=sub.description or f"the {sub.name} agent",
+                timeout_s=SUB_AGENT_TIMEOUT_S)
 
 
 @hookimpl

@@ -11,8 +11,9 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 
 from .locate import SpecSource
 
-__all__ = ["StrictModel", "AgentSpec", "ModelSpec", "FallbackSpec", "PromptSpec", "LoopSpec", "BudgetSpec",
-           "MemorySpec", "SummarizeSpec", "SequenceStep", "ReflectionSpec", "RecallSpec", "CheckpointSpec", "TraceSpec", "OtlpSpec", "OutputSpec", "InputSpec",
+__all__ = ["StrictModel", "AgentSpec", "ModelSpec", "FallbackSpec", "PromptSpec", "LoopSpec",
+           "BudgetSpec", "MemorySpec", "SummarizeSpec", "RecallSpec", "CheckpointSpec",
+           "TraceSpec", "OtlpSpec", "OutputSpec", "InputSpec", "SequenceStep", "ReflectionSpec",
            "CommonToolOptions", "COMMON_TOOL_KEYS", "DEFAULT_MODEL", "json_schema", "valid_regex"]
 
 DEFAULT_MODEL = "local/gemma-3-270m"

@@ -16,7 +16,7 @@ from typing import IO, Any
 
 from .._files import open_regular
 from ..errors import RunnerError
-from ..models import Message
+from ..models import Message, token_count
 
 __all__ = ["MAX_LINE_BYTES", "MAX_TRACE_BYTES", "build_tree", "expand_delta", "find_trace",
            "iter_runs", "list_traces", "read_trace", "read_tree", "summarize"]
@@ -230,14 +230,10 @@ def summarize(path: Path, mtime: float | None = None) -> dict[str, Any]:
                 cost is not None or used["cost_usd"] > 0):  # an unknown price stays unknown
             cost = used["cost_usd"]
         summary.update(status=end.get("status"), steps=end.get("steps"),
-                       tokens=_count(used.get("prompt_tokens")) + _count(
+                       tokens=token_count(used.get("prompt_tokens")) + token_count(
                            used.get("completion_tokens")),
                        cost_usd=cost, duration_s=end.get("duration_s"))
     return summary
-
-
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _head_and_tail(path: Path, tail_bytes: int = 1 << 16) -> tuple[bytes, list[bytes]]:
