@@ -71,7 +71,7 @@ class Agent:
                  clock: Clock | None = None, approver: Approver | None = None,
                  checkpoints: CheckpointStore | bool = True, tap: ModelTap | None = None,
                  memory_factory: Callable[[AgentSpec], Any] | None = None,
-                 tool_lock: bool = True) -> None:
+                 tool_lock: bool = True, run_sessions: bool = False) -> None:
         """`approver(tool, args)` answers for tools marked `confirm` when loop.approve is `ask`;
         `checkpoints`: a store, True for the spec's (top-level agents only), or False;
         `tap` stands between the agent (and its sub-agents) and their models: record, replay;
@@ -80,7 +80,9 @@ class Agent:
         else the spec's memory.session) runs share nothing: no memory is built or used. The
         agent owns the memory and checkpoint store it is given or builds, and closes them.
         `tool_lock=False` builds MCP tools without checking them against the spec's lock file
-        (`runner tools --lock` does, to write it)."""
+        (`runner tools --lock` does, to write it). `run_sessions=True`: each run may name its
+        own session (`start(session=...)`, a server's callers), so the memory is built even
+        when the agent itself has no session."""
         resolved = spec if isinstance(spec, Resolved) else resolve(spec)
         spec = resolved.spec
         if depth > MAX_AGENT_DEPTH:
@@ -124,7 +126,8 @@ class Agent:
                             "input_hint": t.input_hint()} for t in self.tools.values()]
         self.template = resolved.template
         self._unused_memory: Any = None
-        if self.session is None:  # nothing to continue or keep: no run sees another's turns
+        self.run_sessions = run_sessions
+        if self.session is None and not run_sessions:  # no run sees another's turns
             self._unused_memory, memory = memory, NoMemory()
         self.memory = memory if memory is not None else (
             memory_factory(spec) if memory_factory is not None else resolved.memory())
@@ -225,12 +228,18 @@ class Agent:
 
     def start(self, input: Any, *, budget: Budget | None = None,
               parent_run_id: str | None = None, run_id: str | None = None,
-              context: list[Any] | None = None) -> Run:
+              context: list[Any] | None = None, session: str | None = None) -> Run:
         """A new run of `input`; `context`: messages of the conversation so far that the run
-        sees after its session's history (what a handoff passes on)."""
+        sees after its session's history (what a handoff passes on); `session`: the
+        conversation this run continues instead of the agent's (see `run_sessions`)."""
         run = Run(self, input, budget or Budget(self.spec.budget, self.clock), parent_run_id,
                   run_id)
         run.context = list(context or [])
+        if session is not None:
+            if not self.run_sessions and session != self.session:
+                raise ValueError(f"agent {self.spec.name} was built without run_sessions: "
+                                 f"its runs cannot name a session")
+            run.session = session
         return run
 
     def restore(self, state: dict[str, Any], budget: Budget | None = None) -> Run:
@@ -264,11 +273,13 @@ class Agent:
             input=input, tools=self.tool_views,
             examples=p.examples if p.examples is not None else [], **extra)
 
-    async def remember(self, input: Any, answer: Any) -> None:
-        """Keep a finished run's turn in the session's memory, secrets masked."""
-        if self.session is None:
+    async def remember(self, input: Any, answer: Any, session: str | None = None) -> None:
+        """Keep a finished run's turn in its session's memory (default: the agent's), secrets
+        masked."""
+        session = session if session is not None else self.session
+        if session is None:
             return
-        await self.memory.append(self.session, [
+        await self.memory.append(session, [
             {"role": "user", "content": redact_text(as_text(input), self.secrets)},
             {"role": "assistant", "content": redact_text(as_text(answer), self.secrets)}])
 

@@ -413,6 +413,80 @@ def mcp_command(paths: tuple[str, ...], address: str | None, sets: tuple[str, ..
 
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; beyond loopback $RUNNER_SERVE_TOKEN is required.")
+@click.option("--port", "-p", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--max-runs", default=64, show_default=True, type=click.IntRange(1, 100_000),
+              help="Runs at once; more requests wait their turn, up to as many again queued.")
+@click.option("--max-request-bytes", default=1_000_000, show_default=True,
+              type=click.IntRange(1024, 1 << 30), help="Largest request body accepted.")
+@click.option("--max-run-tokens", type=click.IntRange(1), metavar="N",
+              help="Cap on any run's token budget (a spec's own budget may be lower).")
+@click.option("--max-run-seconds", type=click.FloatRange(min=0.001), metavar="S",
+              help="Cap on any run's wall-clock budget.")
+@click.option("--grace", "grace_s", default=30.0, show_default=True,
+              type=click.FloatRange(min=0),
+              help="On SIGTERM, seconds runs in flight get to finish before they are "
+                   "stopped and checkpointed.")
+@set_option
+@model_option
+@debug_option
+def serve(paths: tuple[str, ...], host: str, port: int, max_runs: int, max_request_bytes: int,
+          max_run_tokens: int | None, max_run_seconds: float | None, grace_s: float,
+          sets: tuple[str, ...], model: str | None, debug: bool) -> None:
+    """Serve every agent spec under PATHS over HTTP: a runs API (/v1/agents/NAME/runs,
+    /v1/runs/ID) and the OpenAI chat completions API, the agent's name as the model id.
+
+    \b
+      runner serve agents/ --port 8000
+      curl localhost:8000/v1/agents/calculator/runs -d '{"input": "What is 17 times 23?"}'
+    """
+    from .serve.http import Limits, serve_main
+
+    limits = Limits(max_runs=max_runs, max_request_bytes=max_request_bytes,
+                    max_run_tokens=max_run_tokens, max_run_seconds=max_run_seconds,
+                    grace_s=grace_s)
+    try:
+        serve_main([Path(p) for p in paths], host, port, limits, _overrides(sets, model))
+    except RunnerError as exc:
+        _fail(exc, debug)
+
+
+# --- runner batch (owned by the batch engine's author) ---
+@cli.command()
+@spec_argument
+@click.argument("inputs", type=click.Path(dir_okay=False, exists=True))
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
+              help="Results file (JSON lines); rerunning with the same file skips what is done.")
+@click.option("--concurrency", "-c", default=16, show_default=True,
+              type=click.IntRange(1, 100_000), help="Runs at once (per worker with --engine ray).")
+@click.option("--rate", metavar="N/min", help="Start at most N runs a minute (provider limits).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local",
+              show_default=True, help="Run in this process, or across a Ray cluster.")
+@click.option("--address", metavar="ADDR",
+              help="Ray cluster to join (default: $RAY_ADDRESS, else a local one).")
+@set_option
+@model_option
+@quiet_option
+@debug_option
+def batch(spec: str, inputs: str, out: str, concurrency: int, rate: str | None, engine: str,
+          address: str | None, sets: tuple[str, ...], model: str | None, quiet: bool,
+          debug: bool) -> None:
+    """Run SPEC once for each line of INPUTS (JSON lines: {"id": ..., "input": ...}), writing
+    one result line per input to --out; a progress bar and a summary go to stderr."""
+    from .serve.batch import batch_main
+
+    try:
+        code = batch_main(spec, inputs, out, concurrency=concurrency, rate=rate, engine=engine,
+                          address=address, overrides=_overrides(sets, model), quiet=quiet)
+    except RunnerError as exc:
+        _fail(exc, debug)
+    raise SystemExit(code)
+# --- end of runner batch ---
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
 def validate(paths: tuple[str, ...]) -> None:
     """Check every spec under PATHS: one line per problem, `path:line:col: key: reason`."""
     from .api import validate_paths

@@ -64,6 +64,8 @@ class Run:
         """Sub-agents' runs in progress for this one: a stop requested of it reaches them."""
         self.handoff: str | None = None
         """The handoff tool the model called: its agent answers instead."""
+        self.session: str | None = agent.session
+        """The conversation this run continues (its memory's key), or None."""
 
     def step_context(self) -> StepContext:
         a = self.agent
@@ -139,9 +141,9 @@ class Run:
                 await reflect(self, history)
             else:
                 await self.drive_loop(history)
-            if r.status == "finished" and agent.session is not None:
-                await agent.remember(r.input, r.answer)
-                self.emit(ev.MemoryWritten(self.run_id, len(r.steps), agent.session, 2))
+            if r.status == "finished" and self.session is not None:
+                await agent.remember(r.input, r.answer, self.session)
+                self.emit(ev.MemoryWritten(self.run_id, len(r.steps), self.session, 2))
         except asyncio.CancelledError:
             if self._stop is None:
                 r.fail(Interrupted(2), self.partial)

@@ -55,7 +55,7 @@ def _split(history: list[Message], keep_tokens: int) -> int:
 async def history_for(run: Any) -> list[Message]:
     """The session's history as the run's prompt sees it (empty without a session), read
     from the memory and recorded as read; then what the run was handed (`run.context`)."""
-    session, spec = run.agent.session, run.spec
+    session, spec = run.session, run.spec
     if session is None:  # this run neither reads nor keeps a history
         return list(run.context)
     cut = spec.memory.summarize or spec.memory.recall  # these see the whole history

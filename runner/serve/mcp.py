@@ -11,116 +11,21 @@ only bases of others (`extends:`) and agent test files are not served.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
-from collections.abc import Iterable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from .. import events as ev
-from ..agent import Agent
-from ..errors import SpecError, SpecErrors
-from ..resolve import resolve
+from ..errors import SpecError
 from ..result import as_text
-from ..spec import AgentSpec, is_test_file, load_spec, shown_path
+from ..spec import AgentSpec
+from .agents import Served, close_all, input_schema, is_loopback, load_agents, run_input
 
 __all__ = ["Served", "load_agents", "build_server", "serve_stdio", "serve_http",
-           "input_schema", "TOKEN_ENV"]
+           "input_schema", "is_loopback", "TOKEN_ENV"]
 
 TOKEN_ENV = "RUNNER_MCP_TOKEN"
 """The bearer token `--http` requires when it listens beyond loopback."""
 MAX_PROGRESS_MESSAGE = 200
-
-
-@dataclass
-class Served:
-    """One agent spec, made runnable and described as an MCP tool."""
-
-    name: str
-    path: Path
-    agent: Agent
-    tool: Any
-    """The mcp.types.Tool clients list."""
-
-
-def spec_files(folder: Path) -> list[Path]:
-    """The spec files under `folder` (dot-folders and agent test files left out)."""
-    return sorted(q for q in folder.rglob("*") if q.suffix in (".yaml", ".yml") and q.is_file()
-                  and not is_test_file(q)
-                  and not any(part.startswith(".") for part in q.relative_to(folder).parts))
-
-
-def load_agents(paths: Iterable[Path], overrides: Iterable[str] = ()) -> list[Served]:
-    """Every spec under `paths` (folders or files) checked and built; SpecErrors lists every
-    problem of every file, and nothing stays open when one is raised."""
-    files: list[Path] = []
-    for p in paths:
-        files.extend(spec_files(p) if p.is_dir() else [p])
-    specs: list[AgentSpec] = []
-    problems: list[SpecError] = []
-    for f in files:
-        try:
-            specs.append(load_spec(f, list(overrides)))
-        except SpecErrors as exc:
-            problems.extend(exc.errors)
-        except SpecError as exc:
-            problems.append(exc)
-    bases = {base for s in specs for base in s.source.bases}
-    served: list[Served] = []
-    names: dict[str, Path] = {}
-    try:
-        for spec in specs:
-            path = spec.source.path
-            if path in bases:
-                continue
-            if spec.name in names:
-                problems.append(spec.source.error(("name",), f"agent name {spec.name!r} is also "
-                                                  f"the name of {shown_path(names[spec.name])}; "
-                                                  f"MCP tools need names of their own"))
-                continue
-            names[spec.name] = path
-            try:
-                agent = Agent(resolve(spec))
-            except SpecErrors as exc:
-                problems.extend(exc.errors)
-                continue
-            except SpecError as exc:
-                problems.append(exc)
-                continue
-            served.append(Served(spec.name, path, agent, _tool(spec)))
-        if problems:
-            raise SpecErrors(problems)
-        if not served:
-            raise SpecError(f"no agent spec to serve under {', '.join(map(str, files)) or '.'}")
-    except BaseException:
-        import asyncio
-
-        asyncio.run(_close(served))
-        raise
-    return served
-
-
-async def _close(served: list[Served]) -> None:
-    for s in served:
-        await s.agent.close()
-
-
-def input_schema(spec: AgentSpec) -> dict[str, Any]:
-    """An agent takes `input`; a chain takes its named inputs (required unless they have a
-    default)."""
-    if spec.kind != "chain":
-        return {"type": "object", "additionalProperties": False, "required": ["input"],
-                "properties": {"input": {"type": "string",
-                                         "description": "the task or question for this agent"}}}
-    props: dict[str, Any] = {}
-    required = []
-    for name, inp in spec.inputs.items():
-        props[name] = {"description": inp.description} if inp and inp.description else {}
-        if inp is None or (inp.required and inp.default is None):
-            required.append(name)
-    return {"type": "object", "additionalProperties": False, "properties": props,
-            "required": required}
 
 
 def _tool(spec: AgentSpec) -> Any:
@@ -141,13 +46,14 @@ def build_server(served: list[Served]) -> Any:
     from mcp.types import CallToolResult, ListToolsResult, TextContent
 
     by_name = {s.name: s for s in served}
-    checks = {s.name: jsonschema.Draft202012Validator(s.tool.input_schema) for s in served}
+    tools = {s.name: _tool(s.agent.spec) for s in served}
+    checks = {s.name: jsonschema.Draft202012Validator(s.input_schema) for s in served}
 
     def failed(text: str) -> Any:
         return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
 
     async def list_tools(ctx: Any, params: Any) -> Any:
-        return ListToolsResult(tools=[s.tool for s in served])
+        return ListToolsResult(tools=list(tools.values()))
 
     async def call_tool(ctx: Any, params: Any) -> Any:
         s = by_name.get(params.name)
@@ -158,7 +64,7 @@ def build_server(served: list[Served]) -> Any:
         if problems:
             return failed(f"invalid arguments for {s.name}: {'; '.join(problems)}")
         spec = s.agent.spec
-        run = s.agent.start(arguments["input"] if spec.kind != "chain" else arguments)
+        run = s.agent.start(run_input(spec, arguments))
         sent = 0  # progress must grow with every notification: parallel calls share a step
         async for event in run.events():
             message = _progress(event)
@@ -172,7 +78,7 @@ def build_server(served: list[Served]) -> Any:
                           + (f"\npartial answer: {as_text(result.answer)}" if result.answer
                              else ""))
         answer = result.answer
-        structured = answer if isinstance(answer, dict) and s.tool.output_schema else None
+        structured = answer if isinstance(answer, dict) and tools[s.name].output_schema else None
         text = json.dumps(answer, ensure_ascii=False) if structured is not None else \
             as_text(answer)
         return CallToolResult(content=[TextContent(type="text", text=text)],
@@ -205,7 +111,7 @@ async def serve_stdio(served: list[Served]) -> None:
         async with stdio_server() as (read_stream, write_stream):
             await server.run(read_stream, write_stream, server.create_initialization_options())
     finally:
-        await _close(served)
+        await close_all(served)
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -214,15 +120,6 @@ def parse_address(text: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise SpecError(f"--http takes HOST:PORT (such as 127.0.0.1:8931), not {text!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 async def serve_http(served: list[Served], host: str, port: int, token: str | None) -> None:
@@ -238,7 +135,7 @@ async def serve_http(served: list[Served], host: str, port: int, token: str | No
     try:
         await uvicorn.Server(config).serve()
     finally:
-        await _close(served)
+        await close_all(served)
 
 
 def _require_token(app: Any, token: str) -> Any:
