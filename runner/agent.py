@@ -102,8 +102,10 @@ class Agent:
             if checkpoints:
                 checkpoints = open_store(spec.checkpoint, self.secrets)
         self.checkpoints: CheckpointStore | None = checkpoints or None
-        self.session: str | None = session or spec.memory.session
-        """The conversation the runs continue; None: each run is a conversation of its own."""
+        self.session: str | None = None if run_sessions else session or spec.memory.session
+        """The conversation the runs continue; None: each run is a conversation of its own
+        (with `run_sessions`, of its own unless it names one: never the spec's session,
+        which would give every caller one conversation)."""
         self.models = self._models()
         self._summary_models: list[Model] | None = None
         try:

@@ -32,7 +32,7 @@ import os
 import re
 import signal
 import time
-from collections import OrderedDict
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,7 +128,9 @@ class Service:
         self.agents = {s.name: s for s in served}
         self.limits = limits
         self.tokens = tokens
-        self.runs: OrderedDict[str, Tracked] = OrderedDict()
+        self.runs: dict[str, Tracked] = {}
+        self._ended: deque[str] = deque()
+        """Ids of ended runs, oldest first: the ones forgotten past KEEP_FINISHED."""
         self.active = 0
         self._slots: asyncio.Semaphore | None = None
         self.draining = False
@@ -136,6 +138,10 @@ class Service:
         self.started = int(time.time())
         self._redactors = {s.name: Redactor.for_trace(s.agent.spec.trace, s.agent.secrets)
                            for s in served}
+        import jsonschema
+
+        self.checks = {s.name: jsonschema.Draft202012Validator(s.input_schema) for s in served}
+        """Each agent's input schema, compiled once."""
 
     # ------------------------------------------------------------------ callers
 
@@ -209,12 +215,9 @@ class Service:
         finally:
             self.active -= 1
             tracked.hear(None)
-            self._forget_old()
-
-    def _forget_old(self) -> None:
-        ended = [k for k, t in self.runs.items() if t.ended]
-        for key in ended[:max(0, len(ended) - KEEP_FINISHED)]:
-            del self.runs[key]
+            self._ended.append(tracked.run.run_id)
+            while len(self._ended) > KEEP_FINISHED:
+                self.runs.pop(self._ended.popleft(), None)
 
     def tracked(self, run_id: str, caller: str) -> Tracked:
         tracked = self.runs.get(run_id)
@@ -315,17 +318,14 @@ def _check(body: dict[str, Any], allowed: dict[str, type | tuple[type, ...]],
                            param=key)
 
 
-def _run_arguments(served: Served, body: dict[str, Any]) -> dict[str, Any]:
+def _run_arguments(served: Served, check: Any, body: dict[str, Any]) -> dict[str, Any]:
     """`{"input": ...}` or `{"inputs": {...}}`, checked against the agent's input schema."""
-    import jsonschema
-
     if "inputs" in body and "input" in body:
         raise ApiError(400, "give input or inputs, not both", param="inputs")
     arguments = body["inputs"] if "inputs" in body else {"input": body.get("input")}
     if not isinstance(arguments, dict):
         raise ApiError(400, "inputs must be an object of named inputs", param="inputs")
-    problems = [e for e in jsonschema.Draft202012Validator(served.input_schema)
-                .iter_errors(arguments)]
+    problems = list(check.iter_errors(arguments))
     if problems:
         first = problems[0]
         where = ".".join(map(str, first.absolute_path)) or ("inputs" if "inputs" in body
@@ -429,7 +429,7 @@ def build_app(service: Service) -> Any:
         body = await _body(request, service.limits.max_request_bytes)
         _check(body, {"input": object, "inputs": dict, "session": str, "stream": bool,
                       "wait": bool})
-        arguments = _run_arguments(served, body)
+        arguments = _run_arguments(served, service.checks[served.name], body)
         session = service.session_key(caller, _session(request, body))
         tracked = service.start(served, run_input(served.agent.spec, arguments), caller,
                                 session)
