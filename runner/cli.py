@@ -399,7 +399,7 @@ def mcp_command(paths: tuple[str, ...], address: str | None, sets: tuple[str, ..
         if host_port and not served_mcp.is_loopback(host_port[0]) and not token:
             raise SpecError(f"--http {address} listens beyond loopback: set "
                             f"${served_mcp.TOKEN_ENV} to the bearer token clients must send")
-        served = served_mcp.load_agents(targets, _overrides(sets, model))
+        served = served_mcp.load_agents(targets, _overrides(sets, model), qualify=".")
     except RunnerError as exc:
         _fail(exc, debug)
     names = ", ".join(s.name for s in served)

@@ -124,14 +124,22 @@ def test_a_failed_run_or_bad_arguments_are_error_results(tmp_path: Path) -> None
 def test_bases_and_test_files_are_not_served_and_bad_specs_stop_the_server(
         tmp_path: Path) -> None:
     folder = write_agents(tmp_path / "agents", {
-        "base": {"description": "defaults", "model": {"id": "fake/echo"}},
-        "child": {"extends": "base.yaml", "description": "a child"}})
+        "base": {"model": {"id": "fake/echo"}},  # only a base: extended, no description
+        "child": {"extends": "base.yaml", "description": "a child"},
+        "grandchild": {"extends": "child.yaml", "description": "a child's child"}})
     (folder / "child.test.yaml").write_text("spec: child.yaml\ncases: []\n")
+    # a spec in a subfolder whose name is taken is served by its path
+    write_agents(folder / "team", {"child": {"model": {"id": "fake/echo"},
+                                             "description": "the team's own"}})
 
     async def body(client: Any) -> Any:
-        return [t.name for t in (await client.list_tools()).tools]
+        return sorted(t.name for t in (await client.list_tools()).tools)
 
-    assert with_client(stdio_params(folder), body) == ["child"]
+    # child is extended by grandchild, but has a description: an agent, not only a base
+    assert with_client(stdio_params(folder), body) == ["child", "grandchild", "team.child"]
+    for f in (folder / "team").iterdir():
+        f.unlink()
+    (folder / "team").rmdir()
 
     write_agents(folder, {"twin": {"name": "child", "model": {"id": "fake/echo"}},
                           "typo": {"model": {"id": "fake/echo"}, "tools": ["calculater"]}})

@@ -410,3 +410,34 @@ def test_sigterm_lets_runs_finish_within_the_grace_and_checkpoints_the_rest(
                           (results["slow"]["run_id"],)).fetchone() == ("interrupted",)
     finally:
         s.stop()
+
+
+# ---------------------------------------------------------------------- the shipped examples
+
+
+@pytest.mark.embedded
+def test_the_shipped_examples_are_served_and_answer_on_the_embedded_model(
+        tmp_path: Path) -> None:
+    import shutil
+
+    from conftest import ROOT
+
+    for part in ("agents", "prompts", "knowledge", "plugins"):
+        shutil.copytree(ROOT / part, tmp_path / part)
+    (tmp_path / "pyproject.toml").write_text("")
+    s = Served(tmp_path / "agents")
+    try:
+        ids = {m.id for m in s.sdk().models.list()}
+        # a base with a description is an agent too; a name taken is served by its path
+        assert {"calculator", "reviewed", "researcher", "team/researcher", "triage"} <= ids
+        assert "base" not in ids
+        reply = s.sdk().chat.completions.create(
+            model="calculator", messages=[{"role": "user", "content": "What is 17 times 23?"}])
+        assert reply.choices[0].message.content == "391"
+        team = s.http.get("/v1/agents").json()["data"]
+        assert any(a["name"] == "team/researcher" for a in team)
+        run = s.http.post("/v1/agents/team/researcher/runs",
+                          json={"input": "Where is the trace of a run kept?"}).json()
+        assert run["agent"] == "researcher" and run["status"] in ("finished", "max_iterations")
+    finally:
+        s.stop()

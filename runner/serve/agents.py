@@ -1,8 +1,12 @@
 """The agents a server offers: every spec under the folders it was given, checked and built
 once, by name, with the schema of what each takes. Shared by `runner mcp` and `runner serve`.
 
-Specs that are only bases of others (`extends:`) and agent test files are not served; two
-specs with one name are a spec error (a name is how a caller picks the agent)."""
+Agent test files are not served, nor specs that are only bases of others: extended by
+another and without a `description` of their own (a base of shared defaults). A name is how
+a caller picks the agent: when two specs share one, the shallower keeps it and the other is
+served by its path under the folder if it is in a subfolder (`team/researcher` over HTTP,
+`team.researcher` over MCP, whose tool names take no slash); two that still clash are a
+spec error."""
 
 from __future__ import annotations
 
@@ -40,12 +44,21 @@ def spec_files(folder: Path) -> list[Path]:
 
 
 def load_agents(paths: Iterable[Path], overrides: Iterable[str] = (),
-                build: Callable[[Resolved], Agent] = Agent) -> list[Served]:
+                build: Callable[[Resolved], Agent] = Agent,
+                qualify: str | None = None) -> list[Served]:
     """Every spec under `paths` (folders or files) checked and built with `build`; SpecErrors
-    lists every problem of every file, and nothing stays open when one is raised."""
+    lists every problem of every file, and nothing stays open when one is raised. With
+    `qualify` (a separator), a name already taken by a shallower spec is replaced by the
+    spec's path under its folder, without the suffix, its parts joined by the separator."""
     files: list[Path] = []
+    where: dict[Path, str] = {}
     for p in paths:
-        files.extend(spec_files(p) if p.is_dir() else [p])
+        found = spec_files(p) if p.is_dir() else [p]
+        # shallower first, so that `agents/x.yaml` keeps the name `agents/team/x.yaml` shares
+        found.sort(key=lambda f: (len(f.relative_to(p).parts), f) if p.is_dir() else (0, f))
+        files.extend(found)
+        where.update((f.resolve(), f.relative_to(p).with_suffix("").parts if p.is_dir()
+                      else (f.stem,)) for f in found)
     specs: list[AgentSpec] = []
     problems: list[SpecError] = []
     for f in files:
@@ -61,14 +74,17 @@ def load_agents(paths: Iterable[Path], overrides: Iterable[str] = (),
     try:
         for spec in specs:
             path = spec.source.path
-            if path in bases:
+            if path in bases and not spec.description:
                 continue
-            if spec.name in names:
-                problems.append(spec.source.error(("name",), f"agent name {spec.name!r} is also "
-                                                  f"the name of {shown_path(names[spec.name])}; "
+            name = spec.name
+            if name in names and qualify is not None and len(where.get(path.resolve(), ())) > 1:
+                name = qualify.join(where[path.resolve()])
+            if name in names:
+                problems.append(spec.source.error(("name",), f"agent name {name!r} is also "
+                                                  f"the name of {shown_path(names[name])}; "
                                                   f"served agents need names of their own"))
                 continue
-            names[spec.name] = path
+            names[name] = path
             try:
                 agent = build(resolve(spec))
             except SpecErrors as exc:
@@ -77,7 +93,7 @@ def load_agents(paths: Iterable[Path], overrides: Iterable[str] = (),
             except SpecError as exc:
                 problems.append(exc)
                 continue
-            served.append(Served(spec.name, path, agent, input_schema(spec)))
+            served.append(Served(name, path, agent, input_schema(spec)))
         if problems:
             raise SpecErrors(problems)
         if not served:

@@ -548,7 +548,7 @@ def build_app(service: Service) -> Any:
 
     routes = [
         Route("/v1/agents", endpoint(list_agents), methods=["GET"]),
-        Route("/v1/agents/{name}/runs", endpoint(create_run), methods=["POST"]),
+        Route("/v1/agents/{name:path}/runs", endpoint(create_run), methods=["POST"]),
         Route("/v1/runs/{id}", endpoint(get_run), methods=["GET"]),
         Route("/v1/runs/{id}/cancel", endpoint(cancel_run), methods=["POST"]),
         Route("/v1/chat/completions", endpoint(chat), methods=["POST"]),
@@ -591,7 +591,7 @@ def serve_main(paths: list[Path], host: str, port: int, limits: Limits,
     # the runs' state (.runner/: traces, checkpoints, memory) goes to the served project
     os.chdir(find_root(targets[0] / "_" if targets[0].is_dir() else targets[0]))
     served = load_agents(targets, overrides, build=lambda resolved: Agent(
-        resolved, memory=session_memory(resolved), run_sessions=True))
+        resolved, memory=session_memory(resolved), run_sessions=True), qualify="/")
     service = Service(served, limits, tokens)
     click.echo(f"serving {', '.join(service.agents)} at http://{host}:{port}/v1", err=True)
     asyncio.run(_serve(service, host, port))

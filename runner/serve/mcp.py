@@ -28,15 +28,15 @@ TOKEN_ENV = "RUNNER_MCP_TOKEN"
 MAX_PROGRESS_MESSAGE = 200
 
 
-def _tool(spec: AgentSpec) -> Any:
+def _tool(name: str, spec: AgentSpec) -> Any:
     from mcp.types import Tool, ToolAnnotations
 
     schema = spec.output.json_schema if spec.output is not None else None
-    return Tool(name=spec.name, description=spec.description or f"the {spec.name} agent",
+    return Tool(name=name, description=spec.description or f"the {spec.name} agent",
                 input_schema=input_schema(spec),
                 output_schema=schema if isinstance(schema, dict) and schema.get(
                     "type") == "object" else None,
-                annotations=ToolAnnotations(title=spec.name, open_world_hint=True))
+                annotations=ToolAnnotations(title=name, open_world_hint=True))
 
 
 def build_server(served: list[Served]) -> Any:
@@ -46,7 +46,7 @@ def build_server(served: list[Served]) -> Any:
     from mcp.types import CallToolResult, ListToolsResult, TextContent
 
     by_name = {s.name: s for s in served}
-    tools = {s.name: _tool(s.agent.spec) for s in served}
+    tools = {s.name: _tool(s.name, s.agent.spec) for s in served}
     checks = {s.name: jsonschema.Draft202012Validator(s.input_schema) for s in served}
 
     def failed(text: str) -> Any:
