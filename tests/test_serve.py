@@ -195,7 +195,7 @@ def test_a_cancelled_run_is_checkpointed_and_resumable(served: Served,
                                                        server: ScriptedOpenAIServer) -> None:
     server.script({"hang": True})
     started = served.http.post("/v1/agents/calc/runs", json={"input": "2+3?", "wait": False})
-    assert started.status_code == 202 and started.json()["status"] == "running"
+    assert started.status_code == 202 and started.json()["status"] == "queued"  # no slot yet
     run_id = started.json()["id"]
     wait_for(lambda: server.requests, 60, "the model call")
     assert served.http.post(f"/v1/runs/{run_id}/cancel").json()["status"] == "interrupted"
@@ -276,7 +276,8 @@ def test_requests_over_the_size_or_run_caps_are_refused(tmp_path: Path,
         assert third.json()["error"]["type"] == "rate_limit_error"
         wait_for(lambda: server.requests, 60, "the first run's model call")
         assert len(server.requests) == 1  # the second waits for a slot: one run at a time
-        assert s.http.get(f"/v1/runs/{second.json()['id']}").json()["steps"] == 0
+        assert second.json()["status"] == "queued"
+        assert s.http.get(f"/v1/runs/{second.json()['id']}").json()["status"] == "queued"
     finally:
         s.stop()
 

@@ -103,6 +103,8 @@ class Tracked:
     caller: str
     task: asyncio.Task[RunResult] | None = None
     listeners: list[Callable[[ev.Event | None], None]] = field(default_factory=list)
+    started: bool = False
+    """Whether it got a slot (until then, it is `queued`)."""
 
     def hear(self, event: ev.Event | None) -> None:
         for listener in list(self.listeners):
@@ -211,6 +213,7 @@ class Service:
             if self._slots is None:
                 self._slots = asyncio.Semaphore(self.limits.max_runs)
             async with self._slots:
+                tracked.started = True
                 return await tracked.run.execute(listener=tracked.hear)
         finally:
             self.active -= 1
@@ -237,7 +240,8 @@ class Service:
     def status_json(self, tracked: Tracked) -> dict[str, Any]:
         run = tracked.run
         body: dict[str, Any] = {"id": run.run_id, "object": "run", "agent": tracked.served.name,
-                                "status": run.result.status, "steps": len(run.result.steps)}
+                                "status": run.result.status if tracked.started else "queued",
+                                "steps": len(run.result.steps)}
         if tracked.ended:
             body["result"] = self.result_json(tracked)
         return body
@@ -414,6 +418,12 @@ def build_app(service: Service) -> Any:
                 return await handler(request, caller)
             except ApiError as exc:
                 return error(exc)
+            except Exception as exc:  # a bug of ours: said as JSON, in the server's log too
+                import traceback
+
+                traceback.print_exception(exc)
+                return error(ApiError(500, f"internal error: {type(exc).__name__}",
+                                      "server_error"))
 
         return wrapped
 
