@@ -6,7 +6,7 @@ same agent (p50/p99), and requests per second at many concurrent clients.
 
 The agent answers on the `fake/echo` model (no model time: what is measured is the runner
 and the server), with its defaults on: a trace file and a checkpoint per run, in a scratch
-project. The server is a real `runner serve` process on 127.0.0.1; the client (httpx, in
+project. The server is a real `runner serve` process on 127.0.0.1; the client (aiohttp, in
 this process) shares the machine's cores with it, so the throughput is a floor.
 """
 
@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
+import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _table import table  # noqa: E402
@@ -64,13 +64,18 @@ async def direct(project: Path, n: int) -> list[float]:
 
 
 async def sequential(url: str, n: int, path: str, body: dict) -> list[float]:
-    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+    async with aiohttp.ClientSession(url) as http:
+        async def post() -> None:
+            async with http.post(path, json=body) as r:
+                r.raise_for_status()
+                await r.read()
+
         for _ in range(20):
-            (await http.post(path, json=body)).raise_for_status()
+            await post()
         times = []
         for _ in range(n):
             t = time.perf_counter()
-            (await http.post(path, json=body)).raise_for_status()
+            await post()
             times.append(time.perf_counter() - t)
     return times
 
@@ -79,13 +84,14 @@ async def concurrent(url: str, clients: int, total: int) -> tuple[float, int]:
     """Seconds for `total` requests from `clients` clients at once, and how many failed."""
     failed = 0
     queue = iter(range(total))
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(url, connector=connector) as http:
         async def client() -> None:
             nonlocal failed
             for i in queue:
-                r = await http.post("/v1/agents/echoer/runs", json={"input": f"q{i}"})
-                failed += r.status_code != 200 or r.json()["status"] != "finished"
+                async with http.post("/v1/agents/echoer/runs", json={"input": f"q{i}"}) as r:
+                    body = await r.json()
+                failed += r.status != 200 or body["status"] != "finished"
 
         t = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(clients)))
