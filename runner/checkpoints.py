@@ -48,7 +48,7 @@ def run_state(run: Run) -> dict[str, Any]:
     usage, cost = run.budget.usage_since(run), run.budget.cost_since(run)
     return {"version": 1, "run_id": run.run_id, "parent_run_id": run.parent,
             "agent": run.spec.name, "spec_path": str(src.path), "spec_digest": src.digest,
-            "overrides": src.overrides, "session": run.agent.session, "input": r.input,
+            "overrides": src.overrides, "session": run.session, "input": r.input,
             "status": r.status, "answer": r.answer, "error": r.error,
             # shallow copies (dataclasses.asdict deep-copies: most of a checkpoint's cost)
             "steps": [{k: getattr(s, k) for k in _STEP_FIELDS} for s in r.steps],
@@ -191,6 +191,7 @@ def restore_run(agent: Agent, state: dict[str, Any], budget: Budget | None = Non
     run = agent.start(state["input"], budget=budget, parent_run_id=state.get("parent_run_id"),
                       run_id=state["run_id"], context=state.get("context"))
     run.result.review, run.handoff = state.get("review", []), state.get("handoff")
+    run.session = state["session"]
     run.result.steps = [Step(**s) for s in state["steps"]]
     run.messages, run.calls = state["messages"], state["calls"]
     run.parse_errors, run.resumed = state["parse_errors"], True
