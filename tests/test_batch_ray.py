@@ -1,9 +1,5 @@
-"""`runner batch --engine ray` on a real local Ray cluster: a head (no CPU: it schedules
-nothing) and two worker nodes of one CPU each, started by the tests (`ray start`) and
-stopped at the end. Results stream back to the one results file, one line per input; a
-worker killed with SIGKILL mid-batch has its inputs finished elsewhere, resumed from
-checkpoints shared through Redis, with no duplicate, no loss, and no finished run run
-again (the scripted server counts model calls per input)."""
+"""`runner batch --engine ray` on a real Ray cluster started here: a head and two worker
+nodes (`ray start`, one CPU each), the agents on the scripted OpenAI-compatible server."""
 
 from __future__ import annotations
 
@@ -14,22 +10,25 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from conftest import RedisServer, wait_for
+from conftest import wait_for
 from runner.testing import ScriptedOpenAIServer
-from test_batch import Steps, lines_in, results, scripted_spec, tasks, write_inputs
 
-pytest.importorskip("ray")
-RAY = shutil.which("ray")
+_BESIDE = Path(sys.executable).with_name("ray")  # the ray of this environment first
+RAY = str(_BESIDE) if _BESIDE.exists() else (shutil.which("ray") or "ray")
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+"""Every process of the cluster, and each driver, shares one token (Ray 2.5x requires one)."""
 
 
 def _free_port() -> int:
@@ -40,107 +39,96 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[str]:
-    """The address of a head and two one-CPU workers; every Ray process stopped after."""
-    assert RAY, "the ray command is not installed"
-    tmp = tempfile.mkdtemp(prefix="rb", dir="/tmp")  # Ray's socket paths must stay short
+    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # Ray's socket paths must stay short
     port = _free_port()
-    # a token of its own, given to every node and to this process (the driver)
-    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
-            "RAY_USAGE_STATS_ENABLED": "0"}
-    saved = {k: os.environ.get(k) for k in auth}
-    os.environ.update(auth)
-    env = {**os.environ, "OPENAI_API_KEY": "sk-test-not-a-real-key"}
-    common = ["--disable-usage-stats", f"--temp-dir={tmp}", "--node-ip-address=127.0.0.1"]
-
-    def ray(*args: str) -> None:
-        subprocess.run([RAY, *args], env=env, check=True, timeout=120,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
+    env = {**os.environ, **RAY_ENV, "OPENAI_API_KEY": "sk-test",
+           "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    common = ["--num-cpus=1", "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
     try:
-        ray("start", "--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false",
-            *common)
+        subprocess.run([RAY, "start", "--head", f"--port={port}", "--include-dashboard=false",
+                        f"--temp-dir={temp}", *common], env=env, check=True,
+                       capture_output=True, timeout=180)
         for _ in range(2):
-            ray("start", f"--address=127.0.0.1:{port}", "--num-cpus=1", *common)
+            subprocess.run([RAY, "start", f"--address=127.0.0.1:{port}", *common], env=env,
+                           check=True, capture_output=True, timeout=180)
         yield f"127.0.0.1:{port}"
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, timeout=120,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        shutil.rmtree(tmp, ignore_errors=True)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=180)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
-def test_a_batch_on_two_ray_workers_writes_every_result_once(
-        tmp_path: Path, server: ScriptedOpenAIServer, cluster: str) -> None:
-    from runner.serve import batch_ray
-    from runner.serve.batch import batch_main
-
-    spec = scripted_spec(tmp_path, server)
-    server.responder = steps = Steps(steps=2, delay=0.02)
-    inputs = write_inputs(tmp_path / "in.jsonl", tasks(40))
-    pids: list[int] = []
-    batch_ray.ON_WORKERS.append(pids.extend)
-    try:
-        code = batch_main(str(spec), str(inputs), str(tmp_path / "out.jsonl"),
-                          concurrency=5, engine="ray", address=cluster, quiet=True)
-    finally:
-        batch_ray.ON_WORKERS.remove(pids.extend)
-    assert code == 0
-    lines = results(tmp_path / "out.jsonl")
-    assert sorted(x["id"] for x in lines) == sorted(f"q{i}" for i in range(40))
-    assert all(x["status"] == "finished" and x["answer"] == f"answer-{x['id']}" for x in lines)
-    assert steps.calls == {f"q{i}": 2 for i in range(40)}
-    assert len(set(pids)) == 2 and os.getpid() not in pids  # one actor per worker CPU
+def project(folder: Path, server: ScriptedOpenAIServer, n: int) -> tuple[Path, Path]:
+    (folder / "pyproject.toml").write_text("")
+    spec = {"version": 1, "name": "echo", "description": "Answers with its input.",
+            "model": {"id": "openai/scripted", "api_base": server.url},
+            "loop": {"style": "react"}, "memory": {"backend": "none"}}
+    (folder / "echo.yaml").write_text(yaml.safe_dump(spec))
+    (folder / "in.jsonl").write_text("".join(
+        json.dumps({"id": f"q{i}", "input": f"item {i}"}) + "\n" for i in range(n)))
+    return folder / "echo.yaml", folder / "in.jsonl"
 
 
-def test_a_worker_killed_mid_batch_loses_and_repeats_nothing(
-        tmp_path: Path, server: ScriptedOpenAIServer, cluster: str,
-        redis_server: RedisServer) -> None:
-    from runner.serve import batch_ray
-    from runner.serve.batch import batch_main
+def answering(server: ScriptedOpenAIServer, delay: float) -> Counter[str]:
+    """Answer each run with its input after `delay`; count the calls per input."""
+    calls: Counter[str] = Counter()
+    lock = threading.Lock()
 
-    n, per_actor = 30, 4
-    spec = scripted_spec(tmp_path, server, checkpoint={"backend": "redis",
-                                                       "url": redis_server.url(3)})
-    server.responder = steps = Steps(steps=3, delay=0.1)
-    inputs = write_inputs(tmp_path / "in.jsonl", tasks(n))
+    def respond(body: dict[str, Any]) -> Any:
+        item = json.dumps(body["messages"]).split("Question: ")[-1].split("\\n")[0]
+        with lock:
+            calls[item] += 1
+        return {"delay": delay, "content": f"Final Answer: {item}"}
+
+    server.responder = respond
+    return calls
+
+
+def lines(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+
+
+def batch(spec: Path, inputs: Path, out: Path, address: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "runner", "batch", str(spec), str(inputs),
+                             "--out", str(out), "--engine", "ray", "--address", address,
+                             "--concurrency", "4"], cwd=spec.parent, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, **RAY_ENV})
+
+
+def test_a_batch_runs_on_the_cluster_one_line_per_input(
+        cluster: str, tmp_path: Path, server: ScriptedOpenAIServer) -> None:
+    spec, inputs = project(tmp_path, server, 30)
+    calls = answering(server, 0.05)
+    proc = batch(spec, inputs, tmp_path / "out.jsonl", cluster)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    done = lines(tmp_path / "out.jsonl")
+    assert sorted(d["id"] for d in done) == sorted(f"q{i}" for i in range(30))
+    assert all(d["status"] == "finished" and d["answer"] == f"item {d['id'][1:]}"
+               for d in done)
+    assert set(calls.values()) == {1}  # every input ran once
+    assert "finished" in err and "30" in err  # the summary
+
+
+def test_a_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(
+        cluster: str, tmp_path: Path, server: ScriptedOpenAIServer) -> None:
+    spec, inputs = project(tmp_path, server, 40)
+    calls = answering(server, 0.3)
     out = tmp_path / "out.jsonl"
-    pids: list[int] = []
-    seen: dict[str, Any] = {}
-
-    def killer() -> None:
-        def mid_batch() -> bool:
-            done = {x["id"] for x in lines_in(out)}
-            return bool(pids) and len(done) >= 4 and any(
-                c >= 2 for i, c in steps.calls.items() if i not in done)
-
-        wait_for(mid_batch, 120, "a batch mid-run on Ray")
-        seen["lines"] = {x["id"] for x in lines_in(out)}
-        seen["calls"] = Counter(steps.calls)
-        os.kill(pids[0], signal.SIGKILL)
-
-    batch_ray.ON_WORKERS.append(pids.extend)
-    thread = threading.Thread(target=killer, daemon=True)
-    thread.start()
+    proc = batch(spec, inputs, out, cluster)
     try:
-        code = batch_main(str(spec), str(inputs), str(out), concurrency=per_actor,
-                          engine="ray", address=cluster, quiet=True)
+        wait_for(lambda: out.exists() and len(lines(out)) >= 6, 240, "the first results")
+        actors = subprocess.run(["pgrep", "-f", "ray::Worker"], capture_output=True,
+                                text=True).stdout.split()
+        assert actors, "no actor process found"
+        os.kill(int(actors[0]), signal.SIGKILL)
+        _, err = proc.communicate(timeout=300)
     finally:
-        batch_ray.ON_WORKERS.remove(pids.extend)
-    thread.join(30)
-    assert "lines" in seen, "the worker was never killed"
-    assert code == 0
-    ids = [x["id"] for x in results(out)]
-    assert len(ids) == len(set(ids)) == n  # no duplicate, no loss
-    assert all(x["status"] == "finished" for x in results(out))
-    for i in seen["lines"]:  # finished before the kill: never run again
-        assert steps.calls[i] == 3, i
-    # a run cut short resumed from its checkpoint in Redis: at most the call in flight on
-    # the killed worker is made again, so at most `per_actor` extra calls in all
-    assert all(steps.calls[i] <= 4 for i in ids), steps.calls
-    assert sum(steps.calls[i] - 3 for i in ids) <= per_actor, steps.calls
-    resumed = [i for i in ids if seen["calls"][i] >= 2 and i not in seen["lines"]]
-    assert resumed and all(steps.calls[i] <= 4 for i in resumed)
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    done = lines(out)
+    assert sorted(d["id"] for d in done) == sorted(f"q{i}" for i in range(40))  # once each
+    assert all(d["status"] == "finished" for d in done)
+    # only the runs in flight on the killed actor were asked again
+    assert sum(n - 1 for n in calls.values()) <= 8, calls
