@@ -1,21 +1,26 @@
-"""What checkpointing costs per step: the same tool-calling run with `checkpoint.enabled: true`
-and `false`, against the scripted server in its own process.
+"""What checkpointing costs per step, and whether that cost stays flat as a run grows: the
+same tool-calling run with `checkpoint.enabled: true` and `false`, against the scripted server
+in its own process, at several run lengths.
 
-    python bench/checkpoint_overhead.py                 # 20 tool calls + answer, 15 runs
-    python bench/checkpoint_overhead.py --runs 31 --tool-calls 50
+    python bench/checkpoint_overhead.py                       # 20, 150 and 500 steps
+    python bench/checkpoint_overhead.py --lengths 20 --runs 31
+    PYTHONPATH=/tmp/old python /tmp/old/bench/checkpoint_overhead.py   # another checkout
 
 The scripted OpenAI-compatible server (`python -m runner.testing --tool-calls N`) runs in its
-own process with zero delay, so its CPU is not counted. A conversation is N native calls to
-the calculator and then a final answer: N + 1 steps (model calls). A fresh worker process
+own process with zero delay, so its CPU is not counted. A conversation of L steps is L - 1
+native calls to the calculator and then a final answer (a step is a model call). For each
+length a fresh worker process
 
 * runs that conversation through `runner.Agent(spec).run()` (the direct transport) in three
   configurations: checkpoints off; on (a commit when the run starts, after every step but
-  the last, and at the end: N + 2 commits); on with the calculator marked
-  `idempotent: false` (one more commit before each tool call: 2N + 2), and counts them;
+  the last, and at the end: L + 1 commits); on with the calculator marked
+  `idempotent: false` (one more commit before each tool call: 2L), and counts them;
 * warms each up, then alternates them and reports the median per-step wall time and CPU time
   (time.process_time, every thread of the worker) and the difference from "off";
-* times `CheckpointStore.save()` alone on the states of a real run (one per step), and
-  reports the state's size and the database's size (with its WAL) after the runs.
+* times one checkpoint alone, `store.save(run_state(run))`, after every step of real runs
+  (checkpoints off, the store driven by hand): the median CPU of the first ten saves and of
+  the last ten, which is what says whether a save costs more as the run grows;
+* reports the state's size at the end and the database's size (with its WAL) after the runs.
 
 The checkpoint database lives in a temporary directory on the same file system as the
 system's temp dir (`--dir` to choose another: a slow disk shows in the wall-clock figures,
@@ -68,33 +73,42 @@ async def _timed(agent: Any, steps: int) -> tuple[float, float]:
     return (w1 - w0) / steps * 1000, (c1 - c0) / steps * 1000
 
 
-def _save_cost(spec: Any, db: Path, repeat: int, secrets: set[str]) -> dict[str, Any]:
-    """CheckpointStore.save() alone, on the state after each step of a real run."""
+def _save_cost(spec: Any, db: Path, runs: int, secrets: set[str]) -> dict[str, Any]:
+    """One checkpoint, `store.save(run_state(run))`, timed alone after every step of `runs`
+    real runs (checkpoints off: this store is driven by hand, as Run.checkpoint drives it)."""
     import runner
     from runner import events as ev
     from runner.checkpoints import CheckpointStore, run_state
 
-    states: list[dict[str, Any]] = []
-    agent = runner.Agent(spec, checkpoints=False)
-    run = agent.start("go")
-    agent.sinks.append(lambda e: states.append(run_state(run))
-                       if isinstance(e, ev.Observed) else None)
-    asyncio.run(run.execute())
-    states.append(run_state(run))
     store = CheckpointStore(db, secrets=secrets)  # redacting what the runs' store redacts
-    store.save(states[0])  # connection opened, table created
-    walls, cpus = [], []
-    for _ in range(repeat):
-        w0, c0 = time.perf_counter(), time.process_time()
-        for state in states:
-            store.save(state)
-        walls.append((time.perf_counter() - w0) / len(states) * 1000)
-        cpus.append((time.process_time() - c0) / len(states) * 1000)
+    timings: list[list[tuple[float, float]]] = []  # per run, per save: (wall ms, CPU ms)
+    size = 0
+    for _ in range(runs + 1):  # the first one warms up
+        agent = runner.Agent(spec, checkpoints=False)
+        run, times = agent.start("go"), []
+
+        def save(event: Any, run: Any = run, times: list[tuple[float, float]] = times) -> None:
+            if isinstance(event, ev.Observed):
+                w0, c0 = time.perf_counter(), time.process_time()
+                store.save(run_state(run))
+                times.append(((time.perf_counter() - w0) * 1000,
+                              (time.process_time() - c0) * 1000))
+
+        agent.sinks.append(save)
+        asyncio.run(run.execute())
+        timings.append(times)
+        size = len(json.dumps(run_state(run), ensure_ascii=False, default=str).encode())
     store.close()
-    sizes = [len(json.dumps(s, ensure_ascii=False, default=str).encode()) for s in states]
-    return {"wall_ms": statistics.median(walls), "cpu_ms": statistics.median(cpus),
-            "state_bytes_first": sizes[0], "state_bytes_last": sizes[-1],
-            "state_bytes_mean": statistics.mean(sizes), "saves": len(states)}
+    timings = timings[1:]
+    window = min(10, len(timings[0]))
+    first = [t for times in timings for t in times[:window]]
+    last = [t for times in timings for t in times[-window:]]
+    return {"saves": len(timings[0]), "window": window,
+            "first_cpu_ms": statistics.median(c for _, c in first),
+            "last_cpu_ms": statistics.median(c for _, c in last),
+            "first_wall_ms": statistics.median(w for w, _ in first),
+            "last_wall_ms": statistics.median(w for w, _ in last),
+            "state_bytes_last": size}
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -152,7 +166,7 @@ def worker(args: argparse.Namespace) -> None:
 
     with sqlite3.connect(db) as con:
         count = con.execute("SELECT count(*) FROM runs").fetchone()[0]
-    save = _save_cost(agents["on"].spec, base / "save.db", args.runs, secrets)
+    save = _save_cost(agents["on"].spec, base / "save.db", args.save_runs, secrets)
     print(json.dumps({"steps": steps, "rows": rows, "commits": commits, "save": save,
                       "db_bytes": db_bytes, "db_runs": count}))
 
@@ -165,6 +179,10 @@ def main() -> None:
     from step_overhead import bench_parser, run_benchmark_worker, scripted_server
 
     parser = bench_parser(__doc__, runs=15, warmup=3)
+    parser.add_argument("--lengths", default="20,150,500",
+                        help="steps per run, comma-separated (each: a worker of its own)")
+    parser.add_argument("--save-runs", type=int, default=5,
+                        help="runs whose saves are timed one by one (median)")
     parser.add_argument("--dir", help="where the checkpoint database goes (default: a temp dir)")
     args = parser.parse_args()
     args.warmup = max(1, args.warmup)
@@ -172,14 +190,26 @@ def main() -> None:
         worker(args)
         return
 
-    with scripted_server(args.tool_calls) as url, tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        res = run_benchmark_worker(__file__, args, url, ["--dir", tmp])
+    results = []
+    for steps in (int(n) for n in args.lengths.split(",")):
+        args.tool_calls = steps - 1
+        with scripted_server(args.tool_calls) as url, \
+                tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+            results.append(run_benchmark_worker(__file__, args, url, [
+                "--dir", tmp, "--save-runs", str(args.save_runs)]))
+        _report(results[-1], args)
+    if len(results) > 1:
+        _summary(results)
+    if args.json:
+        print(json.dumps(results, indent=1))
 
-    steps, rows, save = res["steps"], res["rows"], res["save"]
-    n, commits = args.tool_calls, res["commits"]
-    print(f"{steps} steps per run ({n} native tool calls + final answer), median of {args.runs} "
-          f"runs after {args.warmup} warm-up runs; server in its own process, zero delay.")
-    print("Per step, client process only:\n")
+
+def _report(res: dict[str, Any], args: argparse.Namespace) -> None:
+    """One length's figures."""
+    steps, rows, save, commits = res["steps"], res["rows"], res["save"], res["commits"]
+    print(f"\n{steps} steps per run ({steps - 1} native tool calls + final answer), median of "
+          f"{args.runs} runs after {args.warmup} warm-up runs; server in its own process, zero "
+          f"delay. Per step, client process only:\n")
     head = (f"{'checkpoints':24} {'commits/run':>11} {'wall':>9} {'+wall':>8} {'CPU':>9} "
             f"{'+CPU':>8} {'+CPU per commit':>16}")
     print(head)
@@ -190,17 +220,29 @@ def main() -> None:
         per_commit = (f"{dc * steps / commits[name]:14.3f}ms" if commits[name] else "")
         print(f"{name:24} {commits[name]:>11} {r['wall_ms']:7.2f}ms {dw:+6.2f}ms "
               f"{r['cpu_ms']:7.2f}ms {dc:+6.2f}ms {per_commit:>16}")
-    print(f"\nCheckpointStore.save() alone, on the {save['saves']} states of one run "
-          f"(median per save): {save['wall_ms']:.3f} ms wall, {save['cpu_ms']:.3f} ms CPU.")
-    print(f"State size (JSON): {save['state_bytes_first']} bytes at the first step, "
-          f"{save['state_bytes_last']} bytes at the end, {save['state_bytes_mean']:.0f} on "
-          f"average; each commit rewrites the whole state, so a run's checkpoint cost grows "
-          f"with its length squared.")
+    print(f"\nstore.save(run_state(run)) alone after each of the {save['saves']} steps of "
+          f"{args.save_runs} runs (median): the first {save['window']} saves "
+          f"{save['first_cpu_ms']:.3f} ms CPU ({save['first_wall_ms']:.3f} ms wall), the last "
+          f"{save['window']} {save['last_cpu_ms']:.3f} ms CPU ({save['last_wall_ms']:.3f} ms "
+          f"wall). State at the end: {save['state_bytes_last']} bytes of JSON.")
     print(f"Database after the runs: {res['db_bytes'] / 1024:.0f} KiB with its WAL, "
           f"{res['db_runs']} runs, {res['db_bytes'] / max(1, res['db_runs']) / 1024:.1f} KiB "
           f"per run.")
-    if args.json:
-        print(json.dumps(res, indent=1))
+
+
+def _summary(results: list[dict[str, Any]]) -> None:
+    """Every length side by side: a cost that grows with the run shows as a growing column."""
+    print("\nPer step, checkpoints on minus off (CPU ms), and one save alone (CPU ms):\n")
+    head = (f"{'steps':>6} {'+CPU/step':>10} {'+CPU/step idem:false':>21} "
+            f"{'save, first 10':>15} {'save, last 10':>14} {'state KiB':>10}")
+    print(head)
+    print("-" * len(head))
+    for res in results:
+        rows, save, off = res["rows"], res["save"], res["rows"]["off"]["cpu_ms"]
+        print(f"{res['steps']:>6} {rows['on']['cpu_ms'] - off:>+10.3f} "
+              f"{rows['on, idempotent: false']['cpu_ms'] - off:>+21.3f} "
+              f"{save['first_cpu_ms']:>15.3f} {save['last_cpu_ms']:>14.3f} "
+              f"{save['state_bytes_last'] / 1024:>10.1f}")
 
 
 if __name__ == "__main__":
