@@ -51,7 +51,8 @@ _printers: weakref.WeakSet[LivePrinter] = weakref.WeakSet()
 def exit_now(code: int) -> None:
     """Leave the process at once, after killing the tools' process groups, closing MCP
     sessions (their guards would end the servers anyway), clearing a spinner
-    line and flushing spans and output (skips ~1 s of interpreter teardown with LiteLLM)."""
+    line and flushing trace lines, spans and output (skips ~1 s of interpreter teardown with
+    LiteLLM)."""
     tools = sys.modules.get("runner.tools")  # not imported: no tool started a process
     if tools is not None:
         tools.kill_process_groups()
@@ -59,6 +60,9 @@ def exit_now(code: int) -> None:
     if mcp is not None:
         mcp.close_all()
     restore_terminal()  # a spinner on the terminal: clear its line
+    traces = sys.modules.get("runner.trace.writer")  # trace lines held until the loop's turn
+    if traces is not None and hasattr(traces, "flush"):
+        traces.flush()
     otel = sys.modules.get("runner.trace.otel")  # spans still buffered go out before we exit
     if otel is not None:
         otel.flush()

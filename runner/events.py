@@ -27,6 +27,12 @@ class Event:
         names = _FIELDS.get(type(self))
         if names is None:
             names = _FIELDS[type(self)] = tuple(f.name for f in fields(self))
+        values = getattr(self, "__dict__", None)
+        # the instance's own dict holds just the fields, in order (what __init__ set): one
+        # C-level copy per event instead of a getattr per field; else (slots, or attributes
+        # set besides the fields) field by field
+        if values is not None and tuple(values) == names:
+            return {"kind": self.kind, **values}
         return {"kind": self.kind, **{n: getattr(self, n) for n in names}}
 
 

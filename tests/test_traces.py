@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -303,3 +304,47 @@ def test_a_resumed_run_continues_its_trace(server, tmp_path: Path) -> None:
     # the first run's failed call, then the resumed run's call, which carries the observation
     assert steps[1]["model"]["end"] is None and steps[2]["answer"] == "42"
     assert "Observation: 42" in steps[2]["model"]["messages"][-1]["content"]
+
+
+def test_many_runs_at_once_hold_a_bounded_number_of_trace_files_open(
+        server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More runs at once than the writer may hold files open (MAX_OPEN, made 3 here): the
+    least recently written file is closed and reopened for appending, never more than 3
+    open at any event, and every run's trace is whole and in order."""
+    import asyncio
+
+    import runner
+    from runner.testing import tool_call_responder
+    from runner.trace import writer
+
+    monkeypatch.setattr(writer, "MAX_OPEN", 3)
+    server.responder = tool_call_responder(3)
+    folder = tmp_path / "traces"
+    spec = runner.load_spec(CALC, overrides=[
+        "model.id=openai/scripted", f"model.api_base={server.url}", "loop.style=tools",
+        f"trace.path={folder}", "checkpoint.enabled=false"])
+    most = [0]
+
+    def count_open(event: Any) -> None:
+        fds = os.listdir("/proc/self/fd")
+        here = 0
+        for fd in fds:
+            try:
+                here += os.readlink(f"/proc/self/fd/{fd}").startswith(str(folder))
+            except OSError:  # closed since it was listed
+                pass
+        most[0] = max(most[0], here)
+
+    async def main() -> list[Any]:
+        async with runner.Agent(spec) as agent:
+            agent.sinks.append(count_open)
+            return await asyncio.gather(*(agent.run(f"q{i}") for i in range(12)))
+
+    results = asyncio.run(main())
+    assert [r.status for r in results] == ["finished"] * 12
+    assert most[0] == 3  # the bound was reached, and never passed
+    for r in results:
+        kinds = [e["kind"] for e in read_trace(folder / f"{r.run_id}.jsonl")]
+        assert kinds[0] == "run_started" and kinds[-1] == "run_ended"
+        assert kinds.count("model_started") == 4 and kinds.count("observation") == 3
+        assert kinds.count("run_ended") == 1
