@@ -267,3 +267,59 @@ def test_embedded_model_that_cannot_load_fails_the_run_with_a_typed_error(tmp_pa
     result = runner.run_agent(spec, "q")
     assert result.status == "model_provider_error", result.error
     assert result.error.startswith("local/gemma-3-270m: ") and "\n" not in result.error
+
+
+def test_the_same_tools_on_every_call_are_cleaned_the_same_way(
+        server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The direct transport cleans an agent's tools list once (LiteLLM drops a pattern
+    Python's re cannot compile) and reuses it: every call sends what litellm.acompletion
+    sends, call after call."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
+    tools = [{"type": "function", "function": {
+        "name": "lookup", "description": "Finds a word.",
+        "parameters": {"type": "object", "required": ["word"], "properties": {
+            "word": {"type": "string", "pattern": "^\\p{L}+$"}}}}}]
+    bodies = {}
+    for name, setting in (("direct", "auto"), ("litellm", "litellm")):
+        monkeypatch.setenv("RUNNER_TRANSPORT", setting)
+        server.reset()
+        server.script("a", "b", "c")
+        m = model(server)
+
+        async def three() -> None:
+            for _ in range(3):
+                await m.complete([dict(x) for x in ASK], tools=tools)
+
+        asyncio.run(three())
+        assert m.transport == name
+        bodies[name] = list(server.requests)
+    sent = bodies["direct"]
+    assert sent[0] == sent[1] == sent[2] == bodies["litellm"][0]
+    assert "pattern" not in json.dumps(sent[0]["tools"])  # cleaned, each time
+    assert "pattern" in json.dumps(tools)  # the agent's own list is left as it was
+
+
+def test_the_connection_pool_is_sized_by_the_environment(
+        server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from runner.errors import ModelError
+    from runner.models import direct
+
+    monkeypatch.delenv("RUNNER_TRANSPORT", raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
+    monkeypatch.setenv("RUNNER_MAX_CONNECTIONS", "3")
+    server.default = "ok"
+    m = model(server)
+    limits = []
+
+    async def go() -> None:
+        await asyncio.gather(*(m.complete(list(ASK)) for _ in range(5)))
+        limits.append(direct._sessions[asyncio.get_running_loop()][0].connector.limit)
+
+    asyncio.run(go())
+    assert limits == [3] and len(server.requests) == 5
+    for bad in ("many", "0", "-2"):
+        monkeypatch.setenv("RUNNER_MAX_CONNECTIONS", bad)
+        with pytest.raises(ModelError, match="RUNNER_MAX_CONNECTIONS"):
+            direct.max_connections()
+    monkeypatch.delenv("RUNNER_MAX_CONNECTIONS")
+    assert 500 <= direct.max_connections() <= 4096

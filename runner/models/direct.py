@@ -12,6 +12,11 @@ lookup and dispatch, which cost the most, are skipped. Measured by bench/step_ov
 about 0.6-0.8 ms of client CPU per call, against 4-5 ms through `litellm.acompletion`.
 The reply is read in pieces, and no further than `model.max_reply_bytes` raw or decoded
 (gzip and deflate are decoded here, a bounded piece at a time).
+
+All of a process's direct calls share one connection pool per event loop: at most
+`RUNNER_MAX_CONNECTIONS` connections open at once (default: a quarter of the process's
+file-descriptor limit, between 500 and 4,096), which is also the most requests in flight;
+calls past it wait for a connection.
 """
 
 from __future__ import annotations
@@ -30,10 +35,11 @@ from ._litellm import Inflater, ReplyLimit, api_key_for, import_litellm, interna
 if TYPE_CHECKING:
     from ..spec import ModelSpec
 
-__all__ = ["DirectTransport", "Unsupported", "transport_setting",
-           "TRANSPORT_ENV"]
+__all__ = ["DirectTransport", "Unsupported", "transport_setting", "max_connections",
+           "TRANSPORT_ENV", "CONNECTIONS_ENV"]
 
 TRANSPORT_ENV = "RUNNER_TRANSPORT"
+CONNECTIONS_ENV = "RUNNER_MAX_CONNECTIONS"
 
 _ERROR_BODY_BYTES = 64 * 1024
 """Most of an error reply's body that is read: only a clipped snippet of it is shown."""
@@ -72,6 +78,31 @@ class _NullLogging:
 
 _NULL_LOGGING = _NullLogging()
 
+
+def max_connections() -> int:
+    """The pool's size: RUNNER_MAX_CONNECTIONS, else a quarter of the soft file-descriptor
+    limit (each connection is one; traces, databases and tools need theirs), 500 to 4,096."""
+    value = os.environ.get(CONNECTIONS_ENV, "").strip()
+    if value:
+        try:
+            n = int(value)
+        except ValueError:
+            raise ModelError(f"{CONNECTIONS_ENV}={value[:40]!r}: expected a whole number of "
+                             "connections") from None
+        if n < 1:
+            raise ModelError(f"{CONNECTIONS_ENV}={n}: expected at least 1")
+        return n
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return 500
+    if soft == resource.RLIM_INFINITY:
+        return 4096
+    return max(500, min(4096, soft // 4))
+
+
 # One pooled aiohttp session per event loop, closed when that loop shuts its async
 # generators down (asyncio.run does), so nothing is left unclosed.
 _sessions: weakref.WeakKeyDictionary[Any, tuple[Any, Any]] = weakref.WeakKeyDictionary()
@@ -85,8 +116,9 @@ async def _session() -> Any:
     import aiohttp
 
     session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=1000, limit_per_host=500, ttl_dns_cache=300,
-                                       keepalive_timeout=120),
+        # one limit for all hosts: most runs of a process call one server
+        connector=aiohttp.TCPConnector(limit=max_connections(), limit_per_host=0,
+                                       ttl_dns_cache=300, keepalive_timeout=120),
         # decoded by _read_body in bounded pieces; proxies from the environment: _proxy_for
         auto_decompress=False)
 
@@ -140,8 +172,13 @@ class DirectTransport:
         self.model, self.provider, self.config = model, provider, config
         self._hosted_vllm = provider == "hosted_vllm"
         self._params: dict[Any, dict[str, Any]] = {}
+        self._tools_key: tuple[Any, str | None] = (None, None)
+        """The last tools list and its key: an agent passes the same list on every call."""
+        self._endpoints: dict[str | None, tuple[str, str | None, str | None]] = {}
+        """(provider, key, api_base) per key sent, for a spec that names its api_base."""
         self._fix_messages = internals().validate_and_fix_openai_messages
         self._ModelResponse = litellm.ModelResponse
+        _memoize_tool_sanitizing(config)
         import httpx
 
         self._httpx = httpx
@@ -191,11 +228,20 @@ class DirectTransport:
     def _endpoint(self, api_key: str | None) -> tuple[str, str | None, str | None]:
         """(provider, api_key, api_base) resolved the way litellm.completion resolves them."""
         litellm = self.litellm
+        if self.spec.api_base:  # a host the spec names gets the key the spec names, or none
+            # nothing from the environment decides it: looked up once per key (about 0.1 ms
+            # of get_llm_provider on every call before)
+            hit = self._endpoints.get(api_key)
+            if hit is None:
+                _, provider, _, api_base = litellm.get_llm_provider(
+                    self.id, api_base=self.spec.api_base, api_key=api_key)
+                key = api_key if api_key is not None else api_key_for(self.spec, provider)
+                if len(self._endpoints) >= 8:
+                    self._endpoints.clear()
+                hit = self._endpoints[api_key] = (provider, key, api_base or self.spec.api_base)
+            return hit
         _, provider, dynamic_key, api_base = litellm.get_llm_provider(
             self.id, api_base=self.spec.api_base, api_key=api_key)
-        if self.spec.api_base:  # a host the spec names gets the key the spec names, or none
-            key = api_key if api_key is not None else api_key_for(self.spec, provider)
-            return provider, key, api_base or self.spec.api_base
         if dynamic_key is not None:
             api_key = dynamic_key
         if self._hosted_vllm:
@@ -212,8 +258,15 @@ class DirectTransport:
     def _optional_params(self, params: dict[str, Any], tools: list[dict[str, Any]] | None,
                          stop: list[str] | None) -> dict[str, Any]:
         """LiteLLM's provider mapping of the call's parameters, cached per tools and stop."""
-        key = (json.dumps(tools, sort_keys=True, default=str) if tools else None,
-               tuple(stop) if stop else None, json.dumps(params, sort_keys=True, default=str))
+        if not tools:
+            tools_key = None
+        elif tools is self._tools_key[0]:
+            tools_key = self._tools_key[1]
+        else:
+            tools_key = json.dumps(tools, sort_keys=True, default=str)
+            self._tools_key = (tools, tools_key)
+        key = (tools_key, tuple(stop) if stop else None,
+               json.dumps(params, sort_keys=True, default=str))
         cached = self._params.get(key)
         if cached is None:
             litellm = self.litellm
@@ -323,6 +376,31 @@ class DirectTransport:
             if "html" in (content_type or ""):
                 text = f"an HTML page ({text})"
         return f"HTTP {status}: {text}"
+
+
+def _memoize_tool_sanitizing(config: Any) -> None:
+    """Have this config (a transport's own instance) clean a tools list once, not on every
+    call: `transform_request` passes the tools through `_sanitized_tools_update_for_openai`
+    (regex patterns Python cannot compile dropped, a walk over every schema: about 0.1 ms a
+    call), a function of the list, the provider and the host alone, and an agent sends the
+    same list (the one `_optional_params` caches) on every call."""
+    sanitize = getattr(config, "_sanitized_tools_update_for_openai", None)
+    if sanitize is None:  # not in this LiteLLM: nothing to save
+        return
+    memo: dict[tuple[int, Any, Any], tuple[Any, Any]] = {}
+
+    def sanitized(optional_params: Any, litellm_params: Any) -> Any:
+        tools = optional_params.get("tools")
+        key = (id(tools), litellm_params.get("custom_llm_provider"),
+               litellm_params.get("api_base"))
+        hit = memo.get(key)
+        if hit is None or hit[0] is not tools:  # the list itself is held: its id stays its
+            if len(memo) >= 8:
+                memo.clear()
+            hit = memo[key] = (tools, sanitize(optional_params, litellm_params))
+        return hit[1]
+
+    config._sanitized_tools_update_for_openai = sanitized
 
 
 async def _read_body(resp: Any, limit: ReplyLimit, cut: bool = False) -> bytes:
