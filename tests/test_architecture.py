@@ -126,6 +126,9 @@ def test_an_upward_import_is_caught(tmp_path: Path) -> None:
 @pytest.mark.parametrize("library,allowed", [
     ("litellm", {"runner.models._litellm"}),
     ("runner.plugins", {"runner.resolve", "runner.cli"}),
+    ("ray", {"runner.serve.batch_ray"}),  # an optional extra: one module, imported on demand
+    ("starlette", {"runner.serve.http"}),
+    ("uvicorn", {"runner.serve.http", "runner.serve.mcp"}),
 ])
 def test_who_may_import(library: str, allowed: set[str]) -> None:
     users = {module_name(p) for p in PACKAGE.rglob("*.py")

@@ -111,7 +111,7 @@ def test_every_input_gets_one_result_line_and_a_summary(tmp_path: Path,
     assert sorted(x["id"] for x in lines) == [f"q{i}" for i in range(6)]
     for x in lines:
         assert x["status"] == "finished" and x["answer"] == f"answer-{x['id']}"
-        assert x["steps"] == 2 and x["usage"]["total_tokens"] == 30 and x["error"] is None
+        assert x["step_count"] == 2 and x["usage"]["total_tokens"] == 30 and x["error"] is None
         assert re.fullmatch(r"[0-9a-f]{16}", x["run_id"])
     assert server.responder.calls == {f"q{i}": 2 for i in range(6)}
     summary = proc.stderr
@@ -123,6 +123,53 @@ def test_every_input_gets_one_result_line_and_a_summary(tmp_path: Path,
     assert again.returncode == 0 and "done before" in again.stderr
     assert len(results(tmp_path / "out.jsonl")) == 6
     assert sum(server.responder.calls.values()) == 12  # nothing ran again
+
+
+def test_a_result_line_is_the_run_json_result_with_the_id(tmp_path: Path,
+                                                         server: ScriptedOpenAIServer) -> None:
+    """The same serializer as `runner run --json`, less the conversation and the steps."""
+    spec = scripted_spec(tmp_path, server)
+    server.responder = Steps(steps=2)
+    inputs = write_inputs(tmp_path / "in.jsonl", [{"id": "q0", "input": "task-q0"}])
+    assert run_cli("batch", str(spec), str(inputs), "--out", "out.jsonl",
+                   cwd=tmp_path).returncode == 0
+    line = results(tmp_path / "out.jsonl")[0]
+    single = run_cli("run", str(spec), "task-q0", "--json", cwd=tmp_path)
+    assert single.returncode == 0, single.stderr
+    alone = json.loads(single.stdout)
+    assert set(line) == {"id", "step_count"} | set(alone) - {"messages", "steps"}
+    assert line["step_count"] == len(alone["steps"]) == 2
+    for key in ("agent", "model", "input", "answer", "status", "usage", "error", "incomplete"):
+        assert line[key] == alone[key], key
+
+
+def test_a_terminal_gets_a_progress_bar_with_rate_and_eta(tmp_path: Path) -> None:
+    import pty
+
+    spec = project(tmp_path, {"model": {"id": "fake/echo"}})
+    inputs = write_inputs(tmp_path / "in.jsonl", tasks(30))
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "batch", str(spec), str(inputs),
+                             "--out", "out.jsonl", "-c", "1", "--rate", "1200/min"],
+                            cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=slave, env={**os.environ, "TERM": "xterm", "COLUMNS": "120"})
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the process closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(master)
+    assert proc.wait(120) == 0
+    text = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", seen).decode(errors="replace")
+    assert re.search(r"runs .*\d+/30", text), text  # the bar: done of total
+    assert "ETA" in text and re.search(r"\d+\.\d/s", text), text  # rate and ETA
+    assert "runs/s" in text  # then the summary
+    assert len(results(tmp_path / "out.jsonl")) == 30
 
 
 def test_malformed_and_duplicate_lines_are_reported_by_line_and_skipped(tmp_path: Path) -> None:
@@ -319,30 +366,42 @@ def test_a_line_a_retry_may_get_past_is_retried_by_a_rerun(tmp_path: Path,
 # ---------------------------------------------------------------------- pacing
 
 
-def test_the_concurrency_asked_for_is_reached_and_never_passed(
-        tmp_path: Path, server: ScriptedOpenAIServer) -> None:
-    spec = scripted_spec(tmp_path, server)
-    state = {"now": 0, "max": 0}
-    lock = threading.Lock()
+class GateServer(ScriptedOpenAIServer):
+    """The scripted server holding every request until `k` are in flight at once (then
+    letting all through, and every later one): a batch that never reaches `k` runs at once
+    waits out the hang guard and fails the test, one that passes `k` shows in `most`."""
 
-    def counting(body: dict[str, Any]) -> Any:
-        with lock:
-            state["now"] += 1
-            state["max"] = max(state["max"], state["now"])
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k, self.now, self.most = k, 0, 0
+        self.open: asyncio.Event | None = None
 
-        def done() -> None:
-            with lock:
-                state["now"] -= 1
+    async def _chat(self, request: Any) -> Any:  # on the server's one event loop: no lock
+        self.open = self.open or asyncio.Event()
+        self.now += 1
+        self.most = max(self.most, self.now)
+        if self.now >= self.k:
+            self.open.set()
+        try:
+            await asyncio.wait_for(self.open.wait(), 120)  # a hang guard, not a timing
+            return await super()._chat(request)
+        finally:
+            self.now -= 1
 
-        asyncio.get_running_loop().call_later(1.0, done)  # the reply's delay, below
-        return {"content": "Final Answer: ok", "delay": 1.0}
 
-    server.responder = counting
-    inputs = write_inputs(tmp_path / "in.jsonl", tasks(15))
-    proc = run_cli("batch", str(spec), str(inputs), "--out", "out.jsonl", "-c", "5",
-                   cwd=tmp_path)
+def test_the_concurrency_asked_for_is_reached_and_never_passed(tmp_path: Path) -> None:
+    gate = GateServer(5).start()
+    try:
+        gate.responder = lambda body: {"content": "Final Answer: ok", "delay": 0.05}
+        spec = scripted_spec(tmp_path, gate)
+        inputs = write_inputs(tmp_path / "in.jsonl", tasks(15))
+        proc = run_cli("batch", str(spec), str(inputs), "--out", "out.jsonl", "-c", "5",
+                       cwd=tmp_path)
+    finally:
+        gate.stop()
     assert proc.returncode == 0, proc.stderr
-    assert state["max"] == 5
+    assert gate.open is not None and gate.open.is_set()  # 5 were in flight at once
+    assert gate.most == 5  # and never more
     assert len(results(tmp_path / "out.jsonl")) == 15
 
 
@@ -372,6 +431,22 @@ def test_the_rate_spaces_starts_so_no_minute_holds_more(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------- the process
+
+
+def test_sigint_abandons_the_model_calls_in_flight_and_exits_130(
+        tmp_path: Path, server: ScriptedOpenAIServer) -> None:
+    spec = scripted_spec(tmp_path, server)
+    server.responder = lambda body: {"hang": True}
+    inputs = write_inputs(tmp_path / "in.jsonl", tasks(4))
+    out = tmp_path / "out.jsonl"
+    proc = start(["batch", str(spec), str(inputs), "--out", str(out), "-c", "2"], tmp_path)
+    wait_for(lambda: len(server.requests) >= 2, 120, "two runs waiting on the model")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "not run (SIGINT)" in err and "4" in err
+    assert lines_in(out) == []  # the two stopped runs are not done, the others never began
+    assert len(server.requests) == 2
 
 
 def test_a_second_batch_on_the_same_results_file_is_refused(

@@ -1,134 +1,195 @@
-"""`runner batch --engine ray` on a real Ray cluster started here: a head and two worker
-nodes (`ray start`, one CPU each), the agents on the scripted OpenAI-compatible server."""
+"""`runner batch --engine ray` on a real local Ray cluster: a head (no CPU: it schedules
+nothing) and two worker nodes of one CPU each, started by the tests (`ray start`) and
+stopped at the end, every process of theirs and none other. Results stream back to the one
+results file, one line per input; a worker killed with SIGKILL mid-batch has its inputs
+finished elsewhere, resumed from checkpoints shared through Redis, with no duplicate, no
+loss, and no finished run run again (the scripted server counts model calls per input); a
+SIGTERM stops the batch and a rerun finishes it."""
 
 from __future__ import annotations
 
-import json
 import os
-import secrets
-import shutil
+import re
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
-from conftest import wait_for
+from conftest import RedisServer, wait_for
 from runner.testing import ScriptedOpenAIServer
+from runner.testing.ray_cluster import LocalCluster, session_processes
+from test_batch import Steps, lines_in, results, scripted_spec, tasks, write_inputs
 
-_BESIDE = Path(sys.executable).with_name("ray")  # the ray of this environment first
-RAY = str(_BESIDE) if _BESIDE.exists() else (shutil.which("ray") or "ray")
-RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
-           "RAY_AUTH_TOKEN": secrets.token_hex(16)}
-"""Every process of the cluster, and each driver, shares one token (Ray 2.5x requires one)."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+pytest.importorskip("ray")
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[str]:
-    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # Ray's socket paths must stay short
-    port = _free_port()
-    env = {**os.environ, **RAY_ENV, "OPENAI_API_KEY": "sk-test",
-           "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    common = ["--num-cpus=1", "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
+def cluster() -> Iterator[LocalCluster]:
+    """A head and two one-CPU workers for all the tests here; not one of its processes
+    outlives them."""
+    c = LocalCluster(workers=2, env={"OPENAI_API_KEY": "sk-test-not-a-real-key"})
     try:
-        subprocess.run([RAY, "start", "--head", f"--port={port}", "--include-dashboard=false",
-                        f"--temp-dir={temp}", *common], env=env, check=True,
-                       capture_output=True, timeout=180)
-        for _ in range(2):
-            subprocess.run([RAY, "start", f"--address=127.0.0.1:{port}", *common], env=env,
-                           check=True, capture_output=True, timeout=180)
-        yield f"127.0.0.1:{port}"
+        yield c
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=180)
-        shutil.rmtree(temp, ignore_errors=True)
+        c.stop()
+        assert c.processes() == []
 
 
-def project(folder: Path, server: ScriptedOpenAIServer, n: int) -> tuple[Path, Path]:
-    (folder / "pyproject.toml").write_text("")
-    spec = {"version": 1, "name": "echo", "description": "Answers with its input.",
-            "model": {"id": "openai/scripted", "api_base": server.url},
-            "loop": {"style": "react"}, "memory": {"backend": "none"}}
-    (folder / "echo.yaml").write_text(yaml.safe_dump(spec))
-    (folder / "in.jsonl").write_text("".join(
-        json.dumps({"id": f"q{i}", "input": f"item {i}"}) + "\n" for i in range(n)))
-    return folder / "echo.yaml", folder / "in.jsonl"
+class Batch:
+    """`runner batch --engine ray` in its own process (the cluster from $RAY_ADDRESS), its
+    stderr read as it comes (the driver names its workers' processes there)."""
+
+    def __init__(self, cluster: LocalCluster, spec: Path, inputs: Path, out: Path,
+                 *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "runner", "batch", str(spec), str(inputs), "--out",
+             str(out), "--engine", "ray", *args], cwd=spec.parent, text=True,
+            env={**cluster.env, "RAY_ADDRESS": cluster.address}, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE)
+        self.err: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.err.append(line)
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.err)
+
+    def workers(self) -> list[int]:
+        """The actors' process ids, once the driver has named them."""
+        line = next((x for x in self.err if "workers, up to" in x), None)
+        return [int(p) for p in re.findall(r"pid (\d+) on", line)] if line else []
+
+    def wait(self, timeout: float = 300) -> int:
+        try:
+            code = self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(30)
+        self._reader.join(30)
+        return code
 
 
-def answering(server: ScriptedOpenAIServer, delay: float) -> Counter[str]:
-    """Answer each run with its input after `delay`; count the calls per input."""
-    calls: Counter[str] = Counter()
-    lock = threading.Lock()
-
-    def respond(body: dict[str, Any]) -> Any:
-        item = json.dumps(body["messages"]).split("Question: ")[-1].split("\\n")[0]
-        with lock:
-            calls[item] += 1
-        return {"delay": delay, "content": f"Final Answer: {item}"}
-
-    server.responder = respond
-    return calls
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except OSError:
+        return False
 
 
-def lines(out: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+def test_a_batch_on_two_ray_workers_writes_every_result_once(
+        tmp_path: Path, server: ScriptedOpenAIServer, cluster: LocalCluster) -> None:
+    spec = scripted_spec(tmp_path, server)
+    server.responder = steps = Steps(steps=2, delay=0.02)
+    inputs = write_inputs(tmp_path / "in.jsonl", tasks(40))
+    batch = Batch(cluster, spec, inputs, tmp_path / "out.jsonl", "-c", "5")
+    assert batch.wait() == 0, batch.stderr
+    lines = results(tmp_path / "out.jsonl")
+    assert sorted(x["id"] for x in lines) == sorted(f"q{i}" for i in range(40))
+    assert all(x["status"] == "finished" and x["answer"] == f"answer-{x['id']}" for x in lines)
+    assert steps.calls == {f"q{i}": 2 for i in range(40)}
+    assert "finished" in batch.stderr and "runs/s" in batch.stderr
+    workers = batch.workers()
+    assert len(set(workers)) == 2, batch.stderr  # one actor per worker CPU, none on the head
+    wait_for(lambda: not any(alive(pid) for pid in workers), 60, "the actors to end")
 
 
-def batch(spec: Path, inputs: Path, out: Path, address: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "runner", "batch", str(spec), str(inputs),
-                             "--out", str(out), "--engine", "ray", "--address", address,
-                             "--concurrency", "4"], cwd=spec.parent, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, **RAY_ENV})
+def test_a_worker_killed_mid_batch_loses_and_repeats_nothing(
+        tmp_path: Path, server: ScriptedOpenAIServer, cluster: LocalCluster,
+        redis_server: RedisServer) -> None:
+    n, per_actor = 30, 4
+    spec = scripted_spec(tmp_path, server, checkpoint={"backend": "redis",
+                                                       "url": redis_server.url(3)})
+    server.responder = steps = Steps(steps=3, delay=0.1)
+    inputs = write_inputs(tmp_path / "in.jsonl", tasks(n))
+    out = tmp_path / "out.jsonl"
+    batch = Batch(cluster, spec, inputs, out, "-c", str(per_actor))
+
+    def mid_batch() -> bool:  # some runs done, and one without a line past its first step
+        done = {x["id"] for x in lines_in(out)}
+        return bool(batch.workers()) and len(done) >= 4 and any(
+            c >= 2 for i, c in steps.calls.items() if i not in done)
+
+    wait_for(mid_batch, 180, "a batch mid-run on Ray")
+    before = {x["id"] for x in lines_in(out)}
+    calls_before = Counter(steps.calls)
+    victim = batch.workers()[0]
+    assert victim in cluster.processes()  # an actor of this cluster, no one else's
+    os.kill(victim, signal.SIGKILL)
+    assert batch.wait() == 0, batch.stderr
+    assert f"Ray worker pid {victim} on " in batch.stderr and "died" in batch.stderr
+    ids = [x["id"] for x in results(out)]
+    assert len(ids) == len(set(ids)) == n  # no duplicate, no loss
+    assert all(x["status"] == "finished" for x in results(out))
+    for i in before:  # finished before the kill: never run again
+        assert steps.calls[i] == 3, i
+    # a run cut short resumed from its checkpoint in Redis: at most the call in flight on
+    # the killed worker is made again, so at most `per_actor` extra calls in all
+    assert all(steps.calls[i] <= 4 for i in ids), steps.calls
+    assert sum(steps.calls[i] - 3 for i in ids) <= per_actor, steps.calls
+    resumed = [i for i in ids if calls_before[i] >= 2 and i not in before]
+    assert resumed
 
 
-def test_a_batch_runs_on_the_cluster_one_line_per_input(
-        cluster: str, tmp_path: Path, server: ScriptedOpenAIServer) -> None:
-    spec, inputs = project(tmp_path, server, 30)
-    calls = answering(server, 0.05)
-    proc = batch(spec, inputs, tmp_path / "out.jsonl", cluster)
+def test_sigterm_stops_a_ray_batch_and_a_rerun_finishes_it(
+        tmp_path: Path, server: ScriptedOpenAIServer, cluster: LocalCluster) -> None:
+    spec = scripted_spec(tmp_path, server)
+    server.responder = steps = Steps(steps=3, delay=0.2)
+    inputs = write_inputs(tmp_path / "in.jsonl", tasks(20))
+    out = tmp_path / "out.jsonl"
+    batch = Batch(cluster, spec, inputs, out, "-c", "3")
+    wait_for(lambda: batch.workers() and sum(steps.calls.values()) >= 8, 180,
+             "runs past their first step")
+    batch.proc.send_signal(signal.SIGTERM)
+    assert batch.wait() == 143, batch.stderr
+    assert "not run (SIGTERM)" in batch.stderr
+    stopped = {x["id"] for x in lines_in(out)}
+    assert len(stopped) < 20 and all(x["status"] == "finished" for x in lines_in(out))
+    calls_before = Counter(steps.calls)
+
+    again = Batch(cluster, spec, inputs, out, "-c", "3")
+    assert again.wait() == 0, again.stderr
+    assert sorted(x["id"] for x in results(out)) == sorted(f"q{i}" for i in range(20))
+    for i in stopped:
+        assert steps.calls[i] == 3, i  # done: not asked again
+    for i in calls_before:  # stopped at a step boundary, checkpointed: resumed, not redone
+        assert steps.calls[i] <= 4, (i, calls_before[i], steps.calls[i])
+
+
+def test_without_an_address_a_local_cluster_runs_the_batch_and_stops_after(
+        tmp_path: Path, cluster: LocalCluster) -> None:
+    """Not the cluster `ray start` left running here (the fixture's): one of its own, whose
+    processes all end with the batch."""
+    from test_batch import project
+
+    spec = project(tmp_path, {"model": {"id": "fake/echo"}})
+    inputs = write_inputs(tmp_path / "in.jsonl", tasks(6))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "batch", str(spec), str(inputs),
+                             "--out", "out.jsonl", "--engine", "ray", "-c", "2"],
+                            cwd=tmp_path, env={**env, "RAY_USAGE_STATS_ENABLED": "0"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    done = lines(tmp_path / "out.jsonl")
-    assert sorted(d["id"] for d in done) == sorted(f"q{i}" for i in range(30))
-    assert all(d["status"] == "finished" and d["answer"] == f"item {d['id'][1:]}"
-               for d in done)
-    assert set(calls.values()) == {1}  # every input ran once
-    assert "finished" in err and "30" in err  # the summary
+    assert "on Ray (a local cluster)" in err
+    assert sorted(x["id"] for x in results(tmp_path / "out.jsonl")) == sorted(
+        f"q{i}" for i in range(6))
+    workers = [int(p) for p in re.findall(r"pid (\d+) on", err)]
+    assert workers and not set(workers) & set(cluster.processes())
 
+    def left() -> list[int]:  # the local cluster's processes: in the batch's session
+        return session_processes({proc.pid})
 
-def test_a_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(
-        cluster: str, tmp_path: Path, server: ScriptedOpenAIServer) -> None:
-    spec, inputs = project(tmp_path, server, 40)
-    calls = answering(server, 0.3)
-    out = tmp_path / "out.jsonl"
-    proc = batch(spec, inputs, out, cluster)
-    try:
-        wait_for(lambda: out.exists() and len(lines(out)) >= 6, 240, "the first results")
-        actors = subprocess.run(["pgrep", "-f", "ray::Worker"], capture_output=True,
-                                text=True).stdout.split()
-        assert actors, "no actor process found"
-        os.kill(int(actors[0]), signal.SIGKILL)
-        _, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err
-    done = lines(out)
-    assert sorted(d["id"] for d in done) == sorted(f"q{i}" for i in range(40))  # once each
-    assert all(d["status"] == "finished" for d in done)
-    # only the runs in flight on the killed actor were asked again
-    assert sum(n - 1 for n in calls.values()) <= 8, calls
+    wait_for(lambda: not left(), 60, "the local cluster to stop")

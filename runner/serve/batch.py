@@ -4,8 +4,9 @@ process (a bounded pool of runs on one event loop) or on Ray (`serve/batch_ray.p
 INPUTS is JSON lines: `{"id": "q1", "input": "..."}`, `{"id": ..., "inputs": {...}}` for a
 chain's named inputs, or a bare JSON string (its line number is its id); other keys are
 ignored. A malformed line, or one whose id an earlier line has, is reported with its line
-number and skipped. RESULTS gets one line per input as its run ends (`result_line`),
-appended and flushed one by one, fsynced every second and at the end.
+number and skipped. RESULTS gets one line per input as its run ends (`result_line`: the
+`runner run --json` result with the input's id), appended and flushed one by one, fsynced
+every second and at the end.
 
 Resuming is rerunning the same command. Each input's run id is derived from the spec, the
 results file and the input's id (`run_id_for`), so a run that a crash or a signal cut short
@@ -41,7 +42,8 @@ from ..errors import EXIT_FAILED, EXIT_OK, RunnerError, SpecError
 from ..loop import Run
 from ..redact import printable, redact_value
 from ..resolve import Resolved, resolve
-from ..result import RunResult, to_json
+from ..models import Usage
+from ..result import RunResult, Step, to_json
 from ..spec import AgentSpec, load_spec
 from .agents import takes_named_inputs
 
@@ -49,10 +51,11 @@ __all__ = ["Job", "Plan", "Results", "RateLimit", "Tally", "batch_main", "plan_i
            "run_id_for", "run_job", "result_line", "parse_rate", "run_local", "RETRIED",
            "batch_agent"]
 
-RETRIED = frozenset({*(s for s in RESUMABLE_STATUSES if s != "interrupted"), "busy"})
+RETRIED = frozenset({*RESUMABLE_STATUSES, "busy", "internal_error"})
 """Statuses of a result line that a rerun does not count as done: the line is dropped and
 the run resumed from its checkpoint (a timeout or rate limit a later try may get past;
-`busy`: another process was running it)."""
+`busy`: another process was running it; `internal_error`: a bug of the runner's, not the
+input's fault; `interrupted`: a batch writes no such line, but one is not done either)."""
 AGAIN = frozenset({"running", *RESUMABLE_STATUSES})
 """Checkpoint statuses of a run that is continued rather than reported from its state."""
 SHOWN_PROBLEMS = 100
@@ -302,38 +305,41 @@ class Results:
 # ---------------------------------------------------------------------- one run
 
 
+LEFT_OUT = ("messages", "steps")
+"""Keys of `runner run --json` a result line leaves out (the trace and checkpoint have them;
+`step_count` says how many steps there were)."""
+
+
 def result_line(job: Job, r: RunResult, secrets: set[str]) -> dict[str, Any]:
-    """What RESULTS holds for a run: id, run id, status, answer, error, usage, cost."""
-    u = r.usage
-    return redact_value({
-        "id": job.id, "run_id": r.run_id, "status": r.status, "answer": r.answer,
-        "error": r.error, "incomplete": r.incomplete,
-        "usage": {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-                  "total_tokens": u.total},
-        "cost_usd": r.cost_usd, "steps": len(r.steps), "duration_s": round(r.duration_s, 3)},
-        secrets)
+    """What RESULTS holds for a run: the input's id, then what `runner run --json` prints
+    for it (the same serializer, secrets masked) but the conversation and the steps."""
+    d = r.to_dict()
+    d["step_count"] = len(d["steps"])
+    for key in LEFT_OUT:
+        del d[key]
+    return redact_value({"id": job.id, **d}, secrets)
 
 
-def _state_line(job: Job, state: dict[str, Any], secrets: set[str]) -> dict[str, Any]:
-    """The result line of a run that ended before a crash kept its line from RESULTS."""
+def _state_result(agent: Agent, state: dict[str, Any]) -> RunResult:
+    """The result of a run that ended before a crash kept its line from RESULTS, rebuilt
+    from its last checkpoint (its duration is not kept there)."""
     usage = state["run_usage"]
-    return redact_value({
-        "id": job.id, "run_id": state["run_id"], "status": state["status"],
-        "answer": state.get("answer"), "error": state.get("error"),
-        "incomplete": state["status"] != "finished",
-        "usage": {"prompt_tokens": usage["prompt_tokens"],
-                  "completion_tokens": usage["completion_tokens"],
-                  "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]},
-        "cost_usd": usage.get("cost_usd"), "steps": len(state["steps"]), "duration_s": None},
-        secrets)
+    return RunResult(state["run_id"], state["agent"], agent.spec.model.id, state["input"],
+                     answer=state.get("answer"), status=state["status"],
+                     steps=[Step(**s) for s in state["steps"]],
+                     usage=Usage(usage["prompt_tokens"], usage["completion_tokens"]),
+                     cost_usd=usage.get("cost_usd"), error=state.get("error"),
+                     incomplete=state["status"] != "finished",
+                     review=state.get("review", []))
 
 
-def _error_line(job: Job, status: str, error: str, secrets: set[str]) -> dict[str, Any]:
-    return redact_value({"id": job.id, "run_id": job.run_id, "status": status, "answer": None,
-                         "error": error, "incomplete": True,
-                         "usage": {"prompt_tokens": 0, "completion_tokens": 0,
-                                   "total_tokens": 0},
-                         "cost_usd": None, "steps": 0, "duration_s": None}, secrets)
+def _error_line(job: Job, status: str, error: str, secrets: set[str],
+                agent: Agent | None = None) -> dict[str, Any]:
+    """The line of an input whose run could not be started or ended in a bug of ours."""
+    spec = agent.spec if agent is not None else None
+    r = RunResult(job.run_id, spec.name if spec else "", spec.model.id if spec else "",
+                  job.value, status=status, error=error, incomplete=True)
+    return {**result_line(job, r, secrets), "duration_s": None}
 
 
 async def run_job(agent: Agent, job: Job, *, force: bool = False,
@@ -345,14 +351,15 @@ async def run_job(agent: Agent, job: Job, *, force: bool = False,
     store, secrets = agent.checkpoints, agent.secrets
     try:
         state = store.load(job.run_id) if store is not None and store.has(job.run_id) else None
-        if state is not None and state["status"] not in AGAIN:
-            return _state_line(job, state, secrets)  # it ended; only its line was lost
+        if state is not None and state["status"] not in AGAIN:  # it ended; its line was lost
+            return {**result_line(job, _state_result(agent, state), secrets),
+                    "duration_s": None}
         if state is not None:
             assert store is not None
             try:
                 claimed = store.claim(job.run_id, force)
             except SpecError as exc:  # a live process has it (`runner resume`, say)
-                return _error_line(job, "busy", str(exc), secrets)
+                return _error_line(job, "busy", str(exc), secrets, agent)
             run = agent.restore(claimed)
         else:
             run = agent.start(job.value, run_id=job.run_id)
@@ -360,7 +367,8 @@ async def run_job(agent: Agent, job: Job, *, force: bool = False,
             started(run)
         result = await run.execute()
     except RunnerError as exc:  # its checkpoint unreadable, or the run claimed elsewhere
-        return _error_line(job, getattr(exc, "status", "error"), str(exc), secrets)
+        return _error_line(job, getattr(exc, "status", "error"), str(exc), secrets,
+                           agent)
     if result.status == "interrupted" and run.stopping is not None:
         return None
     return result_line(job, result, secrets)
@@ -421,6 +429,13 @@ class Tally:
             self.cost = (self.cost or 0.0) + line["cost_usd"]
         if self.progress is not None:
             self.progress.advance(line["status"] != "finished")
+
+    def note(self, text: str) -> None:
+        """A line for the person watching, on stderr (above the progress bar, if any)."""
+        if self.progress is not None:
+            self.progress.bar.console.print(printable(text), markup=False, highlight=False)
+        else:
+            print(printable(text), file=sys.stderr, flush=True)
 
     @property
     def ended(self) -> int:
@@ -546,7 +561,8 @@ async def run_local(agent: Agent, todo: Iterator[Job], results: Results, tally: 
             try:
                 line = await run_job(agent, job, started=started)
             except Exception as exc:  # a bug of ours must not stop the other inputs
-                line = _error_line(job, "error", f"{type(exc).__name__}: {exc}", agent.secrets)
+                line = _error_line(job, "internal_error", f"{type(exc).__name__}: {exc}",
+                                   agent.secrets, agent)
             finally:
                 running.difference_update(run_of)
             if line is not None and results.write(line):
@@ -603,7 +619,7 @@ def batch_main(spec: str, inputs: str, out: str, *, concurrency: int = 16,
                 from .batch_ray import run_ray
 
                 signum = run_ray(loaded, list(overrides or ()), todo, results, tally,
-                                 concurrency, limit, address)
+                                 concurrency, limit, address, quiet)
             else:
                 signum = asyncio.run(_local(resolved, todo, results, tally, concurrency,
                                             limit))
