@@ -16,6 +16,7 @@ import contextlib
 from collections.abc import Iterator
 
 import pytest
+import yaml
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_MODE", "PRODUCTION")
@@ -118,8 +119,6 @@ def tool_spec(folder: Path, tool: str, entry: Any, replies: list[Any] | None = N
               name: str = "tooled") -> Path:
     """A project (pyproject.toml) in `folder` whose agent.yaml has the one tool entry
     `{tool: entry}` and runs on the scripted `fake/` model with `replies`."""
-    import yaml
-
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "pyproject.toml").write_text("")
     data = {"name": name,
@@ -222,3 +221,36 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
+
+
+FAKE_AGENTS = {
+    # agents on the built-in fake models, served by the `runner serve` and `runner mcp` tests
+    "adder": {"description": "Adds with the calculator.",
+              "model": {"id": "fake/script", "options": {"replies": [
+                  "Thought: add\nAction: calculator[2+3]", "Final Answer: 5"]}},
+              "loop": {"style": "react"}, "tools": ["calculator"]},
+    "echoer": {"description": "Repeats the question back.", "model": {"id": "fake/echo"}},
+    "broken": {"description": "Always runs out of replies.",
+               "model": {"id": "fake/script", "options": {"replies": []}}},
+    "poem": {"kind": "chain", "description": "A line about a topic.",
+             "model": {"id": "fake/echo"},
+             "inputs": {"topic": {"description": "What it is about."},
+                        "tone": {"description": "A word on tone.", "default": "calm"}},
+             "prompt": {"text": "Question: {{ topic }} in a {{ tone }} tone"}},
+    "counted": {"description": "Answers with a structured count.",
+                "model": {"id": "fake/script", "options": {"replies": [
+                    'Final Answer: {"count": 3}']}},
+                "output": {"schema": {"type": "object", "required": ["count"],
+                                      "properties": {"count": {"type": "integer"}}}}},
+}
+
+
+def write_agents(folder: Path, specs: dict[str, Any] = FAKE_AGENTS) -> Path:
+    """Each spec as FOLDER/NAME.yaml (memory off), and an empty pyproject.toml beside the
+    folder so the runner takes its parent as the project root."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder.parent / "pyproject.toml").write_text("")
+    for name, body in specs.items():
+        data = {"version": 1, "name": name, "memory": {"backend": "none"}, **body}
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return folder

@@ -15,37 +15,7 @@ import pytest
 import yaml
 
 import runner
-from conftest import run_cli, wait_for
-
-SPECS = {
-    "adder": {"description": "Adds with the calculator.",
-              "model": {"id": "fake/script", "options": {"replies": [
-                  "Thought: add\nAction: calculator[2+3]", "Final Answer: 5"]}},
-              "loop": {"style": "react"}, "tools": ["calculator"]},
-    "echoer": {"description": "Repeats the question back.", "model": {"id": "fake/echo"}},
-    "broken": {"description": "Always runs out of replies.",
-               "model": {"id": "fake/script", "options": {"replies": []}}},
-    "poem": {"kind": "chain", "description": "A line about a topic.",
-             "model": {"id": "fake/echo"},
-             "inputs": {"topic": {"description": "What it is about."},
-                        "tone": {"description": "A word on tone.", "default": "calm"}},
-             "prompt": {"text": "Question: {{ topic }} in a {{ tone }} tone"}},
-    "counted": {"description": "Answers with a structured count.",
-                "model": {"id": "fake/script", "options": {"replies": [
-                    'Final Answer: {"count": 3}']}},
-                "output": {"schema": {"type": "object", "required": ["count"],
-                                      "properties": {"count": {"type": "integer"}}}}},
-}
-
-
-def write_agents(folder: Path, specs: dict[str, Any] = SPECS) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder.parent / "pyproject.toml").write_text("")
-    for name, body in specs.items():
-        data = {"version": 1, "name": name, "memory": {"backend": "none"}, **body}
-        (folder / f"{name}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    return folder
-
+from conftest import FAKE_AGENTS, run_cli, wait_for, write_agents
 
 def stdio_params(folder: Path, *extra: str) -> Any:
     from mcp.client.stdio import StdioServerParameters
@@ -74,7 +44,7 @@ def test_the_sdk_client_lists_every_agent_with_its_description_and_arguments(
         return {t.name: t for t in (await client.list_tools()).tools}
 
     tools = with_client(stdio_params(folder), body)
-    assert set(tools) == set(SPECS)
+    assert set(tools) == set(FAKE_AGENTS)
     assert tools["adder"].description == "Adds with the calculator."
     assert tools["adder"].input_schema["required"] == ["input"]
     poem = tools["poem"].input_schema
@@ -151,7 +121,7 @@ def test_bases_and_test_files_are_not_served_and_bad_specs_stop_the_server(
 
 def test_runs_keep_their_state_in_the_served_project_wherever_the_client_starts_it(
         tmp_path: Path) -> None:
-    folder = write_agents(tmp_path / "project" / "agents", {"echoer": SPECS["echoer"]})
+    folder = write_agents(tmp_path / "project" / "agents", {"echoer": FAKE_AGENTS["echoer"]})
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     params = stdio_params(folder)
@@ -203,7 +173,7 @@ def test_streamable_http_serves_the_same_tools(tmp_path: Path) -> None:
 
 
 def test_http_beyond_loopback_needs_a_token_and_a_token_is_checked(tmp_path: Path) -> None:
-    folder = write_agents(tmp_path / "agents", {"echoer": SPECS["echoer"]})
+    folder = write_agents(tmp_path / "agents", {"echoer": FAKE_AGENTS["echoer"]})
     env = {k: v for k, v in os.environ.items() if k != "RUNNER_MCP_TOKEN"}
     refused = subprocess.run([sys.executable, "-m", "runner", "mcp", str(folder), "--http",
                               f"0.0.0.0:{_free_port()}"], cwd=tmp_path, env=env,
@@ -259,7 +229,7 @@ def test_an_agent_calls_served_agents_through_the_runners_own_client(tmp_path: P
 
 @pytest.mark.parametrize("flag", ["--http", "--http=nohost"])
 def test_a_bad_http_address_is_a_usage_error(tmp_path: Path, flag: str) -> None:
-    folder = write_agents(tmp_path / "agents", {"echoer": SPECS["echoer"]})
+    folder = write_agents(tmp_path / "agents", {"echoer": FAKE_AGENTS["echoer"]})
     args = ["mcp", str(folder), *(flag.split("=") if "=" in flag else [flag, "8931"])]
     done = run_cli(*args, cwd=tmp_path)
     assert done.returncode == 2 and "HOST:PORT" in done.stderr
