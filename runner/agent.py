@@ -102,6 +102,7 @@ class Agent:
             if checkpoints:
                 checkpoints = open_store(spec.checkpoint, self.secrets)
         self.checkpoints: CheckpointStore | None = checkpoints or None
+        self.run_sessions = run_sessions  # before the tools: its sub-agents take it too
         self.session: str | None = None if run_sessions else session or spec.memory.session
         """The conversation the runs continue; None: each run is a conversation of its own
         (with `run_sessions`, of its own unless it names one: never the spec's session,
@@ -127,8 +128,8 @@ class Agent:
         self.tool_views = [{"name": t.name, "description": t.description,
                             "input_hint": t.input_hint()} for t in self.tools.values()]
         self.template = resolved.template
+        self._settings: tuple[str | None, dict[str, Any]] | None = None
         self._unused_memory: Any = None
-        self.run_sessions = run_sessions
         if self.session is None and not run_sessions:  # no run sees another's turns
             self._unused_memory, memory = memory, NoMemory()
         self.memory = memory if memory is not None else (
@@ -196,7 +197,12 @@ class Agent:
         hooks = self.resolved.hooks
         if hooks is not None:
             on_event = hooks.on_event
-            sinks.append(lambda event: on_event(event=event))
+
+            def plugins_hear(event: ev.Event) -> None:
+                if on_event.get_hookimpls():  # no listener: skip pluggy's call (~2 us an event)
+                    on_event(event=event)
+
+            sinks.append(plugins_hear)
         return sinks
 
     def summary_models(self) -> list[Model]:
@@ -217,10 +223,13 @@ class Agent:
 
     def child(self, resolved: Resolved) -> Agent:
         """A sub-agent of this one (see BuildContext.sub_agent): its runs are committed to
-        this agent's checkpoint store (shared, closed by the top-level agent)."""
+        this agent's checkpoint store (shared, closed by the top-level agent). With
+        `run_sessions`, so does it: its spec's session is then kept per session of the runs
+        that delegate to it (`session_of`), never one conversation for every caller."""
         agent = Agent(resolved, depth=self.depth + 1, sinks=self.sinks, tap=self.tap,
                       memory_factory=self.memory_factory, clock=self.clock,
-                      checkpoints=self.checkpoints or False, approver=self.approver)
+                      checkpoints=self.checkpoints or False, approver=self.approver,
+                      run_sessions=self.run_sessions)
         if self.checkpoints is not None:  # its runs are stored there: its secrets masked too
             self.checkpoints.secrets |= agent.secrets
         self.children.append(agent)
@@ -252,15 +261,29 @@ class Agent:
     async def run(self, input: Any, **kw: Any) -> RunResult:
         return await self.start(input, **kw).execute()
 
+    def session_of(self, parent: Run) -> str | None:
+        """The session a run of this sub-agent for `parent` continues: its own (None with
+        `run_sessions`, whose runs name theirs), else, with `run_sessions`, the spec's
+        memory.session within the parent run's session (none if either has none)."""
+        if not self.run_sessions:
+            return self.session
+        named = self.spec.memory.session
+        return f"{parent.session}/{named}" if named and parent.session is not None else None
+
     def settings(self) -> dict[str, Any]:
-        """What shapes this agent's model requests, for traces."""
-        spec = self.spec
-        return {"temperature": spec.model.temperature, "max_tokens": spec.model.max_tokens,
+        """What shapes this agent's model requests, for traces (worked out once per agent and
+        session; each run gets its own copy)."""
+        known = self._settings
+        if known is None or known[0] != self.session:
+            spec = self.spec
+            known = self._settings = (self.session, {
+                "temperature": spec.model.temperature, "max_tokens": spec.model.max_tokens,
                 "style": "tools" if self.native_tools() else "react",
                 "max_iterations": spec.loop.max_iterations,
                 "budget": spec.budget.model_dump(exclude_none=True), "depth": self.depth,
                 "memory": spec.memory.backend if self.session is not None else "none",
-                "spec": str(spec.source.path)}
+                "spec": str(spec.source.path)})
+        return {**known[1], "budget": dict(known[1]["budget"])}
 
     def native_tools(self) -> bool:
         style = self.spec.loop.style

@@ -59,7 +59,7 @@ async def delegate(parent: Run, agent: Agent, input: Any, place: str, *,
         rid = child_id(parent.run_id, place, input, MAX_ATTEMPTS)
     if run is None:
         run = agent.start(input, budget=budget, parent_run_id=parent.run_id, run_id=rid,
-                          context=context)
+                          context=context, session=agent.session_of(parent))
     parent.children.add(run)
     try:
         if parent.stopping:

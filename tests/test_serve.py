@@ -19,28 +19,11 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import yaml
 
-from conftest import wait_for
+from conftest import FAKE_AGENTS, wait_for, write_agents
 from runner.testing import ScriptedOpenAIServer
 
-FAKE = {
-    "adder": {"description": "Adds with the calculator.",
-              "model": {"id": "fake/script", "options": {"replies": [
-                  "Thought: add\nAction: calculator[2+3]", "Final Answer: 5"]}},
-              "loop": {"style": "react"}, "tools": ["calculator"]},
-    "echoer": {"description": "Repeats the question back.", "model": {"id": "fake/echo"}},
-    "poem": {"kind": "chain", "description": "A line about a topic.",
-             "model": {"id": "fake/echo"},
-             "inputs": {"topic": {"description": "What it is about."},
-                        "tone": {"description": "A word on tone.", "default": "calm"}},
-             "prompt": {"text": "Question: {{ topic }} in a {{ tone }} tone"}},
-    "counted": {"description": "Answers with a structured count.",
-                "model": {"id": "fake/script", "options": {"replies": [
-                    'Final Answer: {"count": 3}']}},
-                "output": {"schema": {"type": "object", "required": ["count"],
-                                      "properties": {"count": {"type": "integer"}}}}},
-}
+FAKE = {k: v for k, v in FAKE_AGENTS.items() if k != "broken"}
 
 
 def scripted_specs(server: ScriptedOpenAIServer) -> dict[str, Any]:
@@ -53,15 +36,6 @@ def scripted_specs(server: ScriptedOpenAIServer) -> dict[str, Any]:
                    # a server ignores the spec's session: it would be every caller's
                    "memory": {"backend": "sqlite", "session": "everyone"}},
     }
-
-
-def write_agents(folder: Path, specs: dict[str, Any]) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder.parent / "pyproject.toml").write_text("")
-    for name, body in specs.items():
-        data = {"version": 1, "name": name, "memory": {"backend": "none"}, **body}
-        (folder / f"{name}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    return folder
 
 
 def free_port() -> int:
@@ -442,3 +416,46 @@ def test_the_shipped_examples_are_served_and_answer_on_the_embedded_model(
         assert run["agent"] == "researcher" and run["status"] in ("finished", "max_iterations")
     finally:
         s.stop()
+
+
+def test_a_sub_agents_session_is_kept_per_caller_session(
+        tmp_path: Path, server: ScriptedOpenAIServer) -> None:
+    """A worker whose spec names a session (`notes`) remembers within each session of the
+    runs that delegate to it, never across them: one caller's notes never reach another's."""
+    import re
+
+    def respond(body: dict[str, Any]) -> str:
+        text = "\n".join(str(m.get("content")) for m in body["messages"])
+        if body["model"] == "worker":
+            return "Final Answer: noted"
+        question = re.findall(r"Question: (.*)", text)[-1]
+        if "Observation:" in text.rsplit("Question:", 1)[1]:  # the worker answered
+            return "Final Answer: done"
+        return f"Thought: pass it on\nAction: notes[{question}]"
+
+    server.responder = respond
+    folder = tmp_path / "agents"
+    folder.mkdir()
+    (tmp_path / "pyproject.toml").write_text("")
+    (folder / "desk.yaml").write_text(
+        "version: 1\nname: desk\ndescription: Passes things on.\nmemory: {backend: none}\n"
+        f"loop: {{style: react}}\nmodel: {{id: openai/boss, api_base: '{server.url}'}}\n"
+        "tools:\n  - agent: team/notes.yaml\n")
+    (folder / "team").mkdir()
+    (folder / "team" / "notes.yaml").write_text(
+        "version: 1\nname: notes\ndescription: Keeps notes.\n"
+        "memory: {backend: sqlite, session: shared}\nloop: {style: react}\n"
+        f"model: {{id: openai/worker, api_base: '{server.url}'}}\n")
+    s = Served(folder)
+    try:
+        for session, text in (("s-ann", "My name is Ann."), ("s-bob", "What is my name?"),
+                              ("s-ann", "What is my name?")):
+            r = s.http.post("/v1/agents/desk/runs", json={"input": text, "session": session})
+            assert r.status_code == 200 and r.json()["answer"] == "done", r.text
+    finally:
+        s.stop()
+    worker = ["\n".join(str(m.get("content")) for m in r["messages"])
+              for r in server.requests if r["model"] == "worker"]
+    assert len(worker) == 3
+    assert "My name is Ann." not in worker[1]  # Bob's session: not Ann's notes
+    assert "My name is Ann." in worker[2].split("What is my name?")[0]  # Ann's: hers
