@@ -262,9 +262,10 @@ class Agent:
         return await self.start(input, **kw).execute()
 
     def session_of(self, parent: Run) -> str | None:
-        """The session a run of this sub-agent for `parent` continues: its own (None with
-        `run_sessions`, whose runs name theirs), else, with `run_sessions`, the spec's
-        memory.session within the parent run's session (none if either has none)."""
+        """The session a run of this sub-agent for `parent` continues. Without
+        `run_sessions`: the agent's own (its spec's, or None). With it: the spec's
+        memory.session within the parent run's (`PARENT/NAME`; a server's sessions cannot
+        hold a `/`, so no caller names it), or None when either has none."""
         if not self.run_sessions:
             return self.session
         named = self.spec.memory.session
@@ -281,7 +282,8 @@ class Agent:
                 "style": "tools" if self.native_tools() else "react",
                 "max_iterations": spec.loop.max_iterations,
                 "budget": spec.budget.model_dump(exclude_none=True), "depth": self.depth,
-                "memory": spec.memory.backend if self.session is not None else "none",
+                "memory": spec.memory.backend
+                if self.session is not None or self.run_sessions else "none",
                 "spec": str(spec.source.path)})
         return {**known[1], "budget": dict(known[1]["budget"])}
 
