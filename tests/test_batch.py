@@ -499,3 +499,30 @@ def test_results_mask_secrets(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     text = (tmp_path / "out.jsonl").read_text()
     assert "sk-live-123456789" not in text and "***" in text
+
+
+def test_a_bug_in_a_ray_worker_is_that_inputs_line_with_secrets_masked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The actor class itself, without Ray: an exception escaping a run becomes the input's
+    `internal_error` line, masked with the worker's own secrets (the driver may not know
+    them), and the worker goes on."""
+    from runner.serve import batch_ray
+
+    spec = project(tmp_path, {"model": {"id": "fake/echo"}})
+    secret = "sk-live-worker-only-987654"
+    monkeypatch.setenv("WORKER_API_KEY", secret)  # in the worker's environment only
+    worker = batch_ray.BatchWorker(str(spec), [], str(tmp_path), {})
+    job = {"id": "q1", "line": 1, "value": "hello", "run_id": "r" * 16}
+
+    async def broken(*args: Any, **kw: Any) -> Any:
+        raise RuntimeError(f"cannot reach {secret}")
+
+    real = batch_ray.run_job
+    monkeypatch.setattr(batch_ray, "run_job", broken)
+    line = asyncio.run(worker.run(job, False))
+    assert line is not None and line["status"] == "internal_error" and line["id"] == "q1"
+    assert secret not in json.dumps(line) and "RuntimeError: cannot reach" in line["error"]
+    monkeypatch.setattr(batch_ray, "run_job", real)
+    ok = asyncio.run(worker.run({**job, "run_id": "s" * 16}, False))
+    assert ok is not None and ok["status"] == "finished"
+    asyncio.run(worker.close())

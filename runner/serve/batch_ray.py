@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import RunnerError, SpecError
+from ..redact import env_secrets
 from ..spec import AgentSpec
 from .batch import Job, RateLimit, Results, Tally, _error_line, batch_agent, run_job
 
@@ -69,6 +70,9 @@ class BatchWorker:
         mine: list[Any] = []
         try:
             return await run_job(self.agent, Job(**job), force=force, started=started)
+        except Exception as exc:  # a bug of ours: this input's line, masked here, as locally
+            return _error_line(Job(**job), "internal_error", f"{type(exc).__name__}: {exc}",
+                               self.agent.secrets, self.agent)
         finally:
             self.runs.difference_update(mine)
 
@@ -147,6 +151,8 @@ class _Pool:
         self.remote = ray.remote(num_cpus=1, max_restarts=0,
                                  max_concurrency=concurrency + 4)(BatchWorker)
         self.args = (str(spec.source.path.resolve()), overrides, os.getcwd(), env)
+        self.secrets = spec.source.secrets | env_secrets()
+        """What the driver masks in a line it writes itself (the agent's are the actors')."""
         size = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self.actors: dict[int, Any] = {}
         self.up: dict[int, tuple[int, str]] = {}
@@ -316,8 +322,8 @@ def _drive(ray: Any, pool: _Pool, todo: Iterator[Job], results: Results, tally: 
                     again.append(job)  # resumes elsewhere, from its checkpoint
                     forced.add(job.id)
                 continue
-            except failed as exc:  # a bug of ours, in the actor: this input's line
-                line = _error_line(job, "internal_error", _cause(exc), set())
+            except failed as exc:  # the actor could not even answer: this input's line
+                line = _error_line(job, "internal_error", _cause(exc), pool.secrets)
             if line is not None and results.write(line):
                 tally.add(line)
     return stop[0] if stop else None
