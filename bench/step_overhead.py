@@ -38,6 +38,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from collections.abc import Iterator
@@ -275,9 +276,13 @@ def run_benchmark_worker(script: str, args: argparse.Namespace, url: str, extra:
         "RUNNER_TRANSPORT", "RUNNER_LITELLM_OPENAI_SDK", "EXPERIMENTAL_OPENAI_BASE_LLM_HTTP_HANDLER")}
     clean.update({"OPENAI_API_KEY": "none", "LITELLM_LOCAL_MODEL_COST_MAP": "True",
                   "LITELLM_MODE": "PRODUCTION", **(env or {})})
-    cmd = [sys.executable, script, "--worker", "--url", url, "--runs", str(args.runs),
-           "--warmup", str(args.warmup), "--tool-calls", str(args.tool_calls), *extra]
-    out = subprocess.run(cmd, cwd=ROOT, env=clean, capture_output=True, text=True, timeout=1800)
+    cmd = [sys.executable, str(Path(script).resolve()), "--worker", "--url", url, "--runs",
+           str(args.runs), "--warmup", str(args.warmup), "--tool-calls", str(args.tool_calls),
+           *extra]
+    with tempfile.TemporaryDirectory(prefix="runner-bench-") as scratch:  # the runs' .runner/
+        Path(scratch, "pyproject.toml").write_text("")
+        out = subprocess.run(cmd, cwd=scratch, env=clean, capture_output=True, text=True,
+                             timeout=1800)
     if out.returncode != 0:
         raise SystemExit(f"{what} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
