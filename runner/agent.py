@@ -18,6 +18,7 @@ from . import events as ev
 from .budget import Budget, Clock
 from .checkpoints import CheckpointStore, open_store, restore_run
 from .errors import SpecError
+from .examples import ExamplePool
 from .handoff import handoff_tool
 from .loop import Run
 from .memory import NoMemory
@@ -128,6 +129,9 @@ class Agent:
         self.tool_views = [{"name": t.name, "description": t.description,
                             "input_hint": t.input_hint()} for t in self.tools.values()]
         self.template = resolved.template
+        pool = spec.prompt.examples_pool
+        self.examples = ExamplePool(pool.examples, pool.k) if pool is not None else None
+        """The spec's examples_pool, indexed once (None without one)."""
         self._settings: tuple[str | None, dict[str, Any]] | None = None
         self._unused_memory: Any = None
         if self.session is None and not run_sessions:  # no run sees another's turns
@@ -295,10 +299,12 @@ class Agent:
     def prompt(self, input: Any, history: list[Any], **extra: Any) -> str:
         """The master prompt rendered for `input` (the template sees the spec's variables)."""
         p = self.spec.prompt
+        examples = p.examples if p.examples is not None else []
+        if self.examples is not None:
+            examples = [*examples, *self.examples.pick(as_text(input))]
         return self.template.render(
             **p.variables, vars=p.variables, instructions=p.instructions, history=history,
-            input=input, tools=self.tool_views,
-            examples=p.examples if p.examples is not None else [], **extra)
+            input=input, tools=self.tool_views, examples=examples, **extra)
 
     async def remember(self, input: Any, answer: Any, session: str | None = None) -> None:
         """Keep a finished run's turn in its session's memory (default: the agent's), secrets

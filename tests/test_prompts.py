@@ -272,3 +272,54 @@ def test_a_huge_or_special_template_is_refused_unread(tmp_path: Path) -> None:
         with pytest.raises(TemplateError) as info:
             PromptTemplate(tmp_path, name="main.md.j2").render()
         assert reason in info.value.reason
+
+
+POOL = [f"Question: {q}\nThought: t\nAction: calculator[{e}]\nObservation: {a}\n"
+        f"Thought: I now know the final answer\nFinal Answer: {a}"
+        for q, e, a in (("What is 12 plus 30?", "12+30", 42),
+                        ("What is 40 percent of 90?", "40/100*90", 36),
+                        ("What is 3 to the power of 4?", "3^4", 81),
+                        ("Share 60 sweets equally among 5 children. How many each?", "60/5", 12),
+                        ("Mia had 50 cards and gave away 12. How many are left?", "50-12", 38))]
+
+
+def pool_agent(tmp_path: Path, pool: Any, **prompt: Any) -> runner.Agent:
+    (tmp_path / "pyproject.toml").write_text("")
+    path = tmp_path / "pooled.yaml"
+    path.write_text(yaml.safe_dump({
+        "version": 1, "name": "pooled", "memory": {"backend": "none"},
+        "model": {"id": "fake/echo"}, "loop": {"style": "react"}, "tools": ["calculator"],
+        "prompt": {"examples_pool": pool, **prompt}}, sort_keys=False))
+    return runner.Agent(runner.load_spec(path))
+
+
+def test_a_prompt_gets_the_pool_examples_most_like_its_question(tmp_path: Path) -> None:
+    agent = pool_agent(tmp_path, {"k": 2, "examples": POOL},
+                       examples=["Question: fixed one\nFinal Answer: 1"])
+
+    def shown(question: str) -> list[str]:
+        text = agent.prompt(question, [], steps=[], native_tools=False)
+        lines = [line for line in text.splitlines() if line.startswith("Question: ")]
+        return lines[1:-1]  # not the format's nor the question asked
+
+    # the spec's own examples first, then the k chosen, the most alike last
+    assert shown("What is 15 percent of 300?")[0] == "Question: fixed one"
+    assert shown("What is 15 percent of 300?")[-1] == "Question: What is 40 percent of 90?"
+    assert shown("What is 2 to the power of 8?")[-1] == "Question: What is 3 to the power of 4?"
+    assert shown("Ann had 70 cards and gave away 25. How many are left?")[-1] == (
+        "Question: Mia had 50 cards and gave away 12. How many are left?")
+    assert all(len(shown(q)) == 3 for q in ("What is 15 percent of 300?", "xyzzy 12"))
+    # numbers are not words: 12 in the question does not pull in the example with 12 in it
+    assert "Question: What is 12 plus 30?" not in shown("What is 12 percent of 9?")[-1:]
+    assert "Action: calculator[40/100*90]" in agent.prompt(
+        "What is 15 percent of 300?", [], steps=[], native_tools=False)
+
+
+@pytest.mark.parametrize("pool,key", [({"k": 0, "examples": POOL}, "k"),
+                                      ({"k": 2, "examples": []}, "examples"),
+                                      ({"k": 2}, "examples"),
+                                      ({"k": 2, "examples": POOL, "top": 1}, "top")])
+def test_a_bad_examples_pool_is_named_in_the_error(tmp_path: Path, pool: Any, key: str) -> None:
+    with pytest.raises(runner.SpecError) as err:
+        pool_agent(tmp_path, pool)
+    assert "pooled.yaml" in str(err.value) and f"prompt.examples_pool.{key}" in str(err.value)

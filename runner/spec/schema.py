@@ -106,6 +106,16 @@ class ModelSpec(StrictModel):
                                        "fallbacks": []})
 
 
+class ExamplesPoolSpec(StrictModel):
+    """Few-shot examples of which each run's prompt gets the `k` most like its question."""
+
+    k: int = Field(3, ge=1, le=20)
+    """How many examples a prompt gets."""
+    examples: list[str] = Field(min_length=1)
+    """Transcripts in the loop's format, each with a `Question:` line, which is what the
+    run's question is matched against (BM25 over the words, numbers left out)."""
+
+
 class PromptSpec(StrictModel):
     """The master prompt."""
 
@@ -117,6 +127,9 @@ class PromptSpec(StrictModel):
     """What the agent is for and how it should behave; shown at the top of the prompt."""
     examples: list[str] | None = None
     """Few-shot transcripts in the loop's format; replace the built-in examples."""
+    examples_pool: ExamplesPoolSpec | None = None
+    """More examples than a prompt should carry: each run gets the `k` most like its
+    question, after `examples` (`{k: 3, examples: [...]}`)."""
     variables: dict[str, Any] = {}
     """Extra values the template can use (passed as data, never rendered as templates)."""
 

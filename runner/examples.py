@@ -1,0 +1,70 @@
+"""`prompt.examples_pool`: a spec carries many few-shot examples and each run's prompt gets
+the `k` most like its question, so a small model sees the worked example of the operation
+it is asked for (a percentage, a power, a share) without paying for all of them.
+
+"Most like" is BM25 over the examples' question lines (SQLite FTS5 with the porter stemmer,
+in memory, built once per agent), the run's words as the query; numbers are left out on both
+sides (a question about 20 percent is not like an example about 20 eggs). The chosen
+examples go in order of likeness, the most alike last, next to the question; when no word is
+shared, the first `k` of the pool.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+from collections import OrderedDict
+
+from .search_local import match_expression
+
+__all__ = ["ExamplePool", "question_line"]
+
+_QUESTION = re.compile(r"^\s*Question:\s*(.+)$", re.M)
+_DIGITS = re.compile(r"\d+")
+_GENERIC = frozenset({"many", "much"})
+"""Words of almost every question ("how many", "how much"), left out of the query."""
+_CACHED = 256
+"""Questions whose choice is kept (a ReAct run renders its prompt at every step)."""
+
+
+def question_line(example: str) -> str:
+    """What an example is matched on: its `Question:` line, else all of it."""
+    m = _QUESTION.search(example)
+    return m.group(1) if m else example
+
+
+class ExamplePool:
+    """The examples of a pool and the index over them."""
+
+    def __init__(self, examples: list[str], k: int) -> None:
+        self.examples, self.k = list(examples), k
+        self._db = sqlite3.connect(":memory:", check_same_thread=False)
+        self._db.execute("CREATE VIRTUAL TABLE pool USING fts5(q, tokenize='porter unicode61')")
+        self._db.executemany("INSERT INTO pool(rowid, q) VALUES (?, ?)", [
+            (i, _DIGITS.sub(" ", question_line(e))) for i, e in enumerate(self.examples)])
+        self._lock = threading.Lock()
+        self._chosen: OrderedDict[str, list[str]] = OrderedDict()
+
+    def pick(self, question: str) -> list[str]:
+        """The `k` examples most like `question`, the most alike last."""
+        with self._lock:
+            hit = self._chosen.get(question)
+            if hit is not None:
+                self._chosen.move_to_end(question)
+                return hit
+            query = match_expression(" ".join(
+                w for w in _DIGITS.sub(" ", question).split() if w.lower() not in _GENERIC))
+            rows = self._db.execute(
+                "SELECT rowid FROM pool WHERE pool MATCH ? ORDER BY bm25(pool), rowid LIMIT ?",
+                (query, self.k)).fetchall() if query else []
+            ids = [r[0] for r in rows]
+            ids += [i for i in range(len(self.examples)) if i not in ids][:self.k - len(ids)]
+            chosen = [self.examples[i] for i in reversed(ids)]
+            self._chosen[question] = chosen
+            if len(self._chosen) > _CACHED:
+                self._chosen.popitem(last=False)
+            return chosen
+
+    def close(self) -> None:
+        self._db.close()
