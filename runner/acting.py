@@ -8,6 +8,8 @@ It works on an explicit `StepContext` (what a run lends its tool calls) and `Too
 from __future__ import annotations
 
 import json
+import math
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -24,7 +26,7 @@ from .spec import LoopSpec
 from .tools import (Tool, ToolContext, cut_deep, format_output, parse_arguments, run_tool,
                     too_deep)
 
-__all__ = ["StepContext", "ToolLedger", "act", "UNKNOWN_OUTCOME"]
+__all__ = ["StepContext", "ToolLedger", "act", "UNKNOWN_OUTCOME", "answer_contradicts"]
 
 UNKNOWN_OUTCOME = ("the run was interrupted while {tool} was running, and {tool} is not safe to "
                    "repeat, so it was not run again: its outcome is unknown. Check its effect "
@@ -157,3 +159,38 @@ async def _approve(ctx: StepContext, t: Tool, args: Any, step: Step) -> str | No
         return None
     return f"running {t.name} was declined" + (" by the spec (loop.approve: never)"
                                               if mode == "never" else " by the person")
+
+
+_BARE_NUMBER = re.compile(r"\s*(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*")
+_IN_TEXT = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?![\d])")
+
+
+def answer_contradicts(answer: Any, earlier: list[Step]) -> str | None:
+    """What to tell the model when its final answer states numbers and none of them is the
+    number the last tool call gave (the calculator said 216, the answer says 180), else None.
+
+    Cheap and narrow on purpose: only a last observation that is one bare number (what the
+    calculator returns) and an answer that is text holding at least one number; a number
+    shown rounded (3.57 for 3.5714...) agrees."""
+    if not isinstance(answer, str):
+        return None
+    last = next((s for s in reversed(earlier) if s.action), None)
+    if last is None or last.error or not isinstance(last.observation, str):
+        return None
+    bare = _BARE_NUMBER.fullmatch(last.observation)
+    if bare is None:
+        return None
+    said = float(bare.group(1))
+    given = [g for g in _IN_TEXT.findall(answer)]
+    if not given or any(_agrees(g, said) for g in given):
+        return None
+    return (f"Your final answer says {given[-1]}, but the last observation was "
+            f"{bare.group(1)}. If {bare.group(1)} answers the question, give it as the final "
+            f"answer; if not, take another step.")
+
+
+def _agrees(text: str, value: float) -> bool:
+    number = float(text.replace(",", ""))
+    digits = len(text.split(".", 1)[1]) if "." in text else 0
+    return math.isclose(number, value, rel_tol=1e-9, abs_tol=1e-12) or (
+        math.isfinite(value) and round(value, digits) == number)

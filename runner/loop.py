@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from . import events as ev
-from .acting import StepContext, ToolLedger, act
+from .acting import StepContext, ToolLedger, act, answer_contradicts
 from .budget import Budget
 from .chain import run_chain
 from .checkpoints import hold, release, run_state, settle_pending
@@ -50,6 +50,8 @@ class Run:
         self.messages: list[Message] = []
         """The native tool-calling conversation (empty in text ReAct)."""
         self.calls = self.parse_errors = 0
+        self.answer_checked = False
+        """Whether a final answer was sent back once already (loop.check_answer)."""
         self.partial: Any = None
         """The best answer so far, kept if the run fails (a reply past the budget, a draft
         the critic did not approve)."""
@@ -249,7 +251,8 @@ class Run:
         ok = await self._act(ctx, parsed, steps)
         # by position (one step per call, in order): calls may share an id
         answers = [s.observation or "" for s in steps] if parsed.actions else []
-        messages.extend(tool_messages(reply, answers, parsed.failure))
+        told = parsed.failure or (steps[0].observation if steps[0].error else None)
+        messages.extend(tool_messages(reply, answers, told))
         return ok
 
     async def _act(self, ctx: StepContext, parsed: Parsed, steps: list[Step]) -> bool:
@@ -267,6 +270,13 @@ class Run:
             except OutputError as exc:
                 problem = str(exc)
             else:
+                note = None if self.answer_checked or not self.spec.loop.check_answer else \
+                    answer_contradicts(r.answer, r.steps[:-len(steps)])
+                if note is not None:  # asked again, once: not a parse error
+                    self.answer_checked, r.answer = True, None
+                    first.observation, first.error = note, True
+                    self.emit(ev.Observed(self.run_id, first.index, None, note, True, 0.0))
+                    return True
                 r.status = "finished"
                 self.emit(ev.FinalAnswer(self.run_id, first.index, r.answer))
                 return True

@@ -381,3 +381,64 @@ def test_max_iterations_counts_model_calls_not_parallel_tool_calls(
     result, _, _ = run(native_spec(tmp_path, max_iterations=2), overrides=scripted)
     assert len(server.requests) == 2
     assert result.status == "finished"
+
+
+# ------------------------------------------------------------------------------ the answer check
+
+
+def test_an_answer_that_contradicts_the_last_result_is_sent_back_once(tmp_path: Path) -> None:
+    path = write_spec(tmp_path, ["Thought: multiply\nAction: calculator[12*18]",
+                                 "Thought: done\nFinal Answer: 180 pages",
+                                 "Thought: right\nFinal Answer: 216 pages"])
+    result, agent, events = run(path, "12 chapters of 18 pages: how many pages?")
+    assert result.status == "finished" and result.answer == "216 pages"
+    told = prompts_sent(agent)[2]
+    assert "Final Answer: 180 pages\nObservation: Your final answer says 180, but the last " \
+           "observation was 216." in told
+    assert [e.answer for e in events if isinstance(e, ev.FinalAnswer)] == ["216 pages"]
+    assert len(result.steps) == 3 and result.steps[1].error
+
+
+def test_the_answer_check_asks_once_and_then_takes_the_answer(tmp_path: Path) -> None:
+    path = write_spec(tmp_path, ["Action: calculator[12*18]", "Final Answer: 180",
+                                 "Final Answer: 180", "Final Answer: never asked"])
+    result, agent, _ = run(path)
+    assert result.status == "finished" and result.answer == "180"
+    assert len(agent.models[0].calls) == 3  # asked again once, not twice
+
+
+@pytest.mark.parametrize("answer", ["216", "It is 216.", "3.57", "about 3.571 meters"])
+def test_an_answer_that_agrees_or_rounds_goes_through_at_once(tmp_path: Path, answer: str
+                                                            ) -> None:
+    expression = "12*18" if "216" in answer else "25/7"
+    path = write_spec(tmp_path, [f"Action: calculator[{expression}]", f"Final Answer: {answer}"])
+    result, agent, _ = run(path)
+    assert result.status == "finished" and result.answer == answer
+    assert len(agent.models[0].calls) == 2
+
+
+@pytest.mark.parametrize("replies,overrides", [
+    (["Action: echo[216 pages]", "Final Answer: 180"], []),  # the tool said more than a number
+    (["Final Answer: 180"], []),  # no tool ran
+    (["Action: calculator[12*18]", "Final Answer: two hundred"], []),  # no number in it
+    (["Action: calculator[12*18]", "Final Answer: 180"], ["loop.check_answer=false"]),
+])
+def test_the_answer_check_stays_out_of_the_way(tmp_path: Path, replies: list[str],
+                                               overrides: list[str]) -> None:
+    path = write_spec(tmp_path, replies)
+    result, agent, _ = run(path, overrides=overrides)
+    assert result.status == "finished" and result.answer == replies[-1].split(": ", 1)[1]
+    assert len(agent.models[0].calls) == len(replies)
+
+
+def test_native_tool_calls_get_the_answer_check_as_a_user_message(
+        tmp_path: Path, server: ScriptedOpenAIServer) -> None:
+    path = write_spec(tmp_path, loop={"style": "tools"},
+                      model={"id": "openai/scripted", "api_base": server.url})
+    server.script({"tool_calls": [{"name": "calculator", "arguments": {"expression": "12*18"}}]},
+                  "It is 180.", "It is 216.")
+    result, _, _ = run(path)
+    assert result.status == "finished" and result.answer == "It is 216."
+    last = server.requests[2]["messages"]
+    assert last[-2] == {"role": "assistant", "content": "It is 180."}
+    assert last[-1]["role"] == "user" and "last observation was 216" in last[-1]["content"]

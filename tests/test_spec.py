@@ -125,7 +125,7 @@ def test_unknown_key_without_a_close_one_lists_the_allowed_keys(write: Write) ->
     path = write("bad.yaml", "loop:\n  zzz: 1\n")
     assert error_of(path) == ("bad.yaml:2:3: loop.zzz: unknown key 'zzz'; allowed: style, "
                               "max_iterations, max_parse_errors, max_observation_chars, "
-                              "tool_timeout_s, max_repeats, approve")
+                              "tool_timeout_s, max_repeats, approve, check_answer")
 
 
 def test_unknown_key_uses_the_yaml_name_of_aliased_fields(write: Write) -> None:

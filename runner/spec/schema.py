@@ -151,6 +151,9 @@ class LoopSpec(StrictModel):
     """The same action with the same input this many times: the model is told; once more ends the run (loop_detected)."""
     approve: Literal["ask", "always", "never"] = "ask"
     """Tools marked `confirm`: ask the person at the terminal, run them without asking, or refuse them."""
+    check_answer: bool = True
+    """A final answer whose numbers all differ from the last tool result, when that is one
+    number (the calculator said 216, the answer says 180), is sent back to the model once."""
 
 
 class BudgetSpec(StrictModel):
