@@ -162,16 +162,17 @@ async def _approve(ctx: StepContext, t: Tool, args: Any, step: Step) -> str | No
 
 
 _BARE_NUMBER = re.compile(r"\s*(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*")
-_IN_TEXT = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?![\d])")
+_IN_TEXT = re.compile(r"(?<![\w.,])-?\d+(?:,\d{3})*(?:\.\d+)?(?![\w])")
 
 
-def answer_contradicts(answer: Any, earlier: list[Step]) -> str | None:
+def answer_contradicts(answer: Any, earlier: list[Step], question: str = "") -> str | None:
     """What to tell the model when its final answer states numbers and none of them is the
     number the last tool call gave (the calculator said 216, the answer says 180), else None.
 
     Cheap and narrow on purpose: only a last observation that is one bare number (what the
-    calculator returns) and an answer that is text holding at least one number; a number
-    shown rounded (3.57 for 3.5714...) agrees."""
+    calculator returns) and an answer that is text holding a number that is not in the
+    `question` (12 in "12 chapters hold 216 pages" restates it); a number shown rounded
+    (3.57 for 3.5714...) agrees."""
     if not isinstance(answer, str):
         return None
     last = next((s for s in reversed(earlier) if s.action), None)
@@ -181,7 +182,8 @@ def answer_contradicts(answer: Any, earlier: list[Step]) -> str | None:
     if bare is None:
         return None
     said = float(bare.group(1))
-    given = [g for g in _IN_TEXT.findall(answer)]
+    asked = set(_IN_TEXT.findall(question))
+    given = [g for g in _IN_TEXT.findall(answer) if g not in asked]
     if not given or any(_agrees(g, said) for g in given):
         return None
     return (f"Your final answer says {given[-1]}, but the last observation was "

@@ -25,7 +25,9 @@ _DIGITS = re.compile(r"\d+")
 _GENERIC = frozenset({"many", "much"})
 """Words of almost every question ("how many", "how much"), left out of the query."""
 _CACHED = 256
-"""Questions whose choice is kept (a ReAct run renders its prompt at every step)."""
+"""Questions whose choice is kept (a ReAct run renders its prompt at every step)..."""
+_CACHED_CHARS = 2000
+"""... if they are no longer than this (a long input is not held)."""
 
 
 def question_line(example: str) -> str:
@@ -61,10 +63,8 @@ class ExamplePool:
             ids = [r[0] for r in rows]
             ids += [i for i in range(len(self.examples)) if i not in ids][:self.k - len(ids)]
             chosen = [self.examples[i] for i in reversed(ids)]
-            self._chosen[question] = chosen
-            if len(self._chosen) > _CACHED:
-                self._chosen.popitem(last=False)
+            if len(question) <= _CACHED_CHARS:
+                self._chosen[question] = chosen
+                if len(self._chosen) > _CACHED:
+                    self._chosen.popitem(last=False)
             return chosen
-
-    def close(self) -> None:
-        self._db.close()

@@ -271,7 +271,7 @@ class Run:
                 problem = str(exc)
             else:
                 note = None if self.answer_checked or not self.spec.loop.check_answer else \
-                    answer_contradicts(r.answer, r.steps[:-len(steps)])
+                    answer_contradicts(r.answer, r.steps[:-len(steps)], as_text(r.input))
                 if note is not None:  # asked again, once: not a parse error
                     self.answer_checked, r.answer = True, None
                     first.observation, first.error = note, True

@@ -442,3 +442,9 @@ def test_native_tool_calls_get_the_answer_check_as_a_user_message(
     last = server.requests[2]["messages"]
     assert last[-2] == {"role": "assistant", "content": "It is 180."}
     assert last[-1]["role"] == "user" and "last observation was 216" in last[-1]["content"]
+
+
+def test_numbers_the_question_holds_are_not_held_against_the_answer(tmp_path: Path) -> None:
+    path = write_spec(tmp_path, ["Action: calculator[1+1]", "Final Answer: card 4111, ok"])
+    result, agent, _ = run(path, "my card 4111: what is 1+1?")
+    assert result.status == "finished" and len(agent.models[0].calls) == 2
