@@ -514,15 +514,15 @@ def test_a_bug_in_a_ray_worker_is_that_inputs_line_with_secrets_masked(
     worker = batch_ray.BatchWorker(str(spec), [], str(tmp_path), {})
     job = {"id": "q1", "line": 1, "value": "hello", "run_id": "r" * 16}
 
-    async def broken(*args: Any, **kw: Any) -> Any:
+    def broken(*args: Any, **kw: Any) -> Any:  # a bug of ours, where a run is started
         raise RuntimeError(f"cannot reach {secret}")
 
-    real = batch_ray.run_job
-    monkeypatch.setattr(batch_ray, "run_job", broken)
+    real = worker.agent.start
+    monkeypatch.setattr(worker.agent, "start", broken)
     line = asyncio.run(worker.run(job, False))
     assert line is not None and line["status"] == "internal_error" and line["id"] == "q1"
     assert secret not in json.dumps(line) and "RuntimeError: cannot reach" in line["error"]
-    monkeypatch.setattr(batch_ray, "run_job", real)
+    monkeypatch.setattr(worker.agent, "start", real)
     ok = asyncio.run(worker.run({**job, "run_id": "s" * 16}, False))
     assert ok is not None and ok["status"] == "finished"
     asyncio.run(worker.close())

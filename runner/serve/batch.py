@@ -346,8 +346,9 @@ async def run_job(agent: Agent, job: Job, *, force: bool = False,
                   started: Callable[[Run], None] | None = None) -> dict[str, Any] | None:
     """Run one input (resuming its run if a checkpoint has it) and return its result line;
     None if a stop request interrupted it (it is not done). Never raises for the input's
-    own failure: that is its line. `force`: take the run from whoever the checkpoint says
-    has it (Ray: the driver knows that worker died)."""
+    own failure, nor for a bug of ours (an `internal_error` line, masked with the agent's
+    secrets wherever it runs): that is its line. `force`: take the run from whoever the
+    checkpoint says has it (Ray: the driver knows that worker died)."""
     store, secrets = agent.checkpoints, agent.secrets
     try:
         state = store.load(job.run_id) if store is not None and store.has(job.run_id) else None
@@ -368,6 +369,9 @@ async def run_job(agent: Agent, job: Job, *, force: bool = False,
         result = await run.execute()
     except RunnerError as exc:  # its checkpoint unreadable, or the run claimed elsewhere
         return _error_line(job, getattr(exc, "status", "error"), str(exc), secrets,
+                           agent)
+    except Exception as exc:  # a bug of ours must not stop the other inputs: this one's line
+        return _error_line(job, "internal_error", f"{type(exc).__name__}: {exc}", secrets,
                            agent)
     if result.status == "interrupted" and run.stopping is not None:
         return None
@@ -560,9 +564,6 @@ async def run_local(agent: Agent, todo: Iterator[Job], results: Results, tally: 
 
             try:
                 line = await run_job(agent, job, started=started)
-            except Exception as exc:  # a bug of ours must not stop the other inputs
-                line = _error_line(job, "internal_error", f"{type(exc).__name__}: {exc}",
-                                   agent.secrets, agent)
             finally:
                 running.difference_update(run_of)
             if line is not None and results.write(line):

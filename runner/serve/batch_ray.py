@@ -70,9 +70,6 @@ class BatchWorker:
         mine: list[Any] = []
         try:
             return await run_job(self.agent, Job(**job), force=force, started=started)
-        except Exception as exc:  # a bug of ours: this input's line, masked here, as locally
-            return _error_line(Job(**job), "internal_error", f"{type(exc).__name__}: {exc}",
-                               self.agent.secrets, self.agent)
         finally:
             self.runs.difference_update(mine)
 
