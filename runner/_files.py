@@ -74,3 +74,18 @@ def read_bounded(path: str | os.PathLike[str], limit: int) -> bytes:
     if len(data) > limit:
         raise TooLarge(len(data), limit)
     return data
+
+
+def fd_share(low: int, high: int) -> int:
+    """A quarter of this process's soft file-descriptor limit, kept within [low, high]
+    (`high` when unlimited, `low` where the limit cannot be read): what one kind of
+    long-lived descriptor (model connections, open trace files) may take."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return low
+    if soft == resource.RLIM_INFINITY:
+        return high
+    return max(low, min(high, soft // 4))

@@ -18,7 +18,6 @@ from . import events as ev
 from .budget import Budget, Clock
 from .checkpoints import CheckpointStore, open_store, restore_run
 from .errors import SpecError
-from .examples import ExamplePool
 from .handoff import handoff_tool
 from .loop import Run
 from .memory import NoMemory
@@ -129,10 +128,14 @@ class Agent:
         self.tool_views = [{"name": t.name, "description": t.description,
                             "input_hint": t.input_hint()} for t in self.tools.values()]
         self.template = resolved.template
+        self.examples: Any = None
+        """The spec's examples_pool, indexed once (runner.examples.ExamplePool), or None."""
         pool = spec.prompt.examples_pool
-        self.examples = ExamplePool(pool.examples, pool.k) if pool is not None else None
-        """The spec's examples_pool, indexed once (None without one)."""
-        self._settings: tuple[str | None, dict[str, Any]] | None = None
+        if pool is not None:  # its index (SQLite FTS5) only for the specs that have one
+            from .examples import ExamplePool
+
+            self.examples = ExamplePool(pool.examples, pool.k)
+        self._settings: dict[str, Any] | None = None
         self._unused_memory: Any = None
         if self.session is None and not run_sessions:  # no run sees another's turns
             self._unused_memory, memory = memory, NoMemory()
@@ -276,20 +279,19 @@ class Agent:
         return f"{parent.session}/{named}" if named and parent.session is not None else None
 
     def settings(self) -> dict[str, Any]:
-        """What shapes this agent's model requests, for traces (worked out once per agent and
-        session; each run gets its own copy)."""
-        known = self._settings
-        if known is None or known[0] != self.session:
+        """What shapes this agent's model requests, for traces (worked out once; each run
+        gets its own copy)."""
+        if self._settings is None:
             spec = self.spec
-            known = self._settings = (self.session, {
+            self._settings = {
                 "temperature": spec.model.temperature, "max_tokens": spec.model.max_tokens,
                 "style": "tools" if self.native_tools() else "react",
                 "max_iterations": spec.loop.max_iterations,
                 "budget": spec.budget.model_dump(exclude_none=True), "depth": self.depth,
                 "memory": spec.memory.backend
                 if self.session is not None or self.run_sessions else "none",
-                "spec": str(spec.source.path)})
-        return {**known[1], "budget": dict(known[1]["budget"])}
+                "spec": str(spec.source.path)}
+        return {**self._settings, "budget": dict(self._settings["budget"])}
 
     def native_tools(self) -> bool:
         style = self.spec.loop.style

@@ -18,7 +18,7 @@ from collections import OrderedDict
 
 from .search_local import match_expression
 
-__all__ = ["ExamplePool", "question_line"]
+__all__ = ["ExamplePool"]
 
 _QUESTION = re.compile(r"^\s*Question:\s*(.+)$", re.M)
 _DIGITS = re.compile(r"\d+")
@@ -30,7 +30,7 @@ _CACHED_CHARS = 2000
 """... if they are no longer than this (a long input is not held)."""
 
 
-def question_line(example: str) -> str:
+def _question_line(example: str) -> str:
     """What an example is matched on: its `Question:` line, else all of it."""
     m = _QUESTION.search(example)
     return m.group(1) if m else example
@@ -44,7 +44,7 @@ class ExamplePool:
         self._db = sqlite3.connect(":memory:", check_same_thread=False)
         self._db.execute("CREATE VIRTUAL TABLE pool USING fts5(q, tokenize='porter unicode61')")
         self._db.executemany("INSERT INTO pool(rowid, q) VALUES (?, ?)", [
-            (i, _DIGITS.sub(" ", question_line(e))) for i, e in enumerate(self.examples)])
+            (i, _DIGITS.sub(" ", _question_line(e))) for i, e in enumerate(self.examples)])
         self._lock = threading.Lock()
         self._chosen: OrderedDict[str, list[str]] = OrderedDict()
 

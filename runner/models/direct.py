@@ -27,6 +27,7 @@ import os
 import weakref
 from typing import TYPE_CHECKING, Any
 
+from .._files import fd_share
 from ..errors import ModelError, ModelProviderError
 from . import Message
 from ..redact import clip, redact_text
@@ -92,15 +93,7 @@ def max_connections() -> int:
         if n < 1:
             raise ModelError(f"{CONNECTIONS_ENV}={n}: expected at least 1")
         return n
-    try:
-        import resource
-
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    except (ImportError, OSError, ValueError):
-        return 500
-    if soft == resource.RLIM_INFINITY:
-        return 4096
-    return max(500, min(4096, soft // 4))
+    return fd_share(500, 4096)
 
 
 # One pooled aiohttp session per event loop, closed when that loop shuts its async

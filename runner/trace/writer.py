@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import events as ev
-from .._files import private_dir
+from .._files import fd_share, private_dir
 from ..models import Message
 from ..redact import Redactor
 from ..result import to_json
@@ -44,19 +44,7 @@ from ..spec import TraceSpec
 
 __all__ = ["TraceWriter", "common_prefix", "flush", "MAX_OPEN"]
 
-
-
-def _max_open() -> int:
-    try:
-        import resource
-
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    except (ImportError, OSError, ValueError):
-        return 256
-    return 8192 if soft == resource.RLIM_INFINITY else max(64, min(8192, soft // 4))
-
-
-MAX_OPEN = _max_open()
+MAX_OPEN = fd_share(64, 8192)
 """Most trace files one writer holds open at once: a quarter of the process's file-descriptor
 limit (the model connections take up to another quarter, runner.models.direct), 64 to 8,192."""
 
