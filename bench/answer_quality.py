@@ -76,10 +76,11 @@ def graded(question: str, answer: str | None, expected: float) -> bool:
     return any(_same(n, expected) for n in given)
 
 
-async def run_set(name: str, questions: list[dict[str, Any]], show: str) -> list[dict[str, Any]]:
+async def run_set(name: str, questions: list[dict[str, Any]], show: str,
+                  overrides: list[str]) -> list[dict[str, Any]]:
     import runner
 
-    agent = runner.Agent(runner.load_spec(AGENTS[name]))
+    agent = runner.Agent(runner.load_spec(AGENTS[name], overrides))
     rows = []
     async with agent:
         await agent.run("What is 1 plus 1?")  # the model's load, not counted
@@ -129,6 +130,9 @@ def main() -> None:
     parser.add_argument("--show", choices=("none", "wrong", "all"), default="none",
                         help="print each wrong (or every) answer on stderr")
     parser.add_argument("--json", action="store_true", help="print every run as JSON too")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="a spec setting for both agents, as runner run --set takes it "
+                             "(model.options.grammar=off)")
     args = parser.parse_args()
     questions = json.loads(Path(args.set).read_text())
     if args.kinds:
@@ -146,9 +150,10 @@ def main() -> None:
         Path(scratch, "pyproject.toml").write_text("")
         os.chdir(scratch)  # the runs' .runner/ (traces, checkpoints) lands here
         for name in names:
-            rows += asyncio.run(run_set(name, questions, args.show))
+            rows += asyncio.run(run_set(name, questions, args.show, args.override))
     print(f"{len(questions)} questions from {args.set}, on the embedded model "
-          f"(local/gemma-3-270m), one run at a time")
+          f"(local/gemma-3-270m), one run at a time"
+          + "".join(f", {o}" for o in args.override))
     report(rows)
     if args.json:
         print(json.dumps(rows))

@@ -127,6 +127,11 @@ class Agent:
         self.tool_schemas = [t.schema() for t in self.tools.values()]
         self.tool_views = [{"name": t.name, "description": t.description,
                             "input_hint": t.input_hint()} for t in self.tools.values()]
+        if self.tool_schemas and not self.native_tools():
+            for m in self.models:  # a model that can hold its replies to the ReAct format
+                constrain = getattr(m, "constrain", None)
+                if constrain is not None:
+                    constrain(self.tool_schemas)
         self.template = resolved.template
         self.examples: Any = None
         """The spec's examples_pool, indexed once (runner.examples.ExamplePool), or None."""
@@ -134,7 +139,7 @@ class Agent:
         if pool is not None:  # its index (SQLite FTS5) only for the specs that have one
             from .examples import ExamplePool
 
-            self.examples = ExamplePool(pool.examples, pool.k)
+            self.examples = ExamplePool(pool.examples, pool.k, spec.prompt.examples or [])
         self._settings: dict[str, Any] | None = None
         self._unused_memory: Any = None
         if self.session is None and not run_sessions:  # no run sees another's turns
@@ -302,8 +307,8 @@ class Agent:
         """The master prompt rendered for `input` (the template sees the spec's variables)."""
         p = self.spec.prompt
         examples = p.examples if p.examples is not None else []
-        if self.examples is not None:
-            examples = [*examples, *self.examples.pick(as_text(input))]
+        if self.examples is not None:  # the spec's examples and the pool's, by likeness
+            examples = self.examples.pick(as_text(input))
         return self.template.render(
             **p.variables, vars=p.variables, instructions=p.instructions, history=history,
             input=input, tools=self.tool_views, examples=examples, **extra)

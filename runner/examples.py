@@ -4,9 +4,11 @@ it is asked for (a percentage, a power, a share) without paying for all of them.
 
 "Most like" is BM25 over the examples' question lines (SQLite FTS5 with the porter stemmer,
 in memory, built once per agent), the run's words as the query; numbers are left out on both
-sides (a question about 20 percent is not like an example about 20 eggs). The chosen
-examples go in order of likeness, the most alike last, next to the question; when no word is
-shared, the first `k` of the pool.
+sides (a question about 20 percent is not like an example about 20 eggs); when no word is
+shared, the first `k` of the pool. The spec's own `examples` are always in, and go with the
+chosen ones in order of likeness, the most alike last, next to the question: a researcher's
+search example is the last one a question about the docs sees, and an arithmetic example the
+last one a sum sees.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import re
 import sqlite3
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 
 from .search_local import match_expression
 
@@ -39,17 +42,19 @@ def _question_line(example: str) -> str:
 class ExamplePool:
     """The examples of a pool and the index over them."""
 
-    def __init__(self, examples: list[str], k: int) -> None:
-        self.examples, self.k = list(examples), k
+    def __init__(self, examples: list[str], k: int, fixed: Sequence[str] = ()) -> None:
+        self.fixed, self.examples, self.k = list(fixed), list(examples), k
         self._db = sqlite3.connect(":memory:", check_same_thread=False)
         self._db.execute("CREATE VIRTUAL TABLE pool USING fts5(q, tokenize='porter unicode61')")
         self._db.executemany("INSERT INTO pool(rowid, q) VALUES (?, ?)", [
-            (i, _DIGITS.sub(" ", _question_line(e))) for i, e in enumerate(self.examples)])
+            (i, _DIGITS.sub(" ", _question_line(e)))
+            for i, e in enumerate(self.fixed + self.examples)])
         self._lock = threading.Lock()
         self._chosen: OrderedDict[str, list[str]] = OrderedDict()
 
     def pick(self, question: str) -> list[str]:
-        """The `k` examples most like `question`, the most alike last."""
+        """The fixed examples and the `k` of the pool most like `question`, the most alike
+        last."""
         with self._lock:
             hit = self._chosen.get(question)
             if hit is not None:
@@ -57,12 +62,18 @@ class ExamplePool:
                 return hit
             query = match_expression(" ".join(
                 w for w in _DIGITS.sub(" ", question).split() if w.lower() not in _GENERIC))
-            rows = self._db.execute(
-                "SELECT rowid FROM pool WHERE pool MATCH ? ORDER BY bm25(pool), rowid LIMIT ?",
-                (query, self.k)).fetchall() if query else []
-            ids = [r[0] for r in rows]
-            ids += [i for i in range(len(self.examples)) if i not in ids][:self.k - len(ids)]
-            chosen = [self.examples[i] for i in reversed(ids)]
+            ranked = [r[0] for r in self._db.execute(
+                "SELECT rowid FROM pool WHERE pool MATCH ? ORDER BY bm25(pool), rowid",
+                (query,))] if query else []
+            n = len(self.fixed)
+            pooled = [i for i in ranked if i >= n][:self.k]
+            pooled += [i for i in range(n, n + len(self.examples)) if i not in pooled][
+                :self.k - len(pooled)]
+            chosen_ids = set(range(n)) | set(pooled)
+            alike = [i for i in ranked if i in chosen_ids]
+            unalike = [i for i in [*range(n), *pooled] if i not in alike]
+            every = self.fixed + self.examples
+            chosen = [every[i] for i in [*unalike, *reversed(alike)]]
             if len(question) <= _CACHED_CHARS:
                 self._chosen[question] = chosen
                 if len(self._chosen) > _CACHED:

@@ -20,7 +20,7 @@ def register_tools(register: Callable[[Any], None]) -> None:
 
 @hookspec
 def register_models(register: Callable[..., None]) -> None:
-    """Register a model provider: register(prefix, factory, family=None); factory(ModelSpec, model_id) -> Model; a family's prefix gives way to a plugin's."""
+    """Register a model provider: register(prefix, factory, family=None, check_options=None); factory(ModelSpec, model_id) -> Model; a family's prefix gives way to a plugin's; check_options(options) -> None or (option, reason)."""
 
 
 @hookspec

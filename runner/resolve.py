@@ -146,10 +146,13 @@ def _resolve(spec: AgentSpec, _stack: tuple[Path, ...]) -> Resolved:
     if spec.kind != "sequence":  # a sequence's steps call the models; it has none of its own
         provider = attempt(_provider, spec, ("model", "id"), spec.model.id, reg)
         if provider is not None:
+            attempt(_model_options, spec, ("model", "options"), spec.model.options, provider)
             models.append((spec.model.id, provider.value))
         for i, fallback in enumerate(spec.model.fallbacks):
             provider = attempt(_provider, spec, ("model", "fallbacks", i), fallback.id, reg)
             if provider is not None:
+                attempt(_model_options, spec, ("model", "fallbacks", i, "options"),
+                        fallback.options, provider)
                 models.append((fallback.id, _fallback_factory(provider.value, i)))
     memory = attempt(_memory, spec, reg)
     summary_model = None
@@ -228,6 +231,16 @@ def _provider(spec: AgentSpec, key: tuple[Any, ...], model_id: str, reg: Registr
                    for family, names in families.items())
     raise spec.source.error(key, f"unknown model provider {prefix!r}{did_you_mean(prefix, known)}; "
                                  f"plugins provide: {', '.join(own)}{more}")
+
+
+def _model_options(spec: AgentSpec, key: tuple[Any, ...], options: dict[str, Any],
+                   provider: Registration) -> None:
+    """A provider's own check of its `options` (`register(prefix, factory, check_options=f)`:
+    f(options) -> None, or (option, reason) for the first bad one)."""
+    check = provider.extra.get("check_options")
+    problem = check(options) if check is not None else None
+    if problem is not None:
+        raise spec.source.error((*key, problem[0]), problem[1])
 
 
 def _fallback_factory(factory: Callable[..., Any], i: int) -> Callable[..., Any]:

@@ -302,7 +302,7 @@ def test_a_prompt_gets_the_pool_examples_most_like_its_question(tmp_path: Path) 
         lines = [line for line in text.splitlines() if line.startswith("Question: ")]
         return lines[1:-1]  # not the format's nor the question asked
 
-    # the spec's own examples first, then the k chosen, the most alike last
+    # the spec's own example shares no word with these questions: it goes first
     assert shown("What is 15 percent of 300?")[0] == "Question: fixed one"
     assert shown("What is 15 percent of 300?")[-1] == "Question: What is 40 percent of 90?"
     assert shown("What is 2 to the power of 8?")[-1] == "Question: What is 3 to the power of 4?"
@@ -313,6 +313,24 @@ def test_a_prompt_gets_the_pool_examples_most_like_its_question(tmp_path: Path) 
     assert "Question: What is 12 plus 30?" not in shown("What is 12 percent of 9?")[-1:]
     assert "Action: calculator[40/100*90]" in agent.prompt(
         "What is 15 percent of 300?", [], steps=[], native_tools=False)
+
+
+def test_the_specs_own_examples_go_by_likeness_with_the_pools(tmp_path: Path) -> None:
+    """A researcher's search example is the last a question about the docs sees, and an
+    arithmetic example the last a sum sees; both are in every prompt."""
+    search = ("Question: Where does a run write its trace?\nThought: look it up\n"
+              "Action: search[trace]\nObservation: .runner/traces/\nFinal Answer: .runner/traces/")
+    agent = pool_agent(tmp_path, {"k": 2, "examples": POOL}, examples=[search])
+
+    def shown(question: str) -> list[str]:
+        text = agent.prompt(question, [], steps=[], native_tools=False)
+        return [line for line in text.splitlines() if line.startswith("Question: ")][1:-1]
+
+    docs = shown("Where is the trace of an interrupted run written?")
+    assert docs[-1] == "Question: Where does a run write its trace?" and len(docs) == 3
+    sums = shown("What is 15 percent of 300?")
+    assert sums[-1] == "Question: What is 40 percent of 90?" and len(sums) == 3
+    assert "Question: Where does a run write its trace?" in sums
 
 
 @pytest.mark.parametrize("pool,key", [({"k": 0, "examples": POOL}, "k"),

@@ -603,6 +603,19 @@ def test_unknown_model_provider_lists_the_plugin_ones(write: Write) -> None:
                               f"mean 'openai'?); plugins provide: {providers}; LiteLLM knows ")
 
 
+def test_a_bad_embedded_model_option_is_located(write: Write) -> None:
+    """The provider checks its own options (local/: `grammar` is auto or off), primary and
+    fallbacks alike."""
+    path = write("bad.yaml", "model:\n  id: local/gemma-3-270m\n  options:\n"
+                             "    grammar: sometimes\n")
+    assert error_of(path) == ("bad.yaml:4:5: model.options.grammar: must be one of auto, off "
+                              "(got 'sometimes')")
+    path = write("bad.yaml", "model:\n  id: fake/x\n  fallbacks:\n"
+                             "    - {id: local/gemma-3-270m, options: {grammar: true}}\n")
+    assert error_of(path).startswith("bad.yaml:4:") and \
+        "model.fallbacks[0].options.grammar: must be one of auto, off (got True)" in error_of(path)
+
+
 def test_unknown_fallback_provider_is_located_in_the_list(write: Write) -> None:
     path = write("bad.yaml", "model:\n  id: fake/x\n  fallbacks:\n    - openai/gpt-4o-mini\n"
                              "    - fak/y\n")

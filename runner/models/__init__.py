@@ -89,7 +89,11 @@ class Model(Protocol):
 
     async def complete(self, messages: list[Message], *, tools: list[dict[str, Any]] | None = None,
                        stop: list[str] | None = None) -> Completion:
-        """One call; raise a runner.errors.ModelError subclass on failure."""
+        """One call; raise a runner.errors.ModelError subclass on failure.
+
+        A model may also have `constrain(tools)`: an agent that runs text ReAct with tools
+        calls it once with their schemas, so that the model can hold its ReAct replies to
+        them (the embedded model builds a grammar)."""
 
 
 

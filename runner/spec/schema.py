@@ -129,7 +129,7 @@ class PromptSpec(StrictModel):
     """Few-shot transcripts in the loop's format; replace the built-in examples."""
     examples_pool: ExamplesPoolSpec | None = None
     """More examples than a prompt should carry: each run gets the `k` most like its
-    question, after `examples` (`{k: 3, examples: [...]}`)."""
+    question, with all of `examples`, in order of likeness (`{k: 3, examples: [...]}`)."""
     variables: dict[str, Any] = {}
     """Extra values the template can use (passed as data, never rendered as templates)."""
 

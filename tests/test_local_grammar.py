@@ -1,0 +1,120 @@
+"""The embedded model's grammar (model.options.grammar): built from the agent's tools, parsed
+by the real llama.cpp, and holding the real model's replies to the ReAct format and to each
+tool's input pattern; a pattern llama.cpp cannot parse falls back to free input, never a
+crash; `grammar: off`. A bad value is a located spec error (test_spec.py)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from runner import run_agent
+from runner.default_plugins.calculator import EXPRESSION, evaluate
+from runner.default_plugins.local_grammar import react_grammar
+from runner.default_plugins.local_model import LocalModel, _load
+from runner.spec import ModelSpec
+
+from conftest import ROOT
+
+
+def _tool(name: str, props: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": name, "description": name,
+                                             "parameters": {"type": "object",
+                                                            "properties": props}}}
+
+
+CALC = _tool("calculator", {"expression": {"type": "string", "pattern": EXPRESSION}})
+SEARCH = _tool("search", {"query": {"type": "string"}})
+
+
+@pytest.fixture(scope="module")
+def llm() -> Any:
+    return _load("local/gemma-3-270m", {})
+
+
+def _complete(llm: Any, prompt: str, grammar: str | None) -> str:
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    llm.reset()
+    out = llm.create_completion(prompt, max_tokens=48, temperature=0.0, seed=0,
+                                stop=["\nObservation:"],
+                                grammar=LlamaGrammar.from_string(grammar) if grammar else None)
+    return str(out["choices"][0]["text"])
+
+
+def test_the_calculator_pattern_takes_expressions_and_refuses_words() -> None:
+    pattern = re.compile(EXPRESSION)
+    for good in ("17*23", "2 ** 10", "(12+8)*3", "sqrt(16) + -3", "15/100*200", "3^5", "pi*2"):
+        assert pattern.match(good), good
+        evaluate(good)  # what the grammar lets through, the tool can compute
+    for bad in ("15% of 200", "3 to the power of 5", "12+", "x*2", "7 times 8", "1]"):
+        assert not pattern.match(bad), bad
+
+
+@pytest.mark.embedded
+def test_llama_cpp_parses_the_grammar_of_odd_tools(llm: Any) -> None:
+    tools = [CALC, SEARCH, _tool('say "hi"\\now', {"text": {"type": "string"}}),
+             _tool("clock", {}),
+             _tool("pair", {"a": {"type": "integer"}, "b": {"type": "string"}}),
+             _tool("say-hi", {"text": {"type": "string"}})]  # one rule name for both say tools
+    assert llm.parses(react_grammar(tools))
+    assert not llm.parses('root ::= "unclosed')
+
+
+@pytest.mark.embedded
+def test_the_grammar_holds_the_model_to_known_tools_and_their_inputs(llm: Any) -> None:
+    """Examples that call a tool the agent lacks, with words for an input: without the grammar
+    the real model copies them; with it, each reply is a known tool with an expression."""
+    prompt = ("Question: What is 10 percent of 50?\nThought: I will work it out.\n"
+              "Action: lookup[10 percent of 50]\nObservation: 5\nFinal Answer: 5\n\n"
+              "Question: What is 20 percent of 80?\nThought: I will work it out.\n"
+              "Action: lookup[20 percent of 80]\nObservation: 16\nFinal Answer: 16\n\n"
+              "Question: What is 15 percent of 200?\nThought:")
+    free = _complete(llm, prompt, None)
+    assert "lookup[" in free  # the prompt does lead the model astray
+    held = _complete(llm, prompt, react_grammar([CALC, SEARCH]))
+    m = re.fullmatch(r"[^\n]*\n(Action: (calculator|search)\[([^\]\n]*)\]|Final Answer: [^\n]+)",
+                     held)
+    assert m, held
+    if m.group(2) == "calculator":
+        assert re.match(EXPRESSION, m.group(3)), held
+        evaluate(m.group(3))
+
+
+@pytest.mark.embedded
+def test_a_pattern_llama_cpp_cannot_parse_falls_back_to_free_input(llm: Any) -> None:
+    # the converter writes `\.` for this, an escape llama.cpp's parser refuses
+    odd = _tool("decimal", {"value": {"type": "string", "pattern": r"^[0-9]+\.[0-9]+$"}})
+    assert not llm.parses(react_grammar([odd]))
+    model = LocalModel(ModelSpec(id="local/gemma-3-270m"), "local/gemma-3-270m")
+    model.constrain([odd])
+    grammar = model._grammar(llm)
+    assert grammar is not None and grammar._grammar == react_grammar([odd], patterns=False)
+    assert llm.parses(grammar._grammar)
+
+
+def test_grammar_off_builds_none() -> None:
+    model = LocalModel(ModelSpec(id="local/gemma-3-270m", options={"grammar": "off"}),
+                       "local/gemma-3-270m")
+    model.constrain([CALC])
+    assert model.grammars == []
+    model = LocalModel(ModelSpec(id="local/gemma-3-270m"), "local/gemma-3-270m")
+    model.constrain([CALC])
+    assert model.grammars == [react_grammar([CALC]), react_grammar([CALC], patterns=False)]
+
+
+@pytest.mark.embedded
+@pytest.mark.parametrize("grammar", ["auto", "off"])
+def test_the_calculator_example_with_and_without_the_grammar(tmp_path: Path,
+                                                             grammar: str) -> None:
+    spec = yaml.safe_load((ROOT / "agents" / "calculator.yaml").read_text())
+    spec["model"] = {**spec["model"], "id": "local/gemma-3-270m", "options": {"grammar": grammar}}
+    path = tmp_path / "calculator.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    result = run_agent(path, "What is 17 times 23?")
+    assert result.status == "finished", result.error
+    assert result.steps[0].action == "calculator" and result.steps[0].observation == "391"
