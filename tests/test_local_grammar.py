@@ -94,17 +94,36 @@ def test_a_pattern_llama_cpp_cannot_parse_falls_back_to_free_input(llm: Any) -> 
     model.constrain([odd])
     grammar = model._grammar(llm)
     assert grammar is not None and grammar._grammar == react_grammar([odd], patterns=False)
+    assert model._grammar(llm)._grammar == grammar._grammar  # decided once
     assert llm.parses(grammar._grammar)
 
 
-def test_grammar_off_builds_none() -> None:
+@pytest.mark.embedded
+def test_grammar_off_builds_none(llm: Any) -> None:
     model = LocalModel(ModelSpec(id="local/gemma-3-270m", options={"grammar": "off"}),
                        "local/gemma-3-270m")
     model.constrain([CALC])
-    assert model.grammars == []
+    assert model._grammar(llm) is None
     model = LocalModel(ModelSpec(id="local/gemma-3-270m"), "local/gemma-3-270m")
     model.constrain([CALC])
-    assert model.grammars == [react_grammar([CALC]), react_grammar([CALC], patterns=False)]
+    assert model._grammar(llm)._grammar == react_grammar([CALC])
+
+
+@pytest.mark.embedded
+def test_schemas_the_converter_cannot_read_still_get_a_grammar(llm: Any) -> None:
+    """An MCP server's schema nested past Python's recursion limit: that tool's input is any
+    JSON object, the others keep theirs."""
+    deep: dict[str, Any] = {"type": "object", "properties": {}}
+    inner = deep
+    for _ in range(3000):
+        inner["properties"]["a"] = {"type": "object", "properties": {}}
+        inner = inner["properties"]["a"]
+    odd = _tool("deep", {"a": deep, "b": {"type": "string"}})
+    model = LocalModel(ModelSpec(id="local/gemma-3-270m"), "local/gemma-3-270m")
+    model.constrain([odd, CALC])
+    grammar = model._grammar(llm)
+    assert grammar is not None and llm.parses(grammar._grammar)
+    assert '"deep[" in-deep "]"' in grammar._grammar and "in-calculator ::= " in grammar._grammar
 
 
 @pytest.mark.embedded

@@ -121,9 +121,10 @@ class LocalModel:
 
     def __init__(self, spec: ModelSpec, model_id: str) -> None:
         self.spec, self.id = spec, model_id
-        self.grammars: list[str] = []
-        """GBNF texts for this agent's ReAct replies (see constrain), best first, until the
-        first call keeps the first that llama.cpp parses."""
+        self.tools: list[dict[str, Any]] = []
+        """The schemas of the tools its replies are held to (see constrain)."""
+        self.grammar: str | None = None
+        """The GBNF of those replies, built on the first call (see _grammar)."""
         # llama.cpp loads the weights without the GIL: start now, overlapping the rest of the
         # agent's set-up; the first call waits for it
         threading.Thread(target=_preload, args=(model_id, spec.options), daemon=True).start()
@@ -133,13 +134,11 @@ class LocalModel:
 
     def constrain(self, tools: list[dict[str, Any]]) -> None:
         """Hold the text ReAct replies to a grammar of these tools (the agent calls this when
-        it runs text ReAct with tools; `grammar: off` declines)."""
-        if self.spec.options.get("grammar", "auto") == "off" or not tools:
-            return
-        from .local_grammar import react_grammar
-
-        # a tool's own pattern may be one llama.cpp cannot parse: then free text for inputs
-        self.grammars = [react_grammar(tools), react_grammar(tools, patterns=False)]
+        it runs text ReAct with tools; `grammar: off` declines). The grammar is built on the
+        first call, in the worker thread, once llama.cpp is loaded: not at the agent's set-up,
+        where importing llama_cpp would race the weights' load."""
+        if self.spec.options.get("grammar", "auto") != "off":
+            self.tools = list(tools)
 
     async def complete(self, messages: list[Message], *, tools: list[dict[str, Any]] | None = None,
                        stop: list[str] | None = None) -> Completion:
@@ -187,16 +186,22 @@ class LocalModel:
             raise ModelProviderError(f"{self.id}: {clip(f'{type(exc).__name__}: {exc}')}") from None
 
     def _grammar(self, llm: Any) -> Any:
-        """The first of self.grammars that llama.cpp parses, as a LlamaGrammar (checked on the
-        first call, once the weights are loaded), or None."""
-        if len(self.grammars) > 1:
-            first = next((g for g in self.grammars if llm.parses(g)), None)
-            self.grammars = [first] if first is not None else []
-        if not self.grammars:
+        """The grammar of this agent's ReAct replies as a LlamaGrammar, or None (no tools, or
+        `grammar: off`). Built once: with the tools' input patterns if llama.cpp parses that,
+        else with free inputs (a tool's own pattern may be one it cannot parse), else none."""
+        if self.grammar is None and self.tools:
+            from .local_grammar import react_grammar
+
+            try:
+                texts = [react_grammar(self.tools), react_grammar(self.tools, patterns=False)]
+            except Exception:  # schemas (an MCP server's, say) past what the converter reads
+                texts = []
+            self.grammar = next((g for g in texts if llm.parses(g)), "")
+        if not self.grammar:
             return None
         from llama_cpp.llama_grammar import LlamaGrammar
 
-        return LlamaGrammar.from_string(self.grammars[0], verbose=False)
+        return LlamaGrammar.from_string(self.grammar, verbose=False)
 
 
 def check_options(options: dict[str, Any]) -> tuple[str, str] | None:
