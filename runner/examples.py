@@ -44,11 +44,12 @@ class ExamplePool:
 
     def __init__(self, examples: list[str], k: int, fixed: Sequence[str] = ()) -> None:
         self.fixed, self.examples, self.k = list(fixed), list(examples), k
+        self.every = self.fixed + self.examples
+        """The index's rows: the fixed examples, then the pool's."""
         self._db = sqlite3.connect(":memory:", check_same_thread=False)
         self._db.execute("CREATE VIRTUAL TABLE pool USING fts5(q, tokenize='porter unicode61')")
         self._db.executemany("INSERT INTO pool(rowid, q) VALUES (?, ?)", [
-            (i, _DIGITS.sub(" ", _question_line(e)))
-            for i, e in enumerate(self.fixed + self.examples)])
+            (i, _DIGITS.sub(" ", _question_line(e))) for i, e in enumerate(self.every)])
         self._lock = threading.Lock()
         self._chosen: OrderedDict[str, list[str]] = OrderedDict()
 
@@ -66,14 +67,12 @@ class ExamplePool:
                 "SELECT rowid FROM pool WHERE pool MATCH ? ORDER BY bm25(pool), rowid",
                 (query,))] if query else []
             n = len(self.fixed)
-            pooled = [i for i in ranked if i >= n][:self.k]
-            pooled += [i for i in range(n, n + len(self.examples)) if i not in pooled][
-                :self.k - len(pooled)]
-            chosen_ids = set(range(n)) | set(pooled)
-            alike = [i for i in ranked if i in chosen_ids]
-            unalike = [i for i in [*range(n), *pooled] if i not in alike]
-            every = self.fixed + self.examples
-            chosen = [every[i] for i in [*unalike, *reversed(alike)]]
+            pooled = [i for i in ranked if i >= n]  # the pool's alike, then the rest in order
+            pooled = (pooled + [i for i in range(n, len(self.every)) if i not in pooled])[:self.k]
+            shown = [*range(n), *pooled]
+            alike = [i for i in ranked if i in shown]
+            unalike = [i for i in shown if i not in alike]
+            chosen = [self.every[i] for i in [*unalike, *reversed(alike)]]
             if len(question) <= _CACHED_CHARS:
                 self._chosen[question] = chosen
                 if len(self._chosen) > _CACHED:

@@ -65,24 +65,37 @@ def test_llama_cpp_parses_the_grammar_of_odd_tools(llm: Any) -> None:
     assert not llm.parses('root ::= "unclosed')
 
 
+def _led_astray(tool: str) -> str:
+    """A prompt whose examples call `tool` with words for an input."""
+    return "".join(f"Question: What is {p} percent of {n}?\nThought: I will work it out.\n"
+                   f"Action: {tool}[{p} percent of {n}]\nObservation: {p * n // 100}\n"
+                   f"Final Answer: {p * n // 100}\n\n" for p, n in ((10, 50), (20, 80))) + \
+        "Question: What is 15 percent of 200?\nThought:"
+
+
+_REPLY = re.compile(r"[^\n]*\n(Action: (\w+)\[([^\]\n]*)\]|Final Answer: [^\n]+)\n?")
+
+
 @pytest.mark.embedded
-def test_the_grammar_holds_the_model_to_known_tools_and_their_inputs(llm: Any) -> None:
-    """Examples that call a tool the agent lacks, with words for an input: without the grammar
-    the real model copies them; with it, each reply is a known tool with an expression."""
-    prompt = ("Question: What is 10 percent of 50?\nThought: I will work it out.\n"
-              "Action: lookup[10 percent of 50]\nObservation: 5\nFinal Answer: 5\n\n"
-              "Question: What is 20 percent of 80?\nThought: I will work it out.\n"
-              "Action: lookup[20 percent of 80]\nObservation: 16\nFinal Answer: 16\n\n"
-              "Question: What is 15 percent of 200?\nThought:")
-    free = _complete(llm, prompt, None)
-    assert "lookup[" in free  # the prompt does lead the model astray
-    held = _complete(llm, prompt, react_grammar([CALC, SEARCH]))
-    m = re.fullmatch(r"[^\n]*\n(Action: (calculator|search)\[([^\]\n]*)\]|Final Answer: [^\n]+)",
-                     held)
-    assert m, held
-    if m.group(2) == "calculator":
-        assert re.match(EXPRESSION, m.group(3)), held
-        evaluate(m.group(3))
+def test_the_grammar_holds_the_model_to_known_tools(llm: Any) -> None:
+    """Examples that call a tool the agent lacks: without the grammar the real model copies
+    them; with it, the reply names one of the agent's tools."""
+    prompt = _led_astray("lookup")
+    assert "Action: lookup[" in _complete(llm, prompt, None)
+    held = _REPLY.fullmatch(_complete(llm, prompt, react_grammar([CALC, SEARCH])))
+    assert held and held.group(2) in ("calculator", "search"), held
+
+
+@pytest.mark.embedded
+def test_the_grammar_holds_the_calculator_input_to_an_expression(llm: Any) -> None:
+    """Examples with words for the calculator's input: without the grammar the real model
+    writes words; with it, an expression the calculator computes."""
+    prompt = _led_astray("calculator")
+    assert "Action: calculator[15 percent of 200]" in _complete(llm, prompt, None)
+    held = _REPLY.fullmatch(_complete(llm, prompt, react_grammar([CALC, SEARCH])))
+    assert held and held.group(2) == "calculator", held
+    assert re.match(EXPRESSION, held.group(3)) and "percent" not in held.group(3)
+    evaluate(held.group(3))
 
 
 @pytest.mark.embedded
